@@ -1,0 +1,278 @@
+"""The one exception tree of greenpool.
+
+What this owns: every exception greenpool raises on purpose, and the mapping of
+low-level errors (``OSError``, ``ssl.SSLError``, ``socket.gaierror``, our own
+``gevent.Timeout``) onto that tree at the I/O boundary.
+
+Rules:
+
+* Everything greenpool raises derives from :class:`GreenPoolError`, except
+  ``ValueError``/``TypeError`` for invalid arguments given by the caller
+  (options are validated once, up front), which is what Python users expect.
+* A ``gevent.Timeout`` started by greenpool never escapes: it becomes one of the
+  :class:`TimeoutException` subclasses.  A ``gevent.Timeout`` started by the
+  *caller* is never swallowed: it propagates untouched, after greenpool has
+  released whatever it held.
+* Messages say what happened and what to do next.
+
+::
+
+    GreenPoolError
+    ├── PoolError                  (.pool: the pool's name)
+    │   ├── PoolTimeout            (also a TimeoutException)
+    │   ├── PoolClosed
+    │   └── CheckinError           (foreign or already returned connection)
+    ├── TransportError
+    │   ├── ConnectError
+    │   │   ├── DNSError
+    │   │   ├── TLSError
+    │   │   └── ConnectTimeout     (also a TimeoutException)
+    │   ├── ReadError
+    │   │   └── ConnectionClosed   (the peer closed the connection)
+    │   ├── WriteError
+    │   ├── ReadTimeout            (also a TimeoutException)
+    │   └── WriteTimeout           (also a TimeoutException)
+    ├── TimeoutException
+    ├── ProtocolError
+    │   ├── RemoteProtocolError    (the peer broke the protocol)
+    │   │   └── LimitExceeded      (a configured size/count limit was hit)
+    │   └── LocalProtocolError     (the request itself is invalid)
+    ├── HTTPError
+    │   ├── InvalidURL             (also a ValueError)
+    │   ├── TooManyRedirects
+    │   ├── DecodingError
+    │   ├── StreamConsumed
+    │   └── HTTPStatusError        (raise_for_status)
+    └── RedisError
+        ├── ResponseError          (the server answered with an error reply)
+        ├── TransactionAborted     (EXEC returned nil or EXECABORT)
+        └── AuthenticationError
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import ssl
+from typing import Any, Iterator, Optional, Type
+
+import gevent
+
+
+class GreenPoolError(Exception):
+    """Base class of every error greenpool raises on purpose."""
+
+
+# -- timeouts ----------------------------------------------------------------
+
+
+class TimeoutException(GreenPoolError):
+    """A greenpool deadline passed (connect, read, write or pool wait)."""
+
+
+# -- pool ----------------------------------------------------------------------
+
+
+class PoolError(GreenPoolError):
+    """An error that concerns a pool as a whole; ``.pool`` names it."""
+
+    def __init__(self, pool: Optional[str], message: str) -> None:
+        self.pool = pool
+        super().__init__(message if pool is None else "pool %r: %s" % (pool, message))
+
+
+class PoolTimeout(PoolError, TimeoutException):
+    """No connection could be had before the checkout deadline."""
+
+
+class PoolClosed(PoolError):
+    """The pool was stopped; it hands out nothing more."""
+
+
+class CheckinError(PoolError):
+    """A connection was returned to a pool that does not hold it."""
+
+
+# -- transport ----------------------------------------------------------------
+
+
+class TransportError(GreenPoolError):
+    """The network failed under a connection."""
+
+
+class ConnectError(TransportError):
+    """A connection could not be opened."""
+
+
+class DNSError(ConnectError):
+    """A host name could not be resolved."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed (certificate not trusted, wrong host, ...)."""
+
+
+class ConnectTimeout(ConnectError, TimeoutException):
+    """Opening a connection took longer than ``connect_timeout``."""
+
+
+class ReadError(TransportError):
+    """Reading from an open connection failed."""
+
+
+class ConnectionClosed(ReadError):
+    """The peer closed the connection."""
+
+
+class WriteError(TransportError):
+    """Writing to an open connection failed."""
+
+
+class ReadTimeout(TransportError, TimeoutException):
+    """The peer sent nothing for longer than the read timeout."""
+
+
+class WriteTimeout(TransportError, TimeoutException):
+    """The peer accepted nothing for longer than the write timeout."""
+
+
+# -- protocol -------------------------------------------------------------------
+
+
+class ProtocolError(GreenPoolError):
+    """A protocol rule was broken."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow."""
+
+
+class LimitExceeded(RemoteProtocolError):
+    """The peer sent more than a configured limit allows (headers, body, reply)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """What we were asked to send is not valid (e.g. CR/LF in a header)."""
+
+
+# -- HTTP -------------------------------------------------------------------------
+
+
+class HTTPError(GreenPoolError):
+    """Base class of the HTTP client's own errors."""
+
+
+class InvalidURL(HTTPError, ValueError):
+    """A URL could not be parsed or names an unsupported scheme."""
+
+
+class TooManyRedirects(HTTPError):
+    """More redirects than ``max_redirects`` were followed."""
+
+
+class DecodingError(HTTPError):
+    """A response body could not be decoded (bad gzip, decoded size over the cap)."""
+
+
+class StreamConsumed(HTTPError):
+    """A streamed body was read a second time."""
+
+
+class HTTPStatusError(HTTPError):
+    """Raised by ``Response.raise_for_status()`` for 4xx and 5xx responses."""
+
+    def __init__(self, message: str, response: Any = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
+# -- Redis -----------------------------------------------------------------------
+
+
+class RedisError(GreenPoolError):
+    """Base class of the Redis client's own errors."""
+
+
+class ResponseError(RedisError):
+    """The server answered a command with an error reply (``-ERR ...``)."""
+
+
+class TransactionAborted(RedisError):
+    """A MULTI/EXEC transaction was discarded (WATCH conflict or EXECABORT)."""
+
+
+class AuthenticationError(RedisError, ConnectError):
+    """The server refused our credentials."""
+
+
+# -- mapping at the I/O boundary ------------------------------------------------
+
+
+@contextlib.contextmanager
+def map_exceptions(
+    timeout: Optional[gevent.Timeout] = None,
+    on_timeout: Type[GreenPoolError] = ReadTimeout,
+    on_error: Type[GreenPoolError] = ReadError,
+    message: str = "",
+) -> Iterator[None]:
+    """Turn socket-level failures inside the block into greenpool errors.
+
+    ``timeout`` is *our own* ``gevent.Timeout`` (if any): only that instance
+    becomes ``on_timeout``; any other ``gevent.Timeout`` (the caller's)
+    propagates unchanged.
+    """
+    try:
+        yield
+    except gevent.Timeout as t:
+        if t is not timeout or timeout is None:
+            raise
+        raise on_timeout(message or "timed out after %ss" % (t.seconds,)) from None
+    except GreenPoolError:
+        raise
+    except socket.timeout as e:  # a socket-level timeout (sock.settimeout)
+        raise on_timeout(message or "timed out") from e
+    except ssl.SSLError as e:
+        raise (TLSError if on_error is ConnectError else on_error)(
+            "%s%s" % (message + ": " if message else "", e)
+        ) from e
+    except socket.gaierror as e:
+        raise DNSError("%s%s" % (message + ": " if message else "", e)) from e
+    except OSError as e:
+        if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED) and on_error is ReadError:
+            raise ConnectionClosed("%sconnection reset by peer" % (message + ": " if message else "")) from e
+        raise on_error("%s%s" % (message + ": " if message else "", e)) from e
+
+
+__all__ = [
+    "GreenPoolError",
+    "TimeoutException",
+    "PoolError",
+    "PoolTimeout",
+    "PoolClosed",
+    "CheckinError",
+    "TransportError",
+    "ConnectError",
+    "DNSError",
+    "TLSError",
+    "ConnectTimeout",
+    "ReadError",
+    "ConnectionClosed",
+    "WriteError",
+    "ReadTimeout",
+    "WriteTimeout",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "LimitExceeded",
+    "LocalProtocolError",
+    "HTTPError",
+    "InvalidURL",
+    "TooManyRedirects",
+    "DecodingError",
+    "StreamConsumed",
+    "HTTPStatusError",
+    "RedisError",
+    "ResponseError",
+    "TransactionAborted",
+    "AuthenticationError",
+    "map_exceptions",
+]
