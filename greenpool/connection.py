@@ -1,0 +1,200 @@
+"""A pooled connection: one socket, its place in the pool, and its own expiry.
+
+What this owns:
+
+* :class:`Connection`: the socket (``conn.sock``, a gevent socket, an SSL
+  socket for ``"ssl"``), an optional protocol object (``conn.proto``: the
+  HTTP/2 or Redis state whose reader greenlet owns the socket while shared),
+  its state (``"connecting"`` is never seen: a Connection exists once open),
+  and the watchers that make an idle connection close itself.
+* :class:`Connector`: the hook by which a protocol says how to open, check
+  and close its connections (TCP/TLS by default; Redis supplies its own).
+
+Self-expiry.  While a connection is idle in its pool it owns two hub
+watchers, started at checkin and stopped at checkout (no greenlet is spawned
+on the per-request path):
+
+* an I/O watcher on its socket: the peer closing, resetting or writing to an
+  idle connection makes it close itself and leave the pool at once;
+* a timer: the idle ``timeout``, ``max_lifetime`` or the next health ping
+  (``idle_interval``, with jitter), whichever comes first.
+
+A shared connection (HTTP/2, Redis) runs its own reader greenlet, which sees
+the peer's close while busy or idle; only the timer is used for it.
+
+Both watchers are ``ref=False``: an idle pool never keeps a script alive.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Any, Optional, Tuple
+
+from gevent import get_hub
+
+from greenpool import net
+
+if TYPE_CHECKING:  # pragma: no cover
+    from greenpool.pool import GreenPool
+
+Key = Tuple[str, int, str]
+
+IN_USE = "in_use"      # checked out exclusively
+IDLE = "idle"          # in its host's idle LIFO
+SHARED = "shared"      # registered for shared use (users may be 0)
+RETIRED = "retired"    # shared, unregistered (e.g. GOAWAY): finishes its users, then closes
+CLOSED = "closed"
+
+_ids = itertools.count(1)
+_monotonic = time.monotonic
+
+
+class Connection:
+    """One open connection.  Made by a :class:`Connector`, owned by a pool."""
+
+    __slots__ = (
+        "key", "sock", "proto", "id", "created_at", "expires_at", "last_used", "uses",
+        "state", "holder", "users", "pool", "_host", "_io", "_timer", "_ping_at", "__weakref__",
+    )
+
+    def __init__(self, key: Key, sock: Any, proto: Any = None) -> None:
+        self.key = key
+        self.sock = sock
+        #: protocol state for shared connections (HTTP/2, Redis); None for exclusive ones
+        self.proto = proto
+        self.id = next(_ids)
+        self.created_at = self.last_used = _monotonic()
+        self.expires_at: Optional[float] = None
+        #: how many times it was checked out (compared with max_requests)
+        self.uses = 0
+        self.state = IN_USE
+        #: the greenlet that checked it out (exclusive); reclaimed if it dies holding it
+        self.holder: Any = None
+        #: greenlets using it at once (shared mode)
+        self.users = 0
+        self.pool: Optional["GreenPool"] = None
+        self._host: Any = None
+        self._io: Any = None
+        self._timer: Any = None
+        self._ping_at: Optional[float] = None
+
+    # -- the small interface the pool asks -----------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.key[0]
+
+    @property
+    def port(self) -> int:
+        return self.key[1]
+
+    @property
+    def transport(self) -> str:
+        return self.key[2]
+
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
+
+    def is_alive(self) -> bool:
+        """Open, and (for a shared connection) its protocol still accepts work."""
+        if self.state is CLOSED:
+            return False
+        proto = self.proto
+        return proto.is_alive() if proto is not None else True
+
+    def capacity(self) -> int:
+        """How many more users a shared connection can take now."""
+        proto = self.proto
+        limit = proto.max_users() if proto is not None else 1
+        return limit - self.users
+
+    def alpn_protocol(self) -> Optional[str]:
+        return net.alpn_protocol(self.sock)
+
+    def close(self, reason: str = "closed by its user") -> None:
+        """Close now; the pool frees its slot and wakes the next waiter."""
+        if self.state is CLOSED:
+            return
+        if self.pool is not None:
+            self.pool._close(self, reason)
+        else:
+            self._close_now()
+
+    def __repr__(self) -> str:
+        host, port, transport = self.key
+        extra = " users=%d" % self.users if self.proto is not None else ""
+        return "<Connection #%d %s:%s %s %s uses=%d%s>" % (
+            self.id, host, port, transport, self.state, self.uses, extra)
+
+    # -- used by the pool only ------------------------------------------------
+
+    def _close_now(self) -> None:
+        self.state = CLOSED
+        self._unwatch()
+        io, self._io = self._io, None
+        if io is not None:
+            io.close()
+        proto, self.proto = self.proto, None
+        try:
+            if proto is not None:
+                proto.close()
+        finally:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def _watch(self, seconds: Optional[float], on_readable: Any, on_timer: Any) -> None:
+        """Start the idle watchers (hub callbacks; ``ref=False``)."""
+        loop = get_hub().loop
+        if on_readable is not None:
+            io = self._io
+            if io is None:
+                io = self._io = loop.io(self.sock.fileno(), 1, ref=False)
+            io.start(on_readable, self)
+        if seconds is not None:
+            timer = self._timer = loop.timer(max(seconds, 0.0), ref=False)
+            timer.start(on_timer, self)
+
+    def _unwatch(self) -> None:
+        io = self._io
+        if io is not None and io.active:
+            io.stop()
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.close()
+
+
+class Connector:
+    """How a pool opens, checks and closes one kind of connection.
+
+    The default opens plain TCP or TLS sockets with :func:`greenpool.net.connect`
+    and hands them out exclusively.  A protocol that multiplexes one
+    connection among many greenlets (Redis) sets ``shared = True`` and returns
+    a Connection whose ``proto`` implements ``max_users()``, ``is_alive()`` and
+    ``close()``.
+    """
+
+    #: transports this connector accepts
+    transports: Tuple[str, ...] = net.TRANSPORTS
+    #: True: connections are used by many greenlets at once (acquire_shared)
+    shared = False
+    #: True: ``ping(conn)`` checks an idle connection every idle_interval
+    can_ping = False
+
+    def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
+        host, port, transport = key
+        sock = net.connect(host, port, transport, timeout=timeout, **opts)
+        return Connection(key, sock)
+
+    def ping(self, conn: Connection, timeout: Optional[float]) -> None:
+        """Raise if the connection is unhealthy.  Runs in its own greenlet."""
+
+    def watch_socket(self, conn: Connection) -> bool:
+        """Should the pool watch an idle connection's socket for the peer's close?
+
+        False when the protocol's own reader greenlet already does (shared).
+        """
+        return conn.proto is None

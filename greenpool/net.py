@@ -1,0 +1,288 @@
+"""Opening sockets: the only module of greenpool that creates one.
+
+What this owns:
+
+* DNS through gevent's resolver (never blocking the hub);
+* Happy Eyeballs (RFC 8305): addresses are interleaved by family and tried
+  one after another, a new attempt starting every ``happy_eyeballs_delay``
+  seconds (or at once when the previous one fails) while earlier ones go on;
+  the first to connect wins and the others are closed;
+* TLS: a verifying default context (system CAs, else certifi when installed),
+  TLS 1.2 minimum, SNI, ALPN list supplied by the caller; contexts are cached
+  per (verify, cert, alpn) because building one costs milliseconds;
+* TCP_NODELAY on every connection;
+* :func:`is_dropped`: a non-blocking check that an idle socket's peer has not
+  closed, reset or written to it (safe to call from the hub).
+
+Promises: every failure is a greenpool :class:`~greenpool.errors.ConnectError`
+(``DNSError``, ``TLSError``, ``ConnectTimeout``) whose message names the
+host and port; no socket is left open on any failure path; a ``gevent.Timeout``
+of the caller's propagates untouched after cleanup.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket as _stdsocket
+import ssl as _stdssl
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import gevent
+import gevent.socket as gsocket
+import gevent.ssl as gssl
+from gevent.event import AsyncResult
+
+from greenpool.errors import ConnectError, ConnectTimeout, DNSError, TLSError
+
+TRANSPORTS = ("tcp", "ssl")
+
+VerifyType = Union[bool, str, _stdssl.SSLContext]
+CertType = Union[None, str, Tuple[str, str], Tuple[str, str, str]]
+
+_context_cache: Dict[Tuple[Any, ...], _stdssl.SSLContext] = {}
+
+
+def ssl_context(verify: VerifyType = True, cert: CertType = None,
+                alpn: Optional[Sequence[str]] = None) -> _stdssl.SSLContext:
+    """A client TLS context; cached, so treat it as read-only.
+
+    ``verify``: True (system CAs, else certifi), False (no verification: only
+    for tests), a path to a CA bundle file or directory, or a ready
+    ``ssl.SSLContext`` (used as is; ``alpn`` is then not applied).
+    ``cert``: a client certificate: a path to a PEM with the key, or
+    (certfile, keyfile) or (certfile, keyfile, password).
+    """
+    if isinstance(verify, _stdssl.SSLContext):
+        return verify
+    key = (verify, cert if not isinstance(cert, list) else tuple(cert), tuple(alpn or ()))
+    ctx = _context_cache.get(key)
+    if ctx is not None:
+        return ctx
+    ctx = gssl.SSLContext(_stdssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = _stdssl.TLSVersion.TLSv1_2
+    if verify is False:
+        ctx.check_hostname = False
+        ctx.verify_mode = _stdssl.CERT_NONE
+    else:
+        ctx.verify_mode = _stdssl.CERT_REQUIRED
+        ctx.check_hostname = True
+        if isinstance(verify, str):
+            if os.path.isdir(verify):
+                ctx.load_verify_locations(capath=verify)
+            elif os.path.isfile(verify):
+                ctx.load_verify_locations(cafile=verify)
+            else:
+                raise ValueError("verify=%r is neither a CA bundle file nor a directory" % (verify,))
+        else:
+            ctx.load_default_certs()
+            if not ctx.get_ca_certs():
+                try:
+                    import certifi  # type: ignore[import-not-found]
+                except ImportError:
+                    pass
+                else:
+                    ctx.load_verify_locations(cafile=certifi.where())
+    if cert is not None:
+        if isinstance(cert, str):
+            ctx.load_cert_chain(cert)
+        else:
+            ctx.load_cert_chain(*cert)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    _context_cache[key] = ctx
+    return ctx
+
+
+def resolve(host: str, port: int, family: int = 0) -> List[Tuple[Any, ...]]:
+    """getaddrinfo through gevent, mapped to DNSError, ordered for Happy Eyeballs."""
+    try:
+        infos = gsocket.getaddrinfo(host, port, family, _stdsocket.SOCK_STREAM)
+    except _stdsocket.gaierror as e:
+        raise DNSError("cannot resolve %s:%s: %s" % (host, port, e)) from None
+    except UnicodeError as e:
+        raise DNSError("invalid host name %r: %s" % (host, e)) from None
+    if not infos:
+        raise DNSError("cannot resolve %s:%s: no addresses" % (host, port))
+    return interleave(infos)
+
+
+def interleave(infos: Sequence[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
+    """RFC 8305 section 4: alternate address families, first family first."""
+    seen = set()
+    unique = []
+    for info in infos:
+        if info[4] not in seen:
+            seen.add(info[4])
+            unique.append(info)
+    if not unique:
+        return unique
+    first = unique[0][0]
+    a = [i for i in unique if i[0] == first]
+    b = [i for i in unique if i[0] != first]
+    out: List[Tuple[Any, ...]] = []
+    for i in range(max(len(a), len(b))):
+        if i < len(a):
+            out.append(a[i])
+        if i < len(b):
+            out.append(b[i])
+    return out
+
+
+def _connect_one(info: Tuple[Any, ...], source_address: Optional[Tuple[str, int]]) -> gsocket.socket:
+    family, type_, proto, _, sockaddr = info
+    sock = gsocket.socket(family, type_, proto)
+    try:
+        if source_address is not None:
+            sock.bind(source_address)
+        sock.connect(sockaddr)
+        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _happy_eyeballs(infos: List[Tuple[Any, ...]], delay: float,
+                    source_address: Optional[Tuple[str, int]]) -> gsocket.socket:
+    """Staggered parallel attempts; the first success wins."""
+    if len(infos) == 1:
+        return _connect_one(infos[0], source_address)
+    winner: AsyncResult = AsyncResult()
+    errors: List[BaseException] = []
+    attempts: List[gevent.Greenlet] = []
+    failed = gevent.event.Event()
+
+    def attempt(info: Tuple[Any, ...]) -> None:
+        try:
+            sock = _connect_one(info, source_address)
+        except Exception as e:  # noqa: BLE001 - collected, reported together
+            errors.append(e)
+            failed.set()
+            if len(errors) == len(infos):
+                winner.set(None)
+            return
+        if winner.ready():
+            sock.close()
+        else:
+            winner.set(sock)
+
+    try:
+        for info in infos:
+            attempts.append(gevent.spawn(attempt, info))
+            failed.clear()
+            # the next attempt starts after `delay`, or as soon as one fails
+            with gevent.Timeout(delay, False):
+                while not winner.ready() and not failed.is_set():
+                    gevent.wait([winner, failed], count=1)
+            if winner.ready():
+                break
+        sock = winner.get()
+    finally:
+        for g in attempts:
+            if not g.dead:
+                g.kill(block=False)
+    if sock is None:
+        raise errors[-1]
+    return sock
+
+
+def connect(host: str, port: int, transport: str = "tcp", *,
+            timeout: Optional[float] = None,
+            verify: VerifyType = True,
+            cert: CertType = None,
+            alpn: Optional[Sequence[str]] = None,
+            server_hostname: Optional[str] = None,
+            source_address: Optional[Tuple[str, int]] = None,
+            family: int = 0,
+            happy_eyeballs_delay: float = 0.25,
+            ssl_context: Optional[_stdssl.SSLContext] = None) -> gsocket.socket:
+    """Open a TCP (``"tcp"``) or TLS (``"ssl"``) connection; returns a gevent socket.
+
+    The whole of DNS, connect and handshake runs under ``timeout``.
+    """
+    if transport not in TRANSPORTS:
+        raise ValueError("transport must be one of %s, not %r" % (TRANSPORTS, transport))
+    where = "%s:%s" % (host, port)
+    deadline = gevent.Timeout(timeout) if timeout is not None else None
+    sock = None
+    if deadline is not None:
+        deadline.start()
+    try:
+        try:
+            infos = resolve(host, port, family)
+            sock = _happy_eyeballs(infos, happy_eyeballs_delay, source_address)
+            if transport == "ssl":
+                ctx = ssl_context if ssl_context is not None else globals()["ssl_context"](verify, cert, alpn)
+                sni = server_hostname if server_hostname is not None else host
+                raw, sock = sock, None
+                try:
+                    if isinstance(ctx, gssl.SSLContext):
+                        sock = ctx.wrap_socket(raw, server_hostname=sni)
+                    else:
+                        sock = gssl.SSLSocket(sock=raw, server_hostname=sni, _context=ctx)
+                except BaseException:
+                    raw.close()
+                    raise
+            return sock
+        except gevent.Timeout as t:
+            if t is not deadline:
+                raise
+            raise ConnectTimeout("connecting to %s timed out after %ss" % (where, timeout)) from None
+        except _stdssl.SSLCertVerificationError as e:
+            raise TLSError("TLS certificate of %s not trusted: %s (pass verify=<CA bundle path> to "
+                           "trust a private CA)" % (where, e.verify_message or e)) from None
+        except _stdssl.SSLError as e:
+            raise TLSError("TLS handshake with %s failed: %s" % (where, e)) from None
+        except (ConnectError, ValueError):
+            raise
+        except (ConnectionResetError, BrokenPipeError) as e:
+            what = "during the TLS handshake" if transport == "ssl" and sock is None else "while connecting"
+            raise ConnectError("%s closed the connection %s: %s" % (where, what, e)) from None
+        except OSError as e:
+            if e.errno == errno.ECONNREFUSED:
+                raise ConnectError("connection to %s refused: is the server running?" % where) from None
+            if e.errno == 0 and transport == "ssl":
+                raise TLSError("%s closed the connection during the TLS handshake" % where) from None
+            raise ConnectError("cannot connect to %s: %s" % (where, e)) from None
+    finally:
+        if deadline is not None:
+            deadline.close()
+
+
+def is_dropped(sock: Any) -> bool:
+    """True when an idle socket cannot be reused: the peer closed or reset it,
+    or sent bytes nobody asked for.  Never blocks (hub-safe).
+
+    TLS: a post-handshake record that carries no application data (a TLS 1.3
+    session ticket) is consumed and the socket is still good.
+    """
+    try:
+        raw = sock._sock if hasattr(sock, "_sock") else sock
+        if raw.fileno() < 0:
+            return True
+        sslobj = getattr(sock, "_sslobj", None)
+        if sslobj is None:
+            try:
+                raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            return True  # EOF (b"") or unexpected bytes
+        if sslobj.pending():
+            return True
+        try:
+            raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        try:
+            sslobj.read(1)
+        except _stdssl.SSLWantReadError:
+            return False  # a record without application data: still good
+        return True
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def alpn_protocol(sock: Any) -> Optional[str]:
+    """The protocol the TLS peer chose by ALPN, or None (plain TCP or no ALPN)."""
+    fn = getattr(sock, "selected_alpn_protocol", None)
+    return fn() if fn is not None else None

@@ -1,0 +1,86 @@
+"""Named pools, as in hackney: one process-wide registry of GreenPool objects.
+
+What this owns: the mapping ``name -> GreenPool``, the lazily started
+``"default"`` pool, and fork safety.
+
+Promises:
+
+* ``start_pool(name, **opts)`` is idempotent: an existing pool of that name is
+  returned as it is (its options are not changed; stop it first to change them).
+* ``stop_pool(name)`` closes every connection of the pool, fails its waiters
+  with ``PoolClosed`` and removes it; later use of the stopped object raises
+  ``PoolClosed``.
+* After ``os.fork()`` the child keeps the same pool objects, emptied: every
+  inherited descriptor is dropped without a byte sent to the peer, so parent
+  and child never share a socket (``os.register_at_fork``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from greenpool.connection import Connector
+from greenpool.pool import GreenPool
+
+DEFAULT = "default"
+
+_pools: Dict[str, GreenPool] = {}
+
+
+def start_pool(name: str, *, connector: Optional[Connector] = None, **options: Any) -> GreenPool:
+    """Start the pool ``name`` (or return the running one)."""
+    pool = _pools.get(name)
+    if pool is not None and not pool.closed:
+        return pool
+    pool = GreenPool(name, connector=connector, **options)
+    _pools[name] = pool
+    return pool
+
+
+def find_pool(name: str) -> Optional[GreenPool]:
+    """The running pool called ``name``, or None."""
+    return _pools.get(name)
+
+
+def stop_pool(name: str) -> bool:
+    """Stop and forget the pool ``name``; False when there was none."""
+    pool = _pools.pop(name, None)
+    if pool is None:
+        return False
+    pool.close()
+    return True
+
+
+def get_pool(name: str = DEFAULT) -> GreenPool:
+    """The pool ``name``; the ``"default"`` pool is started on first use."""
+    pool = _pools.get(name)
+    if pool is None:
+        if name != DEFAULT:
+            from greenpool.errors import PoolError
+            raise PoolError(name, "no such pool; start it with greenpool.start_pool(%r, ...)" % (name,))
+        pool = start_pool(DEFAULT)
+    return pool
+
+
+def resolve_pool(pool: Any) -> GreenPool:
+    """A GreenPool given itself or its name (``"default"`` is started lazily)."""
+    if isinstance(pool, GreenPool):
+        return pool
+    if pool is None:
+        return get_pool(DEFAULT)
+    if isinstance(pool, str):
+        return get_pool(pool)
+    raise TypeError("pool must be a pool name or a GreenPool, not %s" % type(pool).__name__)
+
+
+def all_pools() -> Dict[str, GreenPool]:
+    return dict(_pools)
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools.values()):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
