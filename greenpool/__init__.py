@@ -2,10 +2,10 @@
 
 Public names are grouped here; see README.rst for the guide.
 """
-from greenpool.errors import *  # noqa: F401,F403
-from greenpool.errors import __all__ as _errors_all
 from greenpool.backoff import Backoff
 from greenpool.connection import Connection, Connector
+from greenpool.errors import *  # noqa: F401,F403
+from greenpool.errors import __all__ as _errors_all
 from greenpool.options import PoolOptions
 from greenpool.pool import GreenPool
 from greenpool.registry import find_pool, get_pool, start_pool, stop_pool

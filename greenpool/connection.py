@@ -78,7 +78,7 @@ class Connection:
         self._timer: Any = None
         self._ping_at: Optional[float] = None
 
-    # -- the small interface the pool asks -----------------------------------
+    # -- the small interface the pool asks --
 
     @property
     def host(self) -> str:
@@ -127,7 +127,7 @@ class Connection:
         return "<Connection #%d %s:%s %s %s uses=%d%s>" % (
             self.id, host, port, transport, self.state, self.uses, extra)
 
-    # -- used by the pool only ------------------------------------------------
+    # -- used by the pool only --
 
     def _close_now(self) -> None:
         self.state = CLOSED

@@ -63,14 +63,14 @@ class GreenPoolError(Exception):
     """Base class of every error greenpool raises on purpose."""
 
 
-# -- timeouts ----------------------------------------------------------------
+# -- timeouts --
 
 
 class TimeoutException(GreenPoolError):
     """A greenpool deadline passed (connect, read, write or pool wait)."""
 
 
-# -- pool ----------------------------------------------------------------------
+# -- pool --
 
 
 class PoolError(GreenPoolError):
@@ -93,7 +93,7 @@ class CheckinError(PoolError):
     """A connection was returned to a pool that does not hold it."""
 
 
-# -- transport ----------------------------------------------------------------
+# -- transport --
 
 
 class TransportError(GreenPoolError):
@@ -136,7 +136,7 @@ class WriteTimeout(TransportError, TimeoutException):
     """The peer accepted nothing for longer than the write timeout."""
 
 
-# -- protocol -------------------------------------------------------------------
+# -- protocol --
 
 
 class ProtocolError(GreenPoolError):
@@ -155,7 +155,7 @@ class LocalProtocolError(ProtocolError):
     """What we were asked to send is not valid (e.g. CR/LF in a header)."""
 
 
-# -- HTTP -------------------------------------------------------------------------
+# -- HTTP --
 
 
 class HTTPError(GreenPoolError):
@@ -186,7 +186,7 @@ class HTTPStatusError(HTTPError):
         self.response = response
 
 
-# -- Redis -----------------------------------------------------------------------
+# -- Redis --
 
 
 class RedisError(GreenPoolError):
@@ -205,7 +205,7 @@ class AuthenticationError(RedisError, ConnectError):
     """The server refused our credentials."""
 
 
-# -- mapping at the I/O boundary ------------------------------------------------
+# -- mapping at the I/O boundary --
 
 
 @contextlib.contextmanager

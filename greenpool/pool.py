@@ -54,7 +54,14 @@ from gevent.hub import Waiter
 from greenpool import net
 from greenpool.backoff import Backoff
 from greenpool.connection import (
-    CLOSED, IDLE, IN_USE, RETIRED, SHARED, Connection, Connector, Key,
+    CLOSED,
+    IDLE,
+    IN_USE,
+    RETIRED,
+    SHARED,
+    Connection,
+    Connector,
+    Key,
 )
 from greenpool.errors import CheckinError, ConnectError, PoolClosed, PoolTimeout
 from greenpool.options import PoolOptions
@@ -123,18 +130,19 @@ class GreenPool:
         self._queue_count = 0
         self._seq = itertools.count()
         self._closed = False
+        self._dispatching = False
         self._reaper: Any = None
         self._rand = random.Random()
         self._pid = os.getpid()
         # CoDel (queue_target / queue_interval)
-        self._codel_next = 0.0
+        self._codel_timer: Any = None
         self._codel_min = float("inf")
         self._codel_slow = False
         self.counters = dict.fromkeys(
             ("created", "reused", "closed", "timeouts", "connect_errors", "reclaimed",
              "expired", "dropped", "shed", "pings", "ping_failures"), 0)
 
-    # -- public: limits and introspection --------------------------------------
+    # -- public: limits and introspection --
 
     @property
     def max_connections(self) -> int:
@@ -233,7 +241,7 @@ class GreenPool:
             self.name, s["open"], self._max, s["in_use_count"], s["free_count"],
             s["queue_count"], " closed" if self._closed else "")
 
-    # -- public: exclusive checkout -------------------------------------------------
+    # -- public: exclusive checkout --
 
     def checkout(self, host: str, port: int, transport: str = "tcp",
                  timeout: Optional[float] = None, **connect_opts: Any) -> Connection:
@@ -266,7 +274,7 @@ class GreenPool:
             h.in_use += 1
             self._in_use.add(conn)
             self.counters["reused"] += 1
-            if self._codel_next:
+            if self._codel_timer is not None:
                 self._codel_record(0.0)
             return conn
         return self._acquire(h, timeout, connect_opts, shared=False)
@@ -320,7 +328,7 @@ class GreenPool:
             raise
         self.checkin(conn)
 
-    # -- public: shared (multiplexed) connections --------------------------------------
+    # -- public: shared (multiplexed) connections --
 
     def acquire_shared(self, host: str, port: int, transport: str = "tcp",
                        timeout: Optional[float] = None,
@@ -409,7 +417,7 @@ class GreenPool:
         h.retired.add(conn)
         self._dispatch()
 
-    # -- public: lifecycle ---------------------------------------------------------------
+    # -- public: lifecycle --
 
     def prewarm(self, host: str, port: int, count: Optional[int] = None, transport: str = "tcp",
                 **connect_opts: Any) -> gevent.Greenlet:
@@ -443,13 +451,14 @@ class GreenPool:
             conns.extend(h.retired)
         for conn in conns:
             self._close(conn, "pool stopped")
-        if self._reaper is not None:
-            self._reaper.close()
-            self._reaper = None
+        for timer in (self._reaper, self._codel_timer):
+            if timer is not None:
+                timer.close()
+        self._reaper = self._codel_timer = None
 
     stop = close
 
-    # -- internals: acquiring ----------------------------------------------------------------
+    # -- internals: acquiring --
 
     def _new_host(self, host: Any, port: Any, transport: Any, connect_opts: Dict[str, Any],
                   prewarm: bool = True) -> _Host:
@@ -480,7 +489,7 @@ class GreenPool:
         deadline = None if timeout is None else start + timeout
         codel = self.options.queue_target is not None
         if codel:
-            self._codel_tick(start)
+            self._codel_start()
             if self._codel_slow:
                 shed = start + 2 * self.options.queue_target  # type: ignore[operator]
                 deadline = shed if deadline is None else min(deadline, shed)
@@ -498,6 +507,8 @@ class GreenPool:
                     raise self._timeout_error(h, start, codel)
                 grant = self._wait(h, remaining, shared)
                 if grant is None:
+                    if codel:
+                        self._codel_record(_monotonic() - start)
                     raise self._timeout_error(h, start, codel)
                 if grant is _STOPPED:
                     raise self._closed_error()
@@ -700,7 +711,20 @@ class GreenPool:
                 self.checkin(grant)
 
     def _dispatch(self) -> None:
-        """Serve waiters while something can serve them; FIFO across keys by seq."""
+        """Serve waiters while something can serve them; FIFO across keys by seq.
+
+        Not re-entrant: a close inside it (a dead idle connection found while
+        serving) does not dispatch again; this loop looks again instead.
+        """
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            self._dispatch_loop()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_loop(self) -> None:
         while self._queue_count and not self._closed:
             best: Optional[_Waiter] = None
             for h in self._waiting.values():
@@ -732,7 +756,7 @@ class GreenPool:
             return self._open < self._max or self._idle_count > len(h.idle)
         return False
 
-    # -- internals: closing and expiry ----------------------------------------------------------
+    # -- internals: closing and expiry --
 
     def _unreusable(self, conn: Connection, h: _Host) -> Optional[str]:
         if self._closed:
@@ -748,8 +772,11 @@ class GreenPool:
             return "max_lifetime reached"
         return None
 
-    def _close(self, conn: Connection, reason: str) -> None:
-        """Close a connection and give its slots back.  The one place slots are freed."""
+    def _close(self, conn: Connection, reason: str, dispatch: bool = True) -> None:
+        """Close a connection and give its slots back.  The one place slots are freed.
+
+        ``dispatch=False`` when the caller takes the freed slot itself (eviction).
+        """
         state = conn.state
         if state is CLOSED:
             return
@@ -775,7 +802,8 @@ class GreenPool:
         try:
             conn._close_now()
         finally:
-            self._dispatch()
+            if dispatch:
+                self._dispatch()
 
     def _evict_oldest_idle(self, other_than: Optional[_Host], reason: str) -> bool:
         oldest = None
@@ -786,7 +814,7 @@ class GreenPool:
                     oldest = c
         if oldest is None:
             return False
-        self._close(oldest, reason)
+        self._close(oldest, reason, dispatch=False)
         return True
 
     def _arm(self, conn: Connection, now: float) -> None:
@@ -910,22 +938,37 @@ class GreenPool:
                 self.checkin(conn)
         return opened
 
-    # -- internals: CoDel (DBConnection's queue_target / queue_interval) -------------------
+    # -- internals: CoDel (DBConnection's queue_target / queue_interval) --
+    #
+    # Every queue_interval a timer looks back: if no checkout in the interval got
+    # its connection within queue_target (the smallest wait exceeded it), the pool
+    # is "slow" and waiters are dropped after 2 x queue_target instead of
+    # checkout_timeout; an interval in which someone was served fast ends it.
+    # Each interval starts from the wait of the oldest caller still queued.
 
-    def _codel_tick(self, now: float) -> None:
-        if not self._codel_next:
-            self._codel_next = now + self.options.queue_interval  # type: ignore[operator]
-        elif now >= self._codel_next:
-            # slow when nobody in the last interval got a connection within the target
-            self._codel_slow = self._codel_min > self.options.queue_target  # type: ignore[operator]
+    def _codel_start(self) -> None:
+        if self._codel_timer is None and not self._closed:
+            interval = self.options.queue_interval
+            self._codel_timer = get_hub().loop.timer(interval, interval, ref=False)
+            self._codel_timer.start(self._codel_tick)
             self._codel_min = float("inf")
-            self._codel_next = now + self.options.queue_interval  # type: ignore[operator]
+
+    def _codel_tick(self) -> None:
+        self._codel_slow = self._codel_min > self.options.queue_target  # type: ignore[operator]
+        oldest = None
+        for h in self._waiting.values():
+            w = self._first_live(h)
+            if oldest is None or w.since < oldest:
+                oldest = w.since
+        self._codel_min = 0.0 if oldest is None else _monotonic() - oldest
+        if self._codel_min == 0.0 and not self._codel_slow and not self._queue_count:
+            self._codel_min = float("inf")  # an interval with no checkout says nothing
 
     def _codel_record(self, waited: float) -> None:
         if waited < self._codel_min:
             self._codel_min = waited
 
-    # -- internals: errors and matching -------------------------------------------------------
+    # -- internals: errors and matching --
 
     def _match(self, key: Tuple[Any, ...]) -> List[_Host]:
         if len(key) == 3:
@@ -954,7 +997,7 @@ class GreenPool:
                                self._max, h.open - len(h.idle), self._per_host,
                                self._queue_count, why))
 
-    # -- fork safety ----------------------------------------------------------------------------
+    # -- fork safety --
 
     def _after_fork_in_child(self) -> None:
         """Forget every connection inherited from the parent without touching its peer.
@@ -972,7 +1015,7 @@ class GreenPool:
         self._waiting.clear()
         self._in_use.clear()
         self._open = self._idle_count = self._queue_count = 0
-        self._reaper = None
+        self._reaper = self._codel_timer = None
         self._pid = os.getpid()
 
 

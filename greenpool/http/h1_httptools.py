@@ -1,0 +1,221 @@
+"""The HTTP/1.1 client adapter over httptools (llhttp): the fast path.
+
+What this owns: one ``httptools.HttpResponseParser`` behind the
+:class:`~greenpool.http.h1.H1Connection` interface, behaving exactly like the
+h11 backend (the rules are in ``h1.py``).  Requests are serialized by our own
+code (``h1.serialize_head``: one ``b"".join``).
+
+How: ``receive_data`` feeds the parser at once; its callbacks push our events
+into a deque that ``next_event`` pops.  A parse error (or one of our checks
+raised inside a callback) is stored and raised by ``next_event`` once the
+events parsed before it are delivered, as h11 would.  Where llhttp is more
+lenient than h11 (HTTP version, status < 100, Transfer-Encoding other than a
+single ``chunked``, trailing blanks in values) the shared head rules in
+``h1.py`` apply; one llhttp leniency is switched on to match h11: blanks after
+a chunk size.
+
+llhttp cannot be told that a response answers a HEAD request (httptools does
+not expose ``F_SKIPBODY``), so for HEAD we feed the parser only up to each
+head's blank line, end the message ourselves, and use a fresh parser for the
+next cycle.  llhttp never sees EOF either: ``h1.py`` decides what EOF means.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, List, Optional
+
+import httptools
+
+from greenpool.errors import RemoteProtocolError
+from greenpool.http.h1 import (
+    _R_BODY,
+    _R_DONE,
+    _R_HEAD,
+    _SPECIAL_RESP,
+    Data,
+    Event,
+    H1Connection,
+    Headers,
+    ResponseHead,
+    serialize_head,
+)
+
+_ParserError = httptools.HttpParserError
+_ParserUpgrade = httptools.HttpParserUpgrade
+
+
+class _StopParsing(Exception):
+    """Raised in a callback when bytes follow the complete final response."""
+
+
+class HttptoolsConnection(H1Connection):
+    """:class:`~greenpool.http.h1.H1Connection` over httptools."""
+
+    __slots__ = (
+        "_parser",
+        "_events",
+        "_reason",
+        "_hdrs",
+        "_hsize",
+        "_specials",
+        "_tcount",
+        "_tsize",
+        "_cb_error",
+        "_tail",
+        "_dirty",
+    )
+
+    backend = "httptools"
+
+    def __init__(self, *, max_header_size: int = 65536, max_headers: int = 256) -> None:
+        super().__init__(max_header_size=max_header_size, max_headers=max_headers)
+        self._events: Deque[Event] = deque()
+        self._reason = b""
+        self._hdrs: Headers = []
+        self._hsize = 0
+        self._specials: Headers = []
+        self._tcount = 0
+        self._tsize = 0
+        self._cb_error: Optional[Exception] = None
+        self._tail = b""
+        self._dirty = False
+        self._parser = self._new_parser()
+
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        parser = httptools.HttpResponseParser(self)
+        parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+        return parser
+
+    # -- sending -----------------------------------------------------------------
+
+    def send_request(
+        self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
+    ) -> bytes:
+        framing = self._begin_request(method, target, headers, body_length)
+        return serialize_head(method, target, headers + framing if framing else headers)
+
+    # -- receiving -------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        data = self._filter_incoming(data)  # type: ignore[assignment]
+        if data is None:
+            return
+        if self._is_head and self._rstate == _R_HEAD:
+            self._feed_heads_only(data)
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except (_ParserError, _ParserUpgrade) as e:
+            err = self._cb_error
+            self._cb_error = None
+            if self._rstate == _R_DONE:  # bytes after the final response
+                self.keep_alive = False
+                self._dirty = True
+                return
+            if err is None:
+                err = RemoteProtocolError("malformed response: %s" % (e,))
+            self._fail(err)
+
+    def _feed_heads_only(self, data: bytes) -> None:
+        # A response to HEAD: feed each head up to its blank line and no further.
+        while data:
+            probe = self._tail + data
+            i = probe.find(b"\r\n\r\n")
+            if i < 0:
+                self._tail = probe[-3:]
+                self._feed(data)
+                return
+            cut = i + 4 - len(self._tail)
+            self._tail = b""
+            self._feed(data[:cut])
+            data = data[cut:]
+            if self._rstate != _R_HEAD:  # the final head (or an error)
+                self._dirty = True
+                if self._rstate == _R_DONE and data.strip(b"\r\n"):
+                    self.keep_alive = False
+                return
+
+    def next_event(self) -> Event:
+        if self._events:
+            return self._events.popleft()
+        return self._no_more_events()
+
+    def start_next_cycle(self) -> None:
+        self._check_next_cycle()
+        if self._dirty:
+            self._parser = self._new_parser()
+            self._dirty = False
+        self._tail = b""
+        self._reset()
+
+    # -- parser callbacks --------------------------------------------------------------
+
+    def _store(self, exc: Exception) -> Exception:
+        self._cb_error = exc
+        return exc
+
+    def on_message_begin(self) -> None:
+        if self._rstate == _R_DONE:
+            raise _StopParsing()
+        self._reason = b""
+        self._hdrs = []
+        self._hsize = 0
+        self._specials = []
+        self._tcount = 0
+        self._tsize = 0
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._rstate != _R_HEAD:  # a trailer: counted, then dropped
+            self._tcount += 1
+            self._tsize += len(name) + len(value) + 4
+            if self._tcount > self._max_headers or self._tsize > self._max_header_size:
+                raise self._store(self._trailers_too_large())
+            return
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name in _SPECIAL_RESP:
+            if name == b"transfer-encoding":
+                value = value.lower()  # as h11 reports it
+            self._specials.append((name, value))
+        hdrs: List = self._hdrs
+        hdrs.append((name, value))
+        self._hsize += len(name) + len(value) + 4
+        if len(hdrs) > self._max_headers:
+            raise self._store(self._too_many_headers())
+        if self._hsize + len(self._reason) + 15 > self._max_header_size:
+            raise self._store(self._head_too_large())
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        try:
+            event = self._head(
+                parser.get_status_code(),
+                self._reason,
+                parser.get_http_version(),
+                self._hdrs,
+                self._hsize,
+                self._specials,
+            )
+        except RemoteProtocolError as e:
+            raise self._store(e) from None
+        self._events.append(event)
+        if self._is_head and event.__class__ is ResponseHead:
+            self._events.append(self._end(False))
+
+    def on_body(self, body: bytes) -> None:
+        self._body_received += len(body)
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        if self._rstate == _R_BODY:
+            self._events.append(self._end(False))
+
+
+__all__ = ["HttptoolsConnection"]
