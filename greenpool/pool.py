@@ -804,6 +804,10 @@ class GreenPool:
         finally:
             if dispatch:
                 self._dispatch()
+            self._connection_closed(conn, reason)
+
+    def _connection_closed(self, conn: Connection, reason: str) -> None:
+        """Hook for subclasses (RedisPool replaces dead connections).  Never yields."""
 
     def _evict_oldest_idle(self, other_than: Optional[_Host], reason: str) -> bool:
         oldest = None

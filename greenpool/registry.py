@@ -27,12 +27,27 @@ DEFAULT = "default"
 _pools: Dict[str, GreenPool] = {}
 
 
-def start_pool(name: str, *, connector: Optional[Connector] = None, **options: Any) -> GreenPool:
-    """Start the pool ``name`` (or return the running one)."""
+PROTOCOLS = ("generic", "redis")
+
+
+def start_pool(name: str, *, protocol: str = "generic", connector: Optional[Connector] = None,
+               **options: Any) -> GreenPool:
+    """Start the pool ``name`` (or return the running one).
+
+    ``protocol="redis"`` starts a :class:`greenpool.redis.RedisPool` (options
+    as RedisPool takes them); the default is a generic pool of TCP/TLS
+    connections, which the HTTP client uses.
+    """
     pool = _pools.get(name)
     if pool is not None and not pool.closed:
         return pool
-    pool = GreenPool(name, connector=connector, **options)
+    if protocol == "redis":
+        from greenpool.redis import RedisPool
+        pool = RedisPool(name=name, **options)
+    elif protocol == "generic":
+        pool = GreenPool(name, connector=connector, **options)
+    else:
+        raise ValueError("protocol must be one of %s, not %r" % (", ".join(PROTOCOLS), protocol))
     _pools[name] = pool
     return pool
 
