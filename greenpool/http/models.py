@@ -1,0 +1,493 @@
+"""HTTP values shared by the HTTP/1.1 and HTTP/2 transports.
+
+What this owns: :class:`Timeout`, :class:`Headers`, :class:`URL`,
+:class:`Request` and :class:`Response`, and the one seam between a response
+and the connection under it, the *body stream*::
+
+    class BodyStream:
+        def read_chunk(self, max_bytes: int) -> bytes   # b"" once the body is complete
+        def close(self) -> None    # stop early: the transport closes or resets what it must
+                                   # and gives the connection back; idempotent
+        trailers: Optional[Headers]   # after the end, when the peer sent any
+
+A transport (``h1transport`` / ``h2transport``) returns a Response whose
+``stream`` is its own BodyStream; the Response never touches a socket.
+Promises: the connection goes back to its pool exactly once, when the body
+has been read to the end, or when ``close()`` is called before the end
+(never a half-read socket back in the pool); ``content`` is cached.
+"""
+from __future__ import annotations
+
+import json as _json
+import time
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from greenpool.errors import HTTPStatusError, InvalidURL, StreamConsumed
+
+_UNSET: Any = object()
+
+
+class Timeout:
+    """Per-phase deadlines in seconds (None: no limit).
+
+    ``Timeout(5.0)`` sets all five to 5 s; keywords set each one:
+    ``connect`` (DNS + TCP + TLS), ``read`` (between two bytes from the peer),
+    ``write`` (between two bytes accepted by the peer), ``pool`` (waiting for a
+    connection), ``total`` (the whole exchange, pool wait included, up to the
+    end of the body, or up to the response head when ``stream=True``).
+    """
+
+    __slots__ = ("connect", "read", "write", "pool", "total")
+
+    def __init__(self, timeout: Any = _UNSET, *, connect: Any = _UNSET, read: Any = _UNSET,
+                 write: Any = _UNSET, pool: Any = _UNSET, total: Any = _UNSET) -> None:
+        default = None if timeout is _UNSET else timeout
+        if isinstance(default, Timeout):
+            default_values = {k: getattr(default, k) for k in self.__slots__}
+        else:
+            _check_seconds("timeout", default)
+            default_values = dict.fromkeys(self.__slots__, default)
+        for name, value in (("connect", connect), ("read", read), ("write", write),
+                            ("pool", pool), ("total", total)):
+            if value is _UNSET:
+                value = default_values[name]
+            else:
+                _check_seconds(name, value)
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Timeout is immutable; use Timeout(old, %s=...)" % name)
+
+    @classmethod
+    def coerce(cls, value: Any) -> "Timeout":
+        return value if isinstance(value, Timeout) else cls(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timeout) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in self.__slots__))
+
+    def __repr__(self) -> str:
+        return "Timeout(%s)" % ", ".join("%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+
+def _check_seconds(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("timeout %s must be a number of seconds or None, not %s" % (name, type(value).__name__))
+    if value < 0:
+        raise ValueError("timeout %s must be >= 0, got %r" % (name, value))
+
+
+HeaderInput = Union[None, "Headers", Mapping[Any, Any], Sequence[Tuple[Any, Any]]]
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("latin-1")
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise TypeError("header names and values must be str or bytes, not %s" % type(v).__name__)
+
+
+class Headers:
+    """Case-insensitive, multi-valued, ordered HTTP headers.
+
+    ``h["x"]`` joins repeated values with ", " (``set-cookie`` too: use
+    ``get_list``); ``items()`` gives every (name, value) pair in order, with
+    names as first given (responses: lowercase).
+    """
+
+    __slots__ = ("_list",)
+
+    def __init__(self, headers: HeaderInput = None) -> None:
+        self._list: List[Tuple[str, str]] = []
+        if headers is None:
+            return
+        if isinstance(headers, Headers):
+            self._list = list(headers._list)
+            return
+        items: Iterable[Tuple[Any, Any]] = headers.items() if isinstance(headers, Mapping) else headers
+        for k, v in items:
+            self._list.append((_to_str(k), _to_str(v)))
+
+    @classmethod
+    def from_raw(cls, raw: Sequence[Tuple[bytes, bytes]]) -> "Headers":
+        h = cls.__new__(cls)
+        h._list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        return h
+
+    def raw(self) -> List[Tuple[bytes, bytes]]:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._list]
+
+    def get_list(self, name: str) -> List[str]:
+        n = name.lower()
+        return [v for k, v in self._list if k.lower() == n]
+
+    getall = get_list
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self.get_list(name)
+        return ", ".join(values) if values else default
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_list(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        """Replace every value of ``name`` with one."""
+        n = name.lower()
+        self._list = [(k, v) for k, v in self._list if k.lower() != n]
+        self._list.append((_to_str(name), _to_str(value)))
+
+    def __delitem__(self, name: str) -> None:
+        n = name.lower()
+        before = len(self._list)
+        self._list = [(k, v) for k, v in self._list if k.lower() != n]
+        if len(self._list) == before:
+            raise KeyError(name)
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        value = self.get(name, default)
+        n = name.lower()
+        self._list = [(k, v) for k, v in self._list if k.lower() != n]
+        return value
+
+    def add(self, name: str, value: Any) -> None:
+        self._list.append((_to_str(name), _to_str(value)))
+
+    def setdefault(self, name: str, value: Any) -> str:
+        if name not in self:
+            self.add(name, value)
+        return self[name]
+
+    def update(self, other: HeaderInput) -> None:
+        for k, v in Headers(other)._list:
+            self[k] = v
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        n = name.lower()
+        return any(k.lower() == n for k, _ in self._list)
+
+    def keys(self) -> List[str]:
+        seen: Dict[str, str] = {}
+        for k, _ in self._list:
+            seen.setdefault(k.lower(), k)
+        return list(seen.values())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def items(self) -> List[Tuple[str, str]]:
+        return list(self._list)
+
+    def __len__(self) -> int:
+        return len(self._list)
+
+    def copy(self) -> "Headers":
+        return Headers(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            try:
+                other = Headers(other)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return False
+        norm = sorted((k.lower(), v) for k, v in self._list)
+        return norm == sorted((k.lower(), v) for k, v in other._list)
+
+    def __repr__(self) -> str:
+        return "Headers(%r)" % (self._list,)
+
+
+class URL:
+    """An absolute http(s) URL, split once: scheme, host, port, target."""
+
+    __slots__ = ("scheme", "host", "port", "target", "userinfo", "fragment", "_str")
+
+    DEFAULT_PORTS = {"http": 80, "https": 443}
+
+    def __init__(self, url: Union[str, "URL"], params: Any = None) -> None:
+        if isinstance(url, URL):
+            url = str(url)
+        if isinstance(url, bytes):
+            url = url.decode("ascii")
+        if not isinstance(url, str):
+            raise InvalidURL("a URL must be a str, not %s" % type(url).__name__)
+        if any(c in url for c in "\r\n\x00") or " " in url.strip():
+            raise InvalidURL("URL %r contains whitespace or control characters" % (url,))
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError as e:
+            raise InvalidURL("cannot parse URL %r: %s" % (url, e)) from None
+        scheme = parts.scheme.lower()
+        if scheme not in self.DEFAULT_PORTS:
+            raise InvalidURL("URL %r: scheme must be http or https, not %r" % (url, parts.scheme))
+        host = parts.hostname
+        if not host:
+            raise InvalidURL("URL %r has no host" % (url,))
+        try:
+            host.encode("ascii")
+        except UnicodeEncodeError:
+            try:
+                host = host.encode("idna").decode("ascii")
+            except UnicodeError as e:
+                raise InvalidURL("URL %r: invalid host name: %s" % (url, e)) from None
+        self.scheme = scheme
+        self.host = host
+        self.port = port if port is not None else self.DEFAULT_PORTS[scheme]
+        self.userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+        self.fragment = parts.fragment
+        path = parts.path or "/"
+        query = parts.query
+        if params:
+            extra = urlencode(list(params.items()) if isinstance(params, Mapping) else list(params), doseq=True)
+            query = query + "&" + extra if query else extra
+        target = path + ("?" + query if query else "")
+        try:
+            self.target = target.encode("ascii")
+        except UnicodeEncodeError:
+            from urllib.parse import quote
+            self.target = quote(target, safe="/?&=%:@!$'()*+,;~-._").encode("ascii")
+        self._str = "%s://%s%s" % (scheme, self.authority, self.target.decode("ascii"))
+
+    @property
+    def transport(self) -> str:
+        return "ssl" if self.scheme == "https" else "tcp"
+
+    @property
+    def authority(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        if self.port == self.DEFAULT_PORTS[self.scheme]:
+            return host
+        return "%s:%d" % (host, self.port)
+
+    @property
+    def origin(self) -> Tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def path(self) -> str:
+        return self.target.decode("ascii").partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.decode("ascii").partition("?")[2]
+
+    def join(self, location: str) -> "URL":
+        """Resolve a (possibly relative) Location against this URL."""
+        return URL(urljoin(self._str, location))
+
+    def __str__(self) -> str:
+        return self._str
+
+    def __repr__(self) -> str:
+        return "URL(%r)" % self._str
+
+    def __eq__(self, other: object) -> bool:
+        return str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(self._str)
+
+
+class Request:
+    """What is sent: method, URL, headers and a body source.
+
+    ``body`` is None, bytes, or a source the transport streams: a file object
+    (``.read``), or an iterable of bytes; ``content_length`` is known for
+    bytes and for sized files, else None (chunked on HTTP/1.1).
+    """
+
+    __slots__ = ("method", "url", "headers", "body", "content_length", "extensions")
+
+    def __init__(self, method: str, url: Union[str, URL], headers: HeaderInput = None,
+                 body: Any = None, content_length: Optional[int] = None) -> None:
+        if not isinstance(method, str) or not method:
+            raise ValueError("method must be a non-empty str, not %r" % (method,))
+        self.method = method.upper()
+        self.url = url if isinstance(url, URL) else URL(url)
+        self.headers = Headers(headers)
+        self.body = body
+        self.content_length = content_length
+        self.extensions: Dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return "<Request %s %s>" % (self.method, self.url)
+
+
+class Response:
+    """A response: status and headers at once, the body read on demand.
+
+    The body is read through ``stream`` (see the module docstring) and decoded
+    (``Content-Encoding``) by ``decoder``.  With ``stream=False`` the client
+    reads it all before returning, so ``content`` is ready and the connection
+    is already back in its pool.
+    """
+
+    def __init__(self, status: int, headers: Headers, *, reason: str = "", http_version: str = "HTTP/1.1",
+                 url: Union[str, URL] = "", request: Optional[Request] = None, stream: Any = None,
+                 decoder: Any = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.http_version = http_version
+        self.headers = headers
+        self.url = str(url)
+        self.request = request
+        self.stream = stream
+        self.history: List["Response"] = []
+        self.elapsed: float = 0.0
+        self._decoder = decoder
+        self._content: Optional[bytes] = None
+        self._consumed = False
+        self._closed = stream is None
+        self._started = time.monotonic()
+
+    # -- status -----------------------------------------------------------------------------
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status in (301, 302, 303, 307, 308) and "location" in self.headers
+
+    def raise_for_status(self) -> "Response":
+        if self.status >= 400:
+            kind = "client error" if self.status < 500 else "server error"
+            raise HTTPStatusError("%d %s (%s) for %s" % (self.status, self.reason, kind, self.url), self)
+        return self
+
+    @property
+    def trailers(self) -> Optional[Headers]:
+        return getattr(self.stream, "trailers", None)
+
+    # -- body -------------------------------------------------------------------------------
+
+    def iter_raw(self, chunk_size: int = 65536) -> Iterator[bytes]:
+        """The body as it came off the wire (not decoded)."""
+        if self._content is not None:
+            yield self._content
+            return
+        if self._consumed:
+            raise StreamConsumed("the body of %s was already read as a stream" % self.url)
+        self._consumed = True
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            while True:
+                chunk = stream.read_chunk(chunk_size)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            self.close()
+
+    def iter_bytes(self, chunk_size: Optional[int] = None) -> Iterator[bytes]:
+        """The decoded body in chunks (of about ``chunk_size`` bytes when given)."""
+        if self._content is not None:
+            data = self._content
+            step = chunk_size or len(data) or 1
+            for i in range(0, len(data), step):
+                yield data[i:i + step]
+            return
+        decoder = self._decoder
+        buf = b""
+        for raw in self.iter_raw(chunk_size or 65536):
+            data = decoder.decode(raw) if decoder is not None else raw
+            if not data:
+                continue
+            if chunk_size is None:
+                yield data
+                continue
+            buf += data
+            while len(buf) >= chunk_size:
+                yield buf[:chunk_size]
+                buf = buf[chunk_size:]
+        if decoder is not None:
+            tail = decoder.flush()
+            if tail:
+                if chunk_size is None:
+                    yield tail
+                else:
+                    buf += tail
+        while buf:
+            step = chunk_size or len(buf)
+            yield buf[:step]
+            buf = buf[step:]
+
+    def read(self) -> bytes:
+        """The whole decoded body (cached)."""
+        if self._content is None:
+            self._content = b"".join(self.iter_bytes())
+        return self._content
+
+    @property
+    def content(self) -> bytes:
+        return self.read()
+
+    @property
+    def encoding(self) -> str:
+        ctype = self.headers.get("content-type", "")
+        for part in ctype.split(";")[1:]:
+            k, _, v = part.strip().partition("=")
+            if k.lower() == "charset" and v:
+                return v.strip("\"'")
+        return "utf-8"
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.read().decode(self.encoding, errors="replace")
+        except LookupError:
+            return self.read().decode("utf-8", errors="replace")
+
+    def json(self, **kw: Any) -> Any:
+        return _json.loads(self.read(), **kw)
+
+    def close(self) -> None:
+        """Stop reading; the connection is released (closed if the body was not complete)."""
+        if not self._closed:
+            self._closed = True
+            self.elapsed = time.monotonic() - self._started
+            stream = self.stream
+            if stream is not None:
+                stream.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Response":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # a streamed response dropped unread must not hold its connection forever
+        try:
+            if not self._closed and self.stream is not None:
+                self.stream.close()
+        except Exception:  # noqa: BLE001 - nothing to report to in a finalizer
+            pass
+
+    def __repr__(self) -> str:
+        return "<Response [%d %s] %s %s>" % (self.status, self.reason, self.http_version, self.url)
