@@ -249,28 +249,33 @@ def connect(host: str, port: int, transport: str = "tcp", *,
             deadline.close()
 
 
-def is_dropped(sock: Any) -> bool:
+_PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)  # an int once, not an IntFlag per call
+
+
+def is_dropped(sock: Any, tls: Optional[bool] = None) -> bool:
     """True when an idle socket cannot be reused: the peer closed or reset it,
     or sent bytes nobody asked for.  Never blocks (hub-safe).
 
-    TLS: a post-handshake record that carries no application data (a TLS 1.3
-    session ticket) is consumed and the socket is still good.
+    ``tls``: whether ``sock`` is a TLS socket, when the caller knows (it saves
+    a slow attribute lookup on the checkout path).  A post-handshake TLS record
+    that carries no application data (a TLS 1.3 session ticket) is consumed and
+    the socket is still good.
     """
     try:
-        raw = sock._sock if hasattr(sock, "_sock") else sock
-        if raw.fileno() < 0:
-            return True
-        sslobj = getattr(sock, "_sslobj", None)
-        if sslobj is None:
+        raw = sock._sock
+        if tls is None:
+            tls = isinstance(sock, gssl.SSLSocket)
+        if not tls:
             try:
-                raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+                raw.recv(1, _PEEK)
             except BlockingIOError:
                 return False
             return True  # EOF (b"") or unexpected bytes
-        if sslobj.pending():
+        sslobj = sock._sslobj
+        if sslobj is None or sslobj.pending():
             return True
         try:
-            raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+            raw.recv(1, _PEEK)
         except BlockingIOError:
             return False
         try:

@@ -93,6 +93,11 @@ def all_pools() -> Dict[str, GreenPool]:
 
 
 def _after_fork_in_child() -> None:
+    # a plain os.fork() in an unpatched process leaves gevent's hub and its
+    # resolver threadpool as the parent had them; gevent.reinit() (idempotent,
+    # and what gevent.fork() does itself) makes them usable in the child
+    import gevent
+    gevent.reinit()
     for pool in list(_pools.values()):
         pool._after_fork_in_child()
 
