@@ -55,6 +55,7 @@ class Connection:
     __slots__ = (
         "key", "sock", "proto", "id", "created_at", "expires_at", "last_used", "uses",
         "state", "holder", "users", "pool", "_host", "_io", "_timer", "_ping_at", "__weakref__",
+        "proto_state", "idle_timeout",
     )
 
     def __init__(self, key: Key, sock: Any, proto: Any = None) -> None:
@@ -77,6 +78,12 @@ class Connection:
         self._io: Any = None
         self._timer: Any = None
         self._ping_at: Optional[float] = None
+        #: protocol state of an exclusive connection (e.g. the HTTP/1.1 parser kept
+        #: across requests); the pool never looks at it; dropped at close
+        self.proto_state: Any = None
+        #: this connection's own idle timeout (e.g. the server's ``Keep-Alive:
+        #: timeout=N``); the pool uses the smaller of it and its ``timeout``
+        self.idle_timeout: Optional[float] = None
 
     # -- the small interface the pool asks --
 
@@ -131,6 +138,7 @@ class Connection:
 
     def _close_now(self) -> None:
         self.state = CLOSED
+        self.proto_state = None
         self._unwatch()
         io, self._io = self._io, None
         if io is not None:
@@ -183,6 +191,9 @@ class Connector:
     shared = False
     #: True: ``ping(conn)`` checks an idle connection every idle_interval
     can_ping = False
+    #: False: callers never open connections (shared mode); they take a live one or
+    #: wait, and the pool's owner keeps the connections open (RedisPool's pool_size)
+    open_on_demand = True
 
     def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
         host, port, transport = key

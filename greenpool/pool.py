@@ -44,6 +44,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
 
@@ -64,6 +65,8 @@ from greenpool.connection import (
     Key,
 )
 from greenpool.errors import CheckinError, ConnectError, PoolClosed, PoolTimeout
+from greenpool.events import _subscribers as _listeners
+from greenpool.events import emit as _emit
 from greenpool.options import PoolOptions
 
 log = logging.getLogger("greenpool.pool")
@@ -73,6 +76,9 @@ _DEFAULT: Any = object()
 PERMIT: Any = type("PERMIT", (), {"__repr__": lambda self: "PERMIT"})()
 _STOPPED: Any = type("STOPPED", (), {"__repr__": lambda self: "STOPPED"})()
 REAP_INTERVAL = 0.25
+# every pool of this process, registered or not (companion pools, direct GreenPool(...)):
+# the registry's fork handler empties them all in the child
+_ALL_POOLS: "weakref.WeakSet[GreenPool]" = weakref.WeakSet()
 
 
 class _Host:
@@ -117,6 +123,7 @@ class GreenPool:
         if not isinstance(name, str) or not name:
             raise ValueError("a pool name must be a non-empty str, not %r" % (name,))
         self.name = name
+        _ALL_POOLS.add(self)
         self.options = PoolOptions.from_kwargs(**options)
         self.connector = connector if connector is not None else Connector()
         self._max = self.options.max_connections
@@ -250,6 +257,8 @@ class GreenPool:
         The most recently used idle one for the key, else a new one if both
         semaphores allow, else wait FIFO until ``timeout`` (default: the pool's
         ``checkout_timeout``; 0: don't wait) -> :class:`PoolTimeout`.
+        ``connect_opts`` go to the connector when a connection is opened
+        (``connect_timeout=`` overrides the pool's for that open).
         """
         if self._closed:
             raise self._closed_error()
@@ -261,7 +270,7 @@ class GreenPool:
         while idle and not h.live:
             conn = idle.pop()
             self._idle_count -= 1
-            if net.is_dropped(conn.sock):
+            if net.is_dropped(conn.sock, conn.key[2] == "ssl"):
                 idle.append(conn)
                 self._idle_count += 1
                 self.counters["dropped"] += 1
@@ -276,6 +285,8 @@ class GreenPool:
             self.counters["reused"] += 1
             if self._codel_timer is not None:
                 self._codel_record(0.0)
+            if _listeners:
+                _emit("checkout", self, h.key)
             return conn
         return self._acquire(h, timeout, connect_opts, shared=False)
 
@@ -293,6 +304,8 @@ class GreenPool:
                 return
             raise CheckinError(self.name, "%r was already returned (it is %s)" % (conn, state))
         h = conn._host
+        if _listeners:
+            _emit("checkin", self, h.key)
         reason = self._unreusable(conn, h)
         if reason is not None:
             self._close(conn, reason)
@@ -303,6 +316,8 @@ class GreenPool:
             conn.holder = w.greenlet
             conn.uses += 1
             self.counters["reused"] += 1
+            if _listeners:
+                _emit("checkout", self, h.key)
             self._grant(w, conn)
             return
         self._in_use.discard(conn)
@@ -361,6 +376,8 @@ class GreenPool:
         if conn.users <= 0:
             raise CheckinError(self.name, "%r has no users to release" % (conn,))
         conn.users -= 1
+        if _listeners:
+            _emit("checkin", self, conn.key)
         if conn.users == 0:
             if state is RETIRED:
                 self._close(conn, "retired and no longer used")
@@ -525,14 +542,14 @@ class GreenPool:
             if conn is not None:
                 self._use(conn)
                 return conn
-            if h.connecting:
-                return None  # a shared connection is on its way: wait for its capacity
+            if h.connecting or not self.connector.open_on_demand:
+                return None  # a shared connection is on its way (or the pool keeps its own): wait
         else:
             idle = h.idle
             while idle:
                 conn = idle.pop()
                 self._idle_count -= 1
-                if net.is_dropped(conn.sock):
+                if net.is_dropped(conn.sock, conn.key[2] == "ssl"):
                     idle.append(conn)
                     self._idle_count += 1
                     self.counters["dropped"] += 1
@@ -554,12 +571,16 @@ class GreenPool:
         h.in_use += 1
         self._in_use.add(conn)
         self.counters["reused"] += 1
+        if _listeners:
+            _emit("checkout", self, h.key)
 
     def _use(self, conn: Connection) -> None:
         if conn.users == 0:
             conn._unwatch()
         conn.users += 1
         conn.uses += 1
+        if _listeners:
+            _emit("checkout", self, conn.key)
 
     def _pick(self, h: _Host) -> Optional[Connection]:
         """A registered shared connection with spare capacity, by strategy."""
@@ -596,12 +617,19 @@ class GreenPool:
     def _open_conn(self, h: _Host, connect_opts: Dict[str, Any], shared: bool,
                    setup: Optional[Callable[[Connection], None]]) -> Connection:
         """Connect on a reserved slot; the slot is given back on every failure."""
+        timeout = self.options.connect_timeout
+        if "connect_timeout" in connect_opts:  # a per-call override (HTTP Timeout.connect)
+            connect_opts = dict(connect_opts)
+            timeout = connect_opts.pop("connect_timeout")
+        started = _monotonic()
         try:
-            conn = self.connector.connect(h.key, self.options.connect_timeout, **connect_opts)
+            conn = self.connector.connect(h.key, timeout, **connect_opts)
         except BaseException as e:
             if isinstance(e, ConnectError):
                 self.counters["connect_errors"] += 1
             self._unreserve(h)
+            if _listeners:
+                _emit("connect_error", self, h.key, _monotonic() - started, str(e) or type(e).__name__)
             raise
         h.connecting -= 1
         self.counters["created"] += 1
@@ -621,6 +649,9 @@ class GreenPool:
         conn.holder = getcurrent()
         h.in_use += 1
         self._in_use.add(conn)
+        if _listeners:
+            _emit("connect", self, h.key, _monotonic() - started)
+            _emit("checkout", self, h.key)
         if self._closed:
             self._close(conn, "pool stopped while connecting")
             raise self._closed_error()
@@ -666,6 +697,8 @@ class GreenPool:
         if w.grant is None:
             self._cancel(w)
             self.counters["timeouts"] += 1
+        elif _listeners and w.grant is not _STOPPED:
+            _emit("wait", self, h.key, _monotonic() - w.since)
         return w.grant
 
     def _first_live(self, h: _Host) -> _Waiter:
@@ -748,7 +781,7 @@ class GreenPool:
             for c in h.shared:
                 if c.capacity() > 0:
                     return True
-            if h.connecting:
+            if h.connecting or not self.connector.open_on_demand:
                 return False
         elif h.idle:
             return True
@@ -798,7 +831,10 @@ class GreenPool:
         self._open -= 1
         h.open -= 1
         self.counters["closed"] += 1
-        log.debug("pool %r: closing %r: %s", self.name, conn, reason)
+        log.debug("pool %r: closing %r: %s", self.name, conn, reason,
+                  extra={"greenpool_pool": self.name, "greenpool_key": h.key, "greenpool_reason": reason})
+        if _listeners:
+            _emit("close", self, h.key, None, reason)
         try:
             conn._close_now()
         finally:
@@ -824,8 +860,9 @@ class GreenPool:
     def _arm(self, conn: Connection, now: float) -> None:
         """Start an idle connection's self-expiry watchers."""
         due = None
-        if self._timeout is not None:
-            due = conn.last_used + self._timeout
+        timeout = self._idle_timeout(conn)
+        if timeout is not None:
+            due = conn.last_used + timeout
         if conn.expires_at is not None and (due is None or conn.expires_at < due):
             due = conn.expires_at
         interval = self.options.idle_interval
@@ -836,9 +873,17 @@ class GreenPool:
         watch = self._on_readable if self.connector.watch_socket(conn) else None
         conn._watch(None if due is None else due - now, watch, self._on_timer)
 
+    def _idle_timeout(self, conn: Connection) -> Optional[float]:
+        """The pool's idle timeout, lowered by the connection's own (``conn.idle_timeout``)."""
+        timeout = self._timeout
+        own = conn.idle_timeout
+        if own is not None and (timeout is None or own < timeout):
+            return own
+        return timeout
+
     def _on_readable(self, conn: Connection) -> None:
         """Hub callback: an idle socket became readable."""
-        if conn.state is IDLE and net.is_dropped(conn.sock):
+        if conn.state is IDLE and net.is_dropped(conn.sock, conn.key[2] == "ssl"):
             self.counters["dropped"] += 1
             self._close(conn, "peer closed while idle")
 
@@ -848,10 +893,11 @@ class GreenPool:
         if not idle:
             return
         now = _monotonic()
+        timeout = self._idle_timeout(conn)
         if conn.expires_at is not None and now >= conn.expires_at:
             self.counters["expired"] += 1
             self._close(conn, "max_lifetime reached")
-        elif self._timeout is not None and now >= conn.last_used + self._timeout - 0.001:
+        elif timeout is not None and now >= conn.last_used + timeout - 0.001:
             self.counters["expired"] += 1
             self._close(conn, "idle timeout")
         elif conn._ping_at is not None and now >= conn._ping_at - 0.001:
@@ -989,6 +1035,8 @@ class GreenPool:
     def _timeout_error(self, h: _Host, start: float, codel: bool) -> PoolTimeout:
         host, port, transport = h.key
         waited = _monotonic() - start
+        if _listeners:
+            _emit("timeout", self, h.key, waited)
         if codel and self._codel_slow:
             self.counters["shed"] += 1
             why = ("load shed: waits exceeded queue_target=%ss during the last queue_interval"

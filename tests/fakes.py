@@ -11,6 +11,7 @@ import struct
 from typing import Any, Callable, List, Optional
 
 import gevent
+import gevent.ssl as gssl
 from gevent.server import StreamServer
 
 
@@ -26,15 +27,18 @@ class FakeServer:
         self.handler = handler or echo
         self.accepted = 0
         self.clients: List[Any] = []
-        kw = {"ssl_context": ssl_context} if ssl_context is not None else {}
-        self.server = StreamServer(("127.0.0.1", 0), self._handle, **kw)
+        self.ssl_context = ssl_context
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
         self.server.start()
         self.port = self.server.server_port
 
     def _handle(self, sock: Any, addr: Any) -> None:
         self.accepted += 1
-        self.clients.append(sock)
         try:
+            if self.ssl_context is not None:
+                # a stdlib context would handshake blocking: wrap with gevent's SSLSocket
+                sock = gssl.SSLSocket(sock=sock, server_side=True, _context=self.ssl_context)
+            self.clients.append(sock)
             self.handler(sock, self)
         except OSError:
             pass
@@ -110,3 +114,36 @@ def assert_exact(pool: Any) -> None:
 def settle(seconds: float = 0.02) -> None:
     """Let the hub run callbacks and watchers."""
     gevent.sleep(seconds)
+
+
+class ProcessEchoServer:
+    """An echo server in a child process (for fork tests: nothing of it is shared
+    with a process the test forks)."""
+
+    CODE = (
+        "import socketserver, sys\n"
+        "class H(socketserver.BaseRequestHandler):\n"
+        "    def handle(self):\n"
+        "        while True:\n"
+        "            d = self.request.recv(65536)\n"
+        "            if not d: return\n"
+        "            self.request.sendall(d)\n"
+        "socketserver.ThreadingTCPServer.daemon_threads = True\n"
+        "s = socketserver.ThreadingTCPServer(('127.0.0.1', 0), H)\n"
+        "print(s.server_address[1], flush=True)\n"
+        "s.serve_forever()\n"
+    )
+
+    def __enter__(self) -> "ProcessEchoServer":
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
