@@ -1,0 +1,35 @@
+"""greenpool's Redis client: :class:`RedisPool` (shared, auto-pipelined connections).
+
+::
+
+    from greenpool.redis import RedisPool
+    with RedisPool(pool_size=5, host="127.0.0.1", port=6379) as rp:
+        rp.command(["SET", "k", "v"])
+        rp.pipeline([["GET", "k"], ["INCR", "n"]])
+        rp.transaction([["INCR", "n"], ["GET", "n"]])
+
+Errors are greenpool's (:mod:`greenpool.errors`), re-exported here.
+"""
+from greenpool.errors import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    GreenPoolError,
+    LimitExceeded,
+    PoolClosed,
+    PoolTimeout,
+    ReadTimeout,
+    RedisError,
+    RemoteProtocolError,
+    ResponseError,
+    TransactionAborted,
+)
+from greenpool.redis.pool import RedisPool, parse_url
+from greenpool.redis.resp import pack_command, pack_commands
+
+__all__ = [
+    "RedisPool", "parse_url", "pack_command", "pack_commands",
+    "RedisError", "ResponseError", "TransactionAborted", "AuthenticationError",
+    "ConnectError", "ConnectionClosed", "RemoteProtocolError", "LimitExceeded",
+    "ReadTimeout", "PoolTimeout", "PoolClosed", "GreenPoolError",
+]

@@ -403,7 +403,10 @@ class Reader:
                 if len(items) < top[1]:
                     break
                 stack.pop()
-                value = _finish(top)
+                try:
+                    value = _finish(top)
+                except RemoteProtocolError as e:
+                    self._fail(e)  # unusable from here on, as for garbage: never resume mid-reply
                 if value is _SKIP:
                     break  # an attribute: the element it describes follows
             else:

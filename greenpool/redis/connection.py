@@ -1,0 +1,378 @@
+"""One Redis connection shared by many greenlets: auto-pipelining over one socket.
+
+What this owns: the per-connection protocol object (:class:`RedisProtocol`,
+``conn.proto``) and the :class:`RedisConnector` that opens a socket with
+:func:`greenpool.net.connect` and runs the handshake (HELLO / AUTH / SELECT /
+CLIENT SETNAME / PING) before the pool ever sees the connection.
+
+How a command travels (no greenlet is spawned per command):
+
+1. The caller packs its command(s) (:mod:`greenpool.redis.resp`), then, without
+   yielding, appends the bytes to the connection's write list and one *slot*
+   to its ``pending`` deque: a ``gevent.hub.Waiter`` for a single reply, or a
+   :class:`_Batch` (a Waiter plus the number of replies it collects) for a
+   pipeline, a transaction or a noreply batch.  Bytes and slots are appended
+   in the same order, so the n-th reply read belongs to the n-th slot.
+2. If the connection's writer greenlet is parked, a hub callback wakes it.  It
+   runs after every greenlet already runnable, so the commands of all callers
+   woken in the same loop iteration go out in one ``sendall`` (auto-pipelining).
+3. The reader greenlet reads, feeds the RESP reader and hands each reply to
+   the slot at the head of ``pending`` through a hub callback
+   (``waiter.switch``).  The caller waits on its own Waiter, under its own
+   timeout.
+
+Invariants:
+
+* A caller that times out or is killed leaves its slot in ``pending``: its
+  reply is still read and dropped there (a Waiter nobody waits on just keeps
+  the value), so the stream never desynchronises.
+* A batch's bytes are appended in one piece, so no other greenlet's command
+  can land inside a MULTI ... EXEC or a CLIENT REPLY OFF ... ON.
+* Any fault (EOF, reset, a write error, garbage, a reply over
+  ``max_reply_size``) makes the connection dead at once (``is_alive()`` is
+  False), fails *every* pending slot with an error that says the command may
+  or may not have run (nothing is re-sent), and closes the connection through
+  the pool (``conn.close(reason)``), which frees the slot and lets
+  :class:`~greenpool.redis.pool.RedisPool` replace it.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+import gevent
+from gevent import GreenletExit, Timeout, get_hub
+from gevent.hub import Waiter
+
+from greenpool import net
+from greenpool.connection import Connection, Connector, Key
+from greenpool.errors import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    GreenPoolError,
+    ReadError,
+    RedisError,
+    RemoteProtocolError,
+    ResponseError,
+    WriteError,
+    map_exceptions,
+)
+from greenpool.redis.resp import NOT_ENOUGH, Reader, make_reader, pack_commands
+
+log = logging.getLogger("greenpool.redis")
+
+#: a shared connection takes any number of users: pipelining has no stream limit
+MAX_USERS = 1 << 30
+RECV_SIZE = 256 * 1024
+
+
+class _Fail:
+    """Delivered to a slot instead of a reply: the caller raises a fresh ``cls(*args)``.
+
+    (One exception instance raised in many greenlets would share one traceback.)
+    """
+
+    __slots__ = ("cls", "args")
+
+    def __init__(self, cls: type, args: Tuple[Any, ...]) -> None:
+        self.cls = cls
+        self.args = args
+
+    def error(self) -> BaseException:
+        return self.cls(*self.args)  # type: ignore[no-any-return]
+
+
+class _Batch:
+    """The slot of a pipeline / transaction: collects ``n`` replies, then wakes its caller."""
+
+    __slots__ = ("n", "replies", "waiter")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.replies: List[Any] = []
+        self.waiter = Waiter()
+
+
+class RedisProtocol:
+    """``conn.proto`` of a Redis connection: write list, pending slots, reader and writer."""
+
+    __slots__ = ("sock", "reader", "where", "conn", "pending", "out", "alive", "in_flight",
+                 "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch")
+
+    def __init__(self, sock: Any, reader: Any, where: str) -> None:
+        self.sock = sock
+        self.reader = reader
+        self.where = where
+        self.conn: Optional[Connection] = None
+        self.pending: Deque[Any] = deque()
+        self.out: List[bytes] = []
+        self.alive = True
+        #: replies expected and not yet read (commands, not slots)
+        self.in_flight = 0
+        # False until the writer greenlet parks itself for the first time: it
+        # drains ``out`` when it starts, so nothing queued before is lost.
+        self.writer_idle = False
+        self._writer: Any = None
+        self._reader: Any = None
+        hub = get_hub()
+        self._run_callback = hub.loop.run_callback
+        self._hub_switch = hub.switch
+
+    def start(self, conn: Connection) -> None:
+        self.conn = conn
+        self._reader = gevent.spawn(self._read_loop)
+        self._writer = gevent.spawn(self._write_loop)
+
+    # -- the interface the pool asks --
+
+    def max_users(self) -> int:
+        return MAX_USERS
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def close(self) -> None:
+        """Called by the pool (``Connection._close_now``); the socket is closed right after."""
+        if self.alive:
+            self.abort(ConnectionClosed, ("the Redis connection to %s was closed before the reply "
+                                          "arrived; the command may or may not have run" % self.where,))
+        current = gevent.getcurrent()
+        for g in (self._reader, self._writer):
+            if g is not None and g is not current and not g.dead:
+                g.kill(block=False)
+
+    # -- callers --
+
+    def submit(self, data: bytes, slot: Any, replies: int) -> None:
+        """Queue ``data`` and the slot that receives its ``replies`` (never yields)."""
+        if not self.alive:
+            raise ConnectionClosed("the Redis connection to %s is closed" % self.where)
+        self.out.append(data)
+        self.pending.append(slot)
+        self.in_flight += replies
+        if self.writer_idle:
+            self.writer_idle = False
+            self._run_callback(self._writer.switch)
+
+    def abort(self, cls: type, args: Tuple[Any, ...], first: Optional[_Fail] = None) -> None:
+        """Mark dead and fail every pending slot (the first one with ``first`` if given)."""
+        if not self.alive:
+            return
+        self.alive = False
+        pending, self.pending = self.pending, deque()
+        self.out.clear()
+        self.in_flight = 0
+        fail = _Fail(cls, args)
+        run = self._run_callback
+        for slot in pending:
+            waiter = slot if type(slot) is Waiter else slot.waiter
+            run(waiter.switch, first or fail)
+            first = None
+
+    def _fault(self, error: BaseException) -> None:
+        """The stream broke: fail everything pending, then close through the pool."""
+        if not self.alive:
+            return
+        text = str(error)
+        if isinstance(error, RemoteProtocolError):
+            # the reply at the head is the one that broke the stream
+            first = _Fail(type(error), (text,))
+            args = ("the Redis connection to %s was closed because a reply on it broke the "
+                    "protocol (%s); this command may or may not have run" % (self.where, text),)
+            self.abort(ConnectionClosed, args, first)
+        else:
+            args = ("%s; the command may or may not have run (not retried)" % (text,),)
+            self.abort(type(error) if isinstance(error, GreenPoolError) else ConnectionClosed, args)
+        conn = self.conn
+        if conn is not None:
+            conn.close(text)
+
+    # -- the two greenlets --
+
+    def _read_loop(self) -> None:
+        sock = self.sock
+        reader = self.reader
+        run = self._run_callback
+        try:
+            while True:
+                with map_exceptions(message="reading from Redis at %s" % self.where):
+                    data = sock.recv(RECV_SIZE)
+                if not data:
+                    raise ConnectionClosed("Redis at %s closed the connection" % self.where)
+                reader.feed(data)
+                pending = self.pending
+                while True:
+                    reply = reader.gets()
+                    if reply is NOT_ENOUGH:
+                        break
+                    if not pending:
+                        raise RemoteProtocolError(
+                            "Redis at %s sent a reply nobody asked for (%.60r)" % (self.where, reply))
+                    slot = pending[0]
+                    self.in_flight -= 1
+                    if type(slot) is Waiter:
+                        pending.popleft()
+                        run(slot.switch, reply)
+                    else:
+                        replies = slot.replies
+                        replies.append(reply)
+                        if len(replies) == slot.n:
+                            pending.popleft()
+                            run(slot.waiter.switch, replies)
+        except GreenletExit:
+            pass
+        except BaseException as e:  # noqa: BLE001 - any failure ends the connection
+            if self.alive:
+                if not isinstance(e, GreenPoolError):
+                    e = ReadError("reading from Redis at %s failed: %r" % (self.where, e))
+                self._fault(e)
+
+    def _write_loop(self) -> None:
+        sock = self.sock
+        out = self.out
+        park = self._hub_switch
+        try:
+            while True:
+                while out:
+                    data = out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
+                    try:
+                        sock.sendall(data)
+                    except (ConnectionResetError, BrokenPipeError):
+                        raise ConnectionClosed("Redis at %s closed the connection (reset while "
+                                               "writing)" % self.where) from None
+                    except OSError as e:
+                        raise WriteError("writing to Redis at %s failed: %s" % (self.where, e)) from None
+                self.writer_idle = True
+                park()  # woken by submit() through a hub callback
+        except GreenletExit:
+            pass
+        except BaseException as e:  # noqa: BLE001
+            if self.alive:
+                if not isinstance(e, GreenPoolError):
+                    e = WriteError("writing to Redis at %s failed: %r" % (self.where, e))
+                self._fault(e)
+
+    def __repr__(self) -> str:
+        return "<RedisProtocol %s %s pending=%d in_flight=%d>" % (
+            self.where, "alive" if self.alive else "dead", len(self.pending), self.in_flight)
+
+
+class RedisSettings:
+    """What every (re)connect needs; built and validated by RedisPool."""
+
+    __slots__ = ("db", "username", "password", "client_name", "protocol", "parser",
+                 "decode_responses", "max_reply_size", "net_opts")
+
+    def __init__(self, *, db: int, username: Optional[str], password: Optional[str],
+                 client_name: Optional[str], protocol: int, parser: str, decode_responses: bool,
+                 max_reply_size: int, net_opts: Dict[str, Any]) -> None:
+        self.db = db
+        self.username = username
+        self.password = password
+        self.client_name = client_name
+        self.protocol = protocol
+        self.parser = parser
+        self.decode_responses = decode_responses
+        self.max_reply_size = max_reply_size
+        self.net_opts = net_opts
+
+    def handshake(self) -> List[List[Any]]:
+        """The commands every new connection runs before it is used."""
+        cmds: List[List[Any]] = []
+        if self.protocol == 3:
+            hello: List[Any] = ["HELLO", 3]
+            if self.password is not None:
+                hello += ["AUTH", self.username or "default", self.password]
+            if self.client_name:
+                hello += ["SETNAME", self.client_name]
+            cmds.append(hello)
+        else:
+            if self.password is not None:
+                cmds.append(["AUTH", self.username, self.password] if self.username
+                            else ["AUTH", self.password])
+            if self.client_name:
+                cmds.append(["CLIENT", "SETNAME", self.client_name])
+        if self.db:
+            cmds.append(["SELECT", self.db])
+        cmds.append(["PING"])  # also tells a password-protected server from an open one
+        return cmds
+
+
+_AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "ERR invalid password", "ERR AUTH",
+                "ERR Client sent AUTH", "NOPERM")
+
+
+class RedisConnector(Connector):
+    """Opens Redis connections for a RedisPool (``shared = True``)."""
+
+    shared = True
+    open_on_demand = False  # RedisPool keeps pool_size open; callers take a live one or wait
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+
+    def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
+        host, port, transport = key
+        s = self.settings
+        where = "%s:%s" % (host, port)
+        sock = net.connect(host, port, transport, timeout=timeout, **{**s.net_opts, **opts})
+        try:
+            self._handshake(sock, where, timeout)
+            reader = make_reader(s.parser, decode_responses=s.decode_responses,
+                                 max_reply_size=s.max_reply_size)
+        except BaseException:
+            sock.close()
+            raise
+        proto = RedisProtocol(sock, reader, where)
+        conn = Connection(key, sock, proto)
+        proto.start(conn)
+        return conn
+
+    def _handshake(self, sock: Any, where: str, timeout: Optional[float]) -> None:
+        cmds = self.settings.handshake()
+        reader = Reader()
+        replies: List[Any] = []
+        deadline = Timeout(timeout) if timeout is not None else None
+        if deadline is not None:
+            deadline.start()
+        try:
+            with map_exceptions(deadline, on_timeout=ConnectTimeout, on_error=ConnectError,
+                                message="Redis handshake with %s" % where):
+                sock.sendall(pack_commands(cmds))
+                while len(replies) < len(cmds):
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectError("Redis at %s closed the connection during the handshake "
+                                           "(%s)" % (where, " / ".join(str(c[0]) for c in cmds)))
+                    reader.feed(data)
+                    while True:
+                        reply = reader.gets()
+                        if reply is NOT_ENOUGH:
+                            break
+                        replies.append(reply)
+        except RemoteProtocolError as e:
+            raise ConnectError("Redis handshake with %s: %s (is this a Redis server?)" % (where, e)) from None
+        finally:
+            if deadline is not None:
+                deadline.close()
+        for cmd, reply in zip(cmds, replies):
+            if isinstance(reply, ResponseError):
+                text = str(reply)
+                name = str(cmd[0]).upper()
+                if name in ("AUTH", "HELLO") and "unknown command" not in text or text.startswith(_AUTH_ERRORS):
+                    raise AuthenticationError(
+                        "Redis at %s refused the connection's credentials: %s (check password=, "
+                        "username= or the URL's user:password)" % (where, text))
+                if name == "HELLO":
+                    raise RedisError("Redis at %s does not speak RESP3 (HELLO 3: %s); use "
+                                     "protocol=2" % (where, text))
+                raise RedisError("Redis at %s refused %s during the connection handshake: %s"
+                                 % (where, " ".join(str(a) for a in cmd[:2]), text))
+
+
+__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "MAX_USERS"]
+
