@@ -39,6 +39,11 @@ class Timeout:
     """
 
     __slots__ = ("connect", "read", "write", "pool", "total")
+    connect: Optional[float]
+    read: Optional[float]
+    write: Optional[float]
+    pool: Optional[float]
+    total: Optional[float]
 
     def __init__(self, timeout: Any = _UNSET, *, connect: Any = _UNSET, read: Any = _UNSET,
                  write: Any = _UNSET, pool: Any = _UNSET, total: Any = _UNSET) -> None:
@@ -104,27 +109,54 @@ class Headers:
     names as first given (responses: lowercase).
     """
 
-    __slots__ = ("_list",)
+    __slots__ = ("_l", "_raw")
 
     def __init__(self, headers: HeaderInput = None) -> None:
-        self._list: List[Tuple[str, str]] = []
+        self._raw: Optional[Sequence[Tuple[bytes, bytes]]] = None
+        self._l: Optional[List[Tuple[str, str]]] = []
         if headers is None:
             return
         if isinstance(headers, Headers):
-            self._list = list(headers._list)
+            self._l = list(headers._list)
             return
         items: Iterable[Tuple[Any, Any]] = headers.items() if isinstance(headers, Mapping) else headers
+        lst = self._l
         for k, v in items:
-            self._list.append((_to_str(k), _to_str(v)))
+            lst.append((_to_str(k), _to_str(v)))
+
+    @property
+    def _list(self) -> List[Tuple[str, str]]:
+        lst = self._l
+        if lst is None:
+            # decoded on first use: most responses' headers are never looked at
+            lst = self._l = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw or ()]
+            self._raw = None
+        return lst
+
+    @_list.setter
+    def _list(self, value: List[Tuple[str, str]]) -> None:
+        self._l = value
+        self._raw = None
 
     @classmethod
     def from_raw(cls, raw: Sequence[Tuple[bytes, bytes]]) -> "Headers":
+        """Headers over the bytes pairs of a parsed head (decoded as latin-1 when first used)."""
         h = cls.__new__(cls)
-        h._list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        h._l = None
+        h._raw = raw
         return h
 
     def raw(self) -> List[Tuple[bytes, bytes]]:
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._list]
+        """The fields as bytes (latin-1; a character outside it is a LocalProtocolError)."""
+        if self._l is None:
+            return list(self._raw or ())
+        try:
+            return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self._list]
+        except UnicodeEncodeError as e:
+            from greenpool.errors import LocalProtocolError
+            raise LocalProtocolError("header %r cannot be sent: HTTP/1.1 fields are latin-1 "
+                                     "(%s); encode the value (e.g. RFC 8187) first" % (
+                                         e.object, e.reason)) from None
 
     def get_list(self, name: str) -> List[str]:
         n = name.lower()
@@ -308,20 +340,52 @@ class Request:
     ``body`` is None, bytes, or a source the transport streams: a file object
     (``.read``), or an iterable of bytes; ``content_length`` is known for
     bytes and for sized files, else None (chunked on HTTP/1.1).
+
+    ``headers`` (a :class:`Headers`) and ``raw_headers`` (``[(bytes, bytes)]``,
+    what HTTP/1.1 writes, ``Host`` first when the client built them) are two
+    views of the same fields: the client builds the raw list (cached per
+    origin) and the Headers object is made only when someone asks for it;
+    after that, ``raw_headers`` follows the Headers object.
     """
 
-    __slots__ = ("method", "url", "headers", "body", "content_length", "extensions")
+    __slots__ = ("method", "url", "_headers", "_raw", "body", "content_length", "extensions")
 
     def __init__(self, method: str, url: Union[str, URL], headers: HeaderInput = None,
-                 body: Any = None, content_length: Optional[int] = None) -> None:
+                 body: Any = None, content_length: Optional[int] = None, *,
+                 raw_headers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:
         if not isinstance(method, str) or not method:
             raise ValueError("method must be a non-empty str, not %r" % (method,))
         self.method = method.upper()
         self.url = url if isinstance(url, URL) else URL(url)
-        self.headers = Headers(headers)
+        if raw_headers is not None and headers is None:
+            self._headers: Optional[Headers] = None
+            self._raw: Optional[List[Tuple[bytes, bytes]]] = raw_headers
+        else:
+            self._headers = Headers(headers)
+            self._raw = None
         self.body = body
         self.content_length = content_length
         self.extensions: Dict[str, Any] = {}
+
+    @property
+    def headers(self) -> Headers:
+        h = self._headers
+        if h is None:
+            h = self._headers = Headers.from_raw(self._raw or ())
+            self._raw = None
+        return h
+
+    @headers.setter
+    def headers(self, value: HeaderInput) -> None:
+        self._headers = Headers(value)
+        self._raw = None
+
+    @property
+    def raw_headers(self) -> List[Tuple[bytes, bytes]]:
+        raw = self._raw
+        if raw is None:
+            raw = self._headers.raw() if self._headers is not None else []
+        return raw
 
     def __repr__(self) -> str:
         return "<Request %s %s>" % (self.method, self.url)

@@ -1,0 +1,823 @@
+"""The HTTP client API: ``request()``, the method shortcuts and :class:`Client`.
+
+What this owns: turning a call (method, URL, headers, body, options) into a
+:class:`~greenpool.http.models.Request`, choosing the pool, route and
+protocol for it, and the policies around single exchanges: redirects
+(opt-in), retries (opt-in, :class:`~greenpool.http.retry.Retry`), proxies
+and the total deadline.  The exchanges themselves are ``h1transport`` and
+``h2transport``.
+
+Rules:
+
+* **Pools.**  ``pool=`` is a pool name or a :class:`~greenpool.pool.GreenPool`;
+  the default is the lazily started ``"default"`` pool.  Connections that
+  must not mix with the pool's ordinary ones live in a *companion pool* with
+  the same options, made on first use and stopped with its parent: one per
+  proxy (its connector opens the tunnel), and one per non-default TLS
+  setting (``verify=False``, a private CA, a client ``cert``), so that a
+  connection opened without verification is never reused by a request that
+  asked for it.
+* **Timeouts.**  ``timeout=`` is a :class:`~greenpool.http.models.Timeout` or a
+  number (all phases).  ``None`` (the default): no read/write/total limit;
+  the pool wait and the connect use the pool's ``checkout_timeout`` and
+  ``connect_timeout``.  ``Timeout.total`` starts before the pool wait and
+  ends at the end of the body (``stream=False``) or at the response head
+  (``stream=True``); retries and redirects all count against it.
+* **Headers.**  The header list of a Client (its defaults, ``Host`` first)
+  is built once per origin and reused; per-request headers replace defaults
+  of the same name.  ``Content-Length``/``Transfer-Encoding`` given by the
+  caller are not sent as given: framing is derived from the body (a
+  ``Content-Length`` given with an iterable body is used as its length).
+  CR, LF or NUL in a name or value is a
+  :class:`~greenpool.errors.LocalProtocolError` before anything is sent.
+* **Redirects** (``follow_redirects=True``, at most ``max_redirects`` ->
+  :class:`~greenpool.errors.TooManyRedirects`): 303 becomes GET (HEAD stays
+  HEAD) without a body; 301/302 turn POST into GET without a body; 307/308
+  keep method and body when the body can be sent again (bytes, str, JSON, a
+  seekable file), else the redirect response is returned as it is.
+  ``Authorization``, ``Cookie`` and ``Proxy-Authorization`` are dropped when
+  the origin (scheme, host, port) changes.  ``response.history`` lists the
+  redirect responses (bodies read and connections released).
+* **Proxies** (HTTP proxies only): ``proxy="http://user:pass@host:port"`` (or
+  a ``{"http": ..., "https": ...}`` mapping); https origins go through a
+  ``CONNECT`` tunnel, http origins in absolute form.  Credentials come from
+  the proxy URL and never appear in a repr, a pool name or a log line.
+  ``trust_env=True`` reads ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``/
+  ``NO_PROXY`` (either case) when the Client is made; off by default.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json as _json
+import os
+import ssl
+import time
+import weakref
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from urllib.parse import unquote, urlencode
+
+import gevent
+
+from greenpool import net
+from greenpool.connection import Connection, Connector
+from greenpool.errors import (
+    ConnectError,
+    ConnectTimeout,
+    GreenPoolError,
+    HTTPError,
+    LocalProtocolError,
+    TLSError,
+    TooManyRedirects,
+)
+from greenpool.http import h1transport
+from greenpool.http.decoding import ACCEPT_ENCODING, DEFAULT_MAX_DECODED_SIZE
+from greenpool.http.models import URL, Headers, Request, Response, Timeout
+from greenpool.http.retry import Retry, RetryState
+from greenpool.pool import GreenPool
+from greenpool.registry import resolve_pool
+
+__all__ = ["request", "get", "post", "put", "patch", "delete", "head", "options", "Client"]
+
+_monotonic = time.monotonic
+_UNSET: Any = object()
+_NO_TIMEOUT = Timeout()
+
+
+def _user_agent() -> str:
+    from greenpool import __version__
+    return "greenpool/%s" % (__version__,)
+
+_URL_CACHE: Dict[str, URL] = {}
+_URL_CACHE_MAX = 1024
+_STRIP_ON_ORIGIN_CHANGE = frozenset((b"authorization", b"cookie", b"proxy-authorization"))
+_BODY_HEADERS = frozenset((b"content-type", b"content-encoding", b"content-language",
+                           b"content-location"))
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
+_JSON_CT = (b"Content-Type", b"application/json")
+_FORM_CT = (b"Content-Type", b"application/x-www-form-urlencoded")
+
+
+def _url(url: Union[str, URL], params: Any = None) -> URL:
+    if url.__class__ is URL:
+        return url if not params else URL(str(url), params)  # type: ignore[return-value]
+    if params:
+        return URL(url, params)
+    u = _URL_CACHE.get(url)  # type: ignore[arg-type]
+    if u is None:
+        u = URL(url)
+        if len(_URL_CACHE) >= _URL_CACHE_MAX:
+            _URL_CACHE.clear()
+        _URL_CACHE[url] = u  # type: ignore[index]
+    return u
+
+
+def _coerce_timeout(value: Any) -> Timeout:
+    if value is None:
+        return _NO_TIMEOUT
+    if value.__class__ is Timeout:
+        return value  # type: ignore[no-any-return]
+    return Timeout(value)
+
+
+def _b(value: Any, what: str) -> bytes:
+    if value.__class__ is bytes:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str):
+        try:
+            return value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("%s %r cannot be sent: HTTP/1.1 header fields are latin-1; "
+                                     "encode it first (e.g. RFC 8187)" % (what, value)) from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value).encode("ascii")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError("header names and values must be str or bytes, not %s" % type(value).__name__)
+
+
+def _raw_list(headers: Any) -> List[Tuple[bytes, bytes]]:
+    if headers is None:
+        return []
+    if isinstance(headers, Headers):
+        items: Iterable[Tuple[Any, Any]] = headers.items()
+    elif isinstance(headers, Mapping):
+        items = headers.items()
+    else:
+        items = headers
+    return [(_b(k, "header name"), _b(v, "header value")) for k, v in items]
+
+
+def _merge(base: List[Tuple[bytes, bytes]], override: List[Tuple[bytes, bytes]]) -> List[Tuple[bytes, bytes]]:
+    """``base`` without the names ``override`` has, then ``override``."""
+    if not override:
+        return base
+    names = {k.lower() for k, _ in override}
+    return [h for h in base if h[0].lower() not in names] + override
+
+
+def _basic_auth(userinfo: str) -> bytes:
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(("%s:%s" % (unquote(user), unquote(password))).encode("utf-8"))
+    return b"Basic " + token
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+
+def _encode_body(body: Any, json: Any) -> Tuple[Any, int, Optional[Tuple[bytes, bytes]]]:
+    """(body for the transport, content length or -1 for unknown, Content-Type to add)."""
+    if json is not None:
+        if body is not None:
+            raise TypeError("pass body= or json=, not both")
+        data = _json.dumps(json, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return data, len(data), _JSON_CT
+    if body is None:
+        return None, 0, None
+    cls = body.__class__
+    if cls is bytes:
+        return body, len(body), None
+    if cls is str:
+        data = body.encode("utf-8")
+        return data, len(data), None
+    if isinstance(body, (bytearray, memoryview)):
+        data = bytes(body)
+        return data, len(data), None
+    if isinstance(body, Mapping):
+        data = urlencode(list(body.items()), doseq=True).encode("ascii")
+        return data, len(data), _FORM_CT
+    if hasattr(body, "read"):
+        return body, _file_length(body), None
+    if isinstance(body, Iterable):
+        return body, -1, None
+    raise TypeError("body must be bytes, str, a mapping (form), a file object or an iterable "
+                    "of bytes, not %s" % type(body).__name__)
+
+
+def _file_length(f: Any) -> int:
+    if isinstance(f, io.TextIOBase):
+        return -1
+    try:
+        if f.seekable():
+            pos = f.tell()
+            end = f.seek(0, io.SEEK_END)
+            f.seek(pos)
+            return max(0, end - pos)
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        return max(0, os.fstat(f.fileno()).st_size - f.tell())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return -1
+
+
+def _replayable(body: Any) -> bool:
+    if body is None or body.__class__ is bytes:
+        return True
+    try:
+        return bool(hasattr(body, "seek") and body.seekable())
+    except (OSError, ValueError):
+        return False
+
+
+# -- proxies -------------------------------------------------------------------------------
+
+
+class Proxy:
+    """An HTTP proxy: where it is and its credentials (never shown)."""
+
+    __slots__ = ("host", "port", "auth")
+
+    def __init__(self, url: str) -> None:
+        u = URL(url)
+        if u.scheme != "http":
+            raise ValueError("only http:// proxies are supported, not %r" % (u.scheme,))
+        self.host = u.host
+        self.port = u.port
+        self.auth: Optional[bytes] = _basic_auth(u.userinfo) if u.userinfo else None
+
+    @property
+    def tag(self) -> Tuple[str, int, Optional[bytes]]:
+        return (self.host, self.port, self.auth)
+
+    def __repr__(self) -> str:
+        return "<Proxy %s:%d%s>" % (self.host, self.port, " (with credentials)" if self.auth else "")
+
+
+class ProxyConnector(Connector):
+    """Opens connections through an HTTP proxy: a CONNECT tunnel (+ TLS) for
+    ``"ssl"`` keys, a plain connection to the proxy for ``"tcp"`` keys."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def connect(self, key: Tuple[str, int, str], timeout: Optional[float], **opts: Any) -> Connection:
+        host, port, transport = key
+        p = self.proxy
+        tcp_opts = {k: opts[k] for k in ("source_address", "family", "happy_eyeballs_delay")
+                    if k in opts}
+        deadline = gevent.Timeout(timeout) if timeout is not None else None
+        if deadline is not None:
+            deadline.start()
+        sock = None
+        try:
+            try:
+                sock = net.connect(p.host, p.port, "tcp", timeout=None, **tcp_opts)
+                if transport == "ssl":
+                    self._tunnel(sock, host, port)
+                    ctx = net.ssl_context(opts.get("verify", True), opts.get("cert"), opts.get("alpn"))
+                    sni = opts.get("server_hostname") or host
+                    sock = ctx.wrap_socket(sock, server_hostname=sni)
+                conn = Connection(key, sock)
+                sock = None
+                return conn
+            except gevent.Timeout as t:
+                if t is not deadline:
+                    raise
+                raise ConnectTimeout("connecting to %s:%s through the proxy %s:%s timed out after "
+                                     "%ss" % (host, port, p.host, p.port, timeout)) from None
+            except ssl.SSLCertVerificationError as e:
+                raise TLSError("TLS certificate of %s:%s (through a proxy) not trusted: %s"
+                               % (host, port, e.verify_message or e)) from None
+            except ssl.SSLError as e:
+                raise TLSError("TLS handshake with %s:%s through the proxy failed: %s"
+                               % (host, port, e)) from None
+            except OSError as e:
+                raise ConnectError("proxy %s:%s: %s" % (p.host, p.port, e)) from None
+        finally:
+            if deadline is not None:
+                deadline.close()
+            if sock is not None:
+                sock.close()
+
+    def _tunnel(self, sock: Any, host: str, port: int) -> None:
+        authority = ("[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)).encode("idna")
+        head = b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (authority, authority)
+        if self.proxy.auth:
+            head += b"Proxy-Authorization: " + self.proxy.auth + b"\r\n"
+        sock.sendall(head + b"\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = sock.recv(4096)
+            if not data:
+                raise ConnectError("proxy %s:%s closed the connection during CONNECT"
+                                   % (self.proxy.host, self.proxy.port))
+            buf += data
+            if len(buf) > 65536:
+                raise ConnectError("proxy %s:%s sent an oversized CONNECT response"
+                                   % (self.proxy.host, self.proxy.port))
+        head_end = buf.index(b"\r\n\r\n") + 4
+        status_line = buf.split(b"\r\n", 1)[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ConnectError("proxy %s:%s answered CONNECT with a malformed status line %r"
+                               % (self.proxy.host, self.proxy.port, status_line[:80]))
+        status = int(parts[1])
+        if not 200 <= status < 300:
+            why = " (proxy authentication required: put user:password in the proxy URL)" \
+                if status == 407 else ""
+            raise ConnectError("proxy %s:%s refused CONNECT to %s:%s: %s%s" % (
+                self.proxy.host, self.proxy.port, host, port,
+                status_line.decode("latin-1", "replace"), why))
+        if buf[head_end:]:
+            raise ConnectError("proxy %s:%s sent bytes after its CONNECT response"
+                               % (self.proxy.host, self.proxy.port))
+
+    def __repr__(self) -> str:
+        return "<ProxyConnector %r>" % (self.proxy,)
+
+
+def _proxies_from_env() -> Tuple[Dict[str, str], List[str]]:
+    env = os.environ
+    out: Dict[str, str] = {}
+    for scheme in ("http", "https"):
+        for name in ("%s_proxy" % scheme, "%s_PROXY" % scheme.upper(), "all_proxy", "ALL_PROXY"):
+            value = env.get(name)
+            if value:
+                out[scheme] = value if "://" in value else "http://" + value
+                break
+    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    return out, [h.strip().lower() for h in no_proxy.split(",") if h.strip()]
+
+
+def _bypass(host: str, no_proxy: List[str]) -> bool:
+    host = host.lower()
+    for entry in no_proxy:
+        if entry == "*":
+            return True
+        entry = entry.rsplit(":", 1)[0] if entry.count(":") == 1 else entry
+        entry = entry.lstrip(".")
+        if host == entry or host.endswith("." + entry):
+            return True
+    return False
+
+
+# -- companion pools -------------------------------------------------------------------------
+
+_companions: "weakref.WeakKeyDictionary[GreenPool, Dict[Any, GreenPool]]" = weakref.WeakKeyDictionary()
+
+
+def _companion(pool: GreenPool, tag: Any, label: str, connector: Optional[Connector]) -> GreenPool:
+    """The pool for ``tag`` next to ``pool``: same options, separate connections."""
+    table = _companions.get(pool)
+    if table is None:
+        table = _companions[pool] = {}
+    cp = table.get(tag)
+    if pool.closed:
+        if cp is not None:
+            cp.close()
+        raise pool._closed_error()
+    if cp is None or cp.closed:
+        options = dataclasses.asdict(pool.options)
+        options["max_connections"] = pool.max_connections
+        cp = table[tag] = GreenPool("%s[%s]" % (pool.name, label), connector=connector, **options)
+        weakref.finalize(pool, cp.close)
+        _watch_close(pool)
+    return cp
+
+
+def _watch_close(pool: GreenPool) -> None:
+    """Stop a pool's companions when it stops (wraps its close once)."""
+    if getattr(pool, "_companions_hooked", False):
+        return
+    original = pool.close
+
+    def close() -> None:
+        original()
+        for cp in list((_companions.get(pool) or {}).values()):
+            cp.close()
+
+    try:
+        pool.close = close  # type: ignore[method-assign]
+        pool.stop = close  # type: ignore[method-assign]
+        pool._companions_hooked = True  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - a pool class with __slots__
+        pass
+
+
+class _Route:
+    """Where a request for one origin goes (cached per Client and origin)."""
+
+    __slots__ = ("pool", "key", "connect_opts", "absolute", "proxy_headers", "host_header")
+
+    def __init__(self, pool: GreenPool, key: Tuple[str, int, str], connect_opts: Dict[str, Any],
+                 absolute: bool, proxy_headers: List[Tuple[bytes, bytes]],
+                 host_header: Tuple[bytes, bytes]) -> None:
+        self.pool = pool
+        self.key = key
+        self.connect_opts = connect_opts
+        self.absolute = absolute
+        self.proxy_headers = proxy_headers
+        self.host_header = host_header
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+class Client:
+    """A configured HTTP client.  Cheap to keep, safe to share among greenlets.
+
+    Options (each also a keyword of :func:`request`):
+
+    ``pool``: a pool name or a GreenPool (default ``"default"``).
+    ``base_url``: relative URLs are joined to it.
+    ``headers``: sent with every request (per-request headers replace them by name).
+    ``timeout``: a Timeout or seconds (see the module docstring).
+    ``follow_redirects``/``max_redirects``: opt-in redirects (default off, 5).
+    ``retries``: an int or a :class:`~greenpool.http.retry.Retry` (default None).
+    ``verify``: True (system CAs), False, a CA bundle path, or an SSLContext.
+    ``cert``: a client certificate (path, or (cert, key[, password])).
+    ``http2``: False, True (h2 by ALPN on https) or ``"prior_knowledge"`` (h2c too).
+    ``http1_parser``: ``"auto"`` (httptools if installed), ``"httptools"``, ``"h11"``.
+    ``proxy``/``trust_env``: see the module docstring.
+    ``decode_content``: undo gzip/deflate/br (default True; Accept-Encoding sent).
+    ``max_decoded_size``: cap on a decoded body (default 64 MiB; None: no cap).
+    ``expect_continue``: send ``Expect: 100-continue`` before request bodies.
+    ``max_header_size``/``max_headers``: response head limits (64 KiB, 256 fields).
+    ``user_agent``: the User-Agent header (default ``greenpool/<version>``).
+    """
+
+    def __init__(self, *, pool: Any = "default", base_url: Optional[str] = None,
+                 headers: Any = None, timeout: Any = None, follow_redirects: bool = False,
+                 max_redirects: int = 5, retries: Any = None, verify: Any = True,
+                 cert: Any = None, http2: Union[bool, str] = False, http1_parser: str = "auto",
+                 proxy: Any = None, trust_env: bool = False, decode_content: bool = True,
+                 max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+                 expect_continue: bool = False, max_header_size: int = 65536,
+                 max_headers: int = 256, user_agent: Optional[str] = None) -> None:
+        if not (pool is None or isinstance(pool, (str, GreenPool))):
+            raise TypeError("pool must be a pool name or a GreenPool, not %s" % type(pool).__name__)
+        if http2 not in (False, True, "prior_knowledge"):
+            raise ValueError("http2 must be False, True or 'prior_knowledge', not %r" % (http2,))
+        if isinstance(max_redirects, bool) or not isinstance(max_redirects, int) or max_redirects < 0:
+            raise ValueError("max_redirects must be an int >= 0, not %r" % (max_redirects,))
+        self.pool = pool
+        self.base_url = URL(base_url) if base_url is not None else None
+        self.timeout = _coerce_timeout(timeout)
+        self.follow_redirects = bool(follow_redirects)
+        self.max_redirects = max_redirects
+        self.retries = Retry.coerce(retries)
+        if isinstance(verify, os.PathLike):
+            verify = os.fspath(verify)
+        if isinstance(cert, os.PathLike):
+            cert = os.fspath(cert)
+        self.verify = verify
+        self.cert = cert
+        self.http2 = http2
+        self.h1_options = h1transport.H1Options(
+            http1_parser, max_header_size=max_header_size, max_headers=max_headers,
+            expect_continue=expect_continue, max_decoded_size=max_decoded_size,
+            decode_content=decode_content)
+        defaults = [(b"User-Agent", _b(user_agent or _user_agent(), "user_agent")),
+                    (b"Accept", b"*/*")]
+        if decode_content:
+            defaults.append((b"Accept-Encoding", ACCEPT_ENCODING.encode("ascii")))
+        self._base = _merge(defaults, [h for h in _raw_list(headers) if h[0].lower() not in _FRAMING])
+        self.headers = Headers.from_raw(self._base)
+        self._proxies: Dict[str, Proxy] = {}
+        self._no_proxy: List[str] = []
+        if trust_env:
+            env, self._no_proxy = _proxies_from_env()
+            self._proxies = {k: Proxy(v) for k, v in env.items()}
+        if proxy is not None:
+            if isinstance(proxy, Mapping):
+                self._proxies = {k: Proxy(v) for k, v in proxy.items() if v}
+            else:
+                p = Proxy(proxy)
+                self._proxies = {"http": p, "https": p}
+        self._tls_default = verify is True and cert is None
+        self._routes: Dict[Tuple[Any, ...], _Route] = {}
+        self._closed = False
+
+    # -- the public methods --
+
+    def request(self, method: str, url: Union[str, URL], *, params: Any = None,
+                headers: Any = None, body: Any = None, json: Any = None, timeout: Any = _UNSET,
+                follow_redirects: Any = _UNSET, max_redirects: Any = _UNSET,
+                retries: Any = _UNSET, stream: bool = False, pool: Any = _UNSET) -> Response:
+        """Send one request; returns the :class:`Response` (read unless ``stream=True``)."""
+        if self._closed:
+            raise HTTPError("this Client was closed")
+        base = self.base_url
+        if base is not None and url.__class__ is str and "://" not in url:  # type: ignore[operator]
+            u = base.join(url) if not params else URL(str(base.join(url)), params)  # type: ignore[arg-type]
+        else:
+            u = _url(url, params)
+        t = self.timeout if timeout is _UNSET else _coerce_timeout(timeout)
+        total = t.total
+        deadline = None if total is None else _monotonic() + total
+        gp = self._pool(pool)
+        data, length, ctype = _encode_body(body, json)
+        raw_override = _raw_list(headers) if headers is not None else None
+        if length < 0 and raw_override:
+            for k, v in raw_override:
+                if k.lower() == b"content-length" and v.isdigit():
+                    length = int(v)
+        req = self._build(method, u, gp, data, length, ctype, raw_override)
+        fr = self.follow_redirects if follow_redirects is _UNSET else bool(follow_redirects)
+        retry = self.retries if retries is _UNSET else Retry.coerce(retries)
+        if not fr and retry is None:
+            return self._send(gp, req, t, deadline, stream)
+        mr = self.max_redirects if max_redirects is _UNSET else max_redirects
+        return self._send_handling(gp, req, t, deadline, stream, fr, mr, retry,
+                                   (data, ctype, raw_override))
+
+    def get(self, url: Union[str, URL], **kw: Any) -> Response:
+        return self.request("GET", url, **kw)
+
+    def head(self, url: Union[str, URL], **kw: Any) -> Response:
+        return self.request("HEAD", url, **kw)
+
+    def options(self, url: Union[str, URL], **kw: Any) -> Response:
+        return self.request("OPTIONS", url, **kw)
+
+    def delete(self, url: Union[str, URL], **kw: Any) -> Response:
+        return self.request("DELETE", url, **kw)
+
+    def post(self, url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
+        return self.request("POST", url, body=body, **kw)
+
+    def put(self, url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
+        return self.request("PUT", url, body=body, **kw)
+
+    def patch(self, url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
+        return self.request("PATCH", url, body=body, **kw)
+
+    def close(self) -> None:
+        """Forget cached routes; the pools (shared) stay up."""
+        self._closed = True
+        self._routes.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        pool = self.pool if isinstance(self.pool, str) or self.pool is None else self.pool.name
+        return "<Client pool=%r%s%s%s>" % (
+            pool, " base_url=%s" % self.base_url if self.base_url else "",
+            " http2=%r" % self.http2 if self.http2 else "",
+            " proxy=%r" % (sorted(self._proxies),) if self._proxies else "")
+
+    # -- building a request --
+
+    def _pool(self, pool: Any) -> GreenPool:
+        p = self.pool if pool is _UNSET else pool
+        if p.__class__ is GreenPool:
+            return p  # type: ignore[no-any-return]
+        return resolve_pool(p)
+
+    def _route(self, gp: GreenPool, u: URL) -> _Route:
+        tag = (gp, u.scheme, u.host, u.port)
+        r = self._routes.get(tag)
+        if r is not None and not r.pool.closed:
+            return r
+        proxy = self._proxies.get(u.scheme) if self._proxies else None
+        if proxy is not None and _bypass(u.host, self._no_proxy):
+            proxy = None
+        connect_opts: Dict[str, Any] = {}
+        transport = u.transport
+        if transport == "ssl" and not self._tls_default:
+            connect_opts = {"verify": self.verify, "cert": self.cert}
+        pool = gp
+        absolute = False
+        proxy_headers: List[Tuple[bytes, bytes]] = []
+        if proxy is not None:
+            tls = (self.verify if isinstance(self.verify, (bool, str)) else id(self.verify),
+                   str(self.cert)) if transport == "ssl" else None
+            pool = _companion(gp, ("proxy", proxy.tag, tls), "proxy %s:%d" % (proxy.host, proxy.port),
+                              ProxyConnector(proxy))
+            if transport == "tcp":
+                absolute = True
+                if proxy.auth:
+                    proxy_headers = [(b"Proxy-Authorization", proxy.auth)]
+        elif connect_opts:
+            v = self.verify
+            vt = v if isinstance(v, (bool, str)) else "context-%x" % id(v)
+            pool = _companion(gp, ("tls", vt, str(self.cert)), "tls verify=%s" % (
+                vt if not isinstance(v, str) else "ca"), None)
+        r = _Route(pool, (u.host, u.port, transport), connect_opts, absolute, proxy_headers,
+                   (b"Host", u.authority.encode("ascii")))
+        if len(self._routes) > 256:
+            self._routes.clear()
+        self._routes[tag] = r
+        return r
+
+    def _build(self, method: str, u: URL, gp: GreenPool, data: Any, length: int,
+               ctype: Optional[Tuple[bytes, bytes]],
+               override: Optional[List[Tuple[bytes, bytes]]]) -> Request:
+        route = self._route(gp, u)
+        raw = [route.host_header] + self._base
+        if ctype is not None:
+            raw = _merge(raw, [ctype])
+        if override:
+            raw = _merge(raw, [h for h in override if h[0].lower() not in _FRAMING])
+        if route.proxy_headers:
+            raw = raw + route.proxy_headers
+        req = Request(method, u, body=data, content_length=length if length >= 0 else None,
+                      raw_headers=raw)
+        req.extensions["route"] = route
+        return req
+
+    # -- sending --
+
+    def _send(self, gp: GreenPool, req: Request, t: Timeout, deadline: Optional[float],
+              stream: bool) -> Response:
+        route = req.extensions.get("route")
+        if route is None:
+            route = req.extensions["route"] = self._route(gp, req.url)
+        connect_opts = route.connect_opts
+        if t.connect is not None:
+            connect_opts = dict(connect_opts, connect_timeout=t.connect)
+        conn = None
+        http2 = self.http2
+        if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute:
+            from greenpool.http import h2transport  # written separately; imported on use
+            result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2)
+            if isinstance(result, Response):
+                if not stream:
+                    result.read()
+                return result
+            conn = result  # the TLS peer chose http/1.1 by ALPN: an exclusive connection
+        return h1transport.handle(route.pool, req, t, deadline, connect_opts, conn, stream=stream,
+                                  options=self.h1_options, key=route.key,
+                                  target=str(req.url).encode("ascii") if route.absolute else None)
+
+    def _send_handling(self, gp: GreenPool, req: Request, t: Timeout, deadline: Optional[float],
+                       stream: bool, follow: bool, max_redirects: int, retry: Optional[Retry],
+                       source: Tuple[Any, Any, Any]) -> Response:
+        history: List[Response] = []
+        state = RetryState(retry) if retry is not None else None
+        while True:
+            try:
+                resp = self._send(gp, req, t, deadline, stream)
+            except GreenPoolError as e:
+                if state is None or retry is None:
+                    raise
+                kind = retry.is_retryable_error(e, req.method, True)
+                if kind is None or not _replayable(req.body) or not state.take(kind):
+                    raise
+                if not h1transport._rewind(req.body, h1transport._rewind_point(req.body)):
+                    raise
+                _sleep(state.delay(), deadline, e)
+                continue
+            if state is not None and retry is not None \
+                    and retry.is_retryable_status(req.method, resp.status) \
+                    and _replayable(req.body) and state.take("status"):
+                wait = retry.retry_after(resp.status, resp.headers.get("retry-after"))
+                if wait is None:
+                    wait = state.delay()
+                if deadline is None or _monotonic() + wait < deadline:
+                    _discard(resp)
+                    _sleep(wait, deadline, None)
+                    continue
+            if follow and resp.is_redirect:
+                if len(history) >= max_redirects:
+                    resp.close()
+                    raise TooManyRedirects("more than max_redirects=%d redirects, last to %s; "
+                                           "raise max_redirects or follow them yourself"
+                                           % (max_redirects, resp.headers.get("location")))
+                nxt = self._redirect(gp, req, resp, source)
+                if nxt is not None:
+                    _discard(resp)
+                    history.append(resp)
+                    req = nxt
+                    continue
+            resp.history = history
+            if not stream:
+                try:
+                    resp.read()
+                except BaseException:
+                    resp.close()
+                    raise
+            return resp
+
+    def _redirect(self, gp: GreenPool, req: Request, resp: Response,
+                  source: Tuple[Any, Any, Any]) -> Optional[Request]:
+        try:
+            new_url = req.url.join(resp.headers["location"])
+        except (GreenPoolError, ValueError) as e:
+            raise TooManyRedirects("cannot follow the redirect to %r: %s"
+                                   % (resp.headers.get("location"), e)) from None
+        status = resp.status
+        method = req.method
+        body = req.body
+        length = req.content_length
+        drop_body = False
+        if status == 303 and method != "HEAD" and method != "GET":
+            method, drop_body = "GET", True
+        elif status in (301, 302) and method == "POST":
+            method, drop_body = "GET", True
+        elif status == 303:
+            drop_body = True
+        if not drop_body and body is not None:
+            if not _replayable(body) or not h1transport._rewind(body, h1transport._rewind_point(body)):
+                return None  # the body cannot be sent again: hand back the redirect itself
+        old = req.url
+        same_origin = (old.scheme, old.host, old.port) == (new_url.scheme, new_url.host, new_url.port)
+        route = self._route(gp, new_url)
+        raw = [route.host_header]
+        for k, v in req.raw_headers:
+            low = k.lower()
+            if low == b"host" or low == b"proxy-authorization":
+                continue
+            if not same_origin and low in _STRIP_ON_ORIGIN_CHANGE:
+                continue
+            if drop_body and low in _BODY_HEADERS:
+                continue
+            raw.append((k, v))
+        if route.proxy_headers:
+            raw += route.proxy_headers
+        if drop_body:
+            body, length = None, 0
+        nreq = Request(method, new_url, body=body, content_length=length, raw_headers=raw)
+        nreq.extensions["route"] = route
+        return nreq
+
+
+def _discard(resp: Response) -> None:
+    """Read a small body to the end so its connection is reused; else close it."""
+    try:
+        n = 0
+        for chunk in resp.iter_raw(65536):
+            n += len(chunk)
+            if n > h1transport.DRAIN_LIMIT:
+                break
+    except GreenPoolError:
+        pass
+    finally:
+        resp.close()
+
+
+def _sleep(seconds: float, deadline: Optional[float], error: Optional[BaseException]) -> None:
+    if deadline is not None and _monotonic() + seconds >= deadline:
+        if error is not None:
+            raise error
+        seconds = max(0.0, deadline - _monotonic())
+    if seconds > 0:
+        gevent.sleep(seconds)
+
+
+# -- module-level functions ------------------------------------------------------------------
+
+_CLIENT_OPTIONS = frozenset(("base_url", "verify", "cert", "http2", "http1_parser", "proxy",
+                             "trust_env", "decode_content", "max_decoded_size",
+                             "expect_continue", "max_header_size", "max_headers", "user_agent"))
+_default_client: Optional[Client] = None
+
+
+def request(method: str, url: Union[str, URL], *, pool: Any = "default", params: Any = None,
+            headers: Any = None, body: Any = None, json: Any = None, timeout: Any = None,
+            follow_redirects: bool = False, max_redirects: int = 5, retries: Any = None,
+            stream: bool = False, **client_options: Any) -> Response:
+    """Send one request through ``pool``; see :class:`Client` for every option."""
+    if client_options:
+        unknown = set(client_options) - _CLIENT_OPTIONS
+        if unknown:
+            raise TypeError("request() got unexpected keyword argument(s): %s"
+                            % ", ".join(sorted(unknown)))
+        client = Client(pool=pool, **client_options)
+    else:
+        global _default_client
+        client = _default_client
+        if client is None:
+            client = _default_client = Client(pool=None)
+    return client.request(method, url, params=params, headers=headers, body=body, json=json,
+                          timeout=timeout, follow_redirects=follow_redirects,
+                          max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+
+
+def get(url: Union[str, URL], **kw: Any) -> Response:
+    return request("GET", url, **kw)
+
+
+def head(url: Union[str, URL], **kw: Any) -> Response:
+    return request("HEAD", url, **kw)
+
+
+def options(url: Union[str, URL], **kw: Any) -> Response:
+    return request("OPTIONS", url, **kw)
+
+
+def delete(url: Union[str, URL], **kw: Any) -> Response:
+    return request("DELETE", url, **kw)
+
+
+def post(url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
+    return request("POST", url, body=body, **kw)
+
+
+def put(url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
+    return request("PUT", url, body=body, **kw)
+
+
+def patch(url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
+    return request("PATCH", url, body=body, **kw)
+

@@ -1,0 +1,151 @@
+"""greenpool.http.models: Timeout, Headers, URL, Request, Response."""
+from __future__ import annotations
+
+import pytest
+
+from greenpool import errors
+from greenpool.http.models import URL, Headers, Request, Response, Timeout
+
+
+class FakeStream:
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.closed = 0
+        self.trailers = None
+
+    def read_chunk(self, n):
+        return self.parts.pop(0) if self.parts else b""
+
+    def close(self):
+        self.closed += 1
+
+
+def test_timeout():
+    t = Timeout(5)
+    assert (t.connect, t.read, t.write, t.pool, t.total) == (5, 5, 5, 5, 5)
+    t2 = Timeout(t, read=1)
+    assert t2.read == 1 and t2.connect == 5
+    assert Timeout(read=2).connect is None
+    assert Timeout.coerce(3) == Timeout(3) and Timeout.coerce(t) is t
+    assert hash(Timeout(1)) == hash(Timeout(1))
+    with pytest.raises(AttributeError):
+        t.read = 3
+    with pytest.raises(ValueError):
+        Timeout(-1)
+    with pytest.raises(TypeError):
+        Timeout("5")
+    assert "read=5" in repr(t)
+
+
+def test_headers():
+    h = Headers([("Content-Type", "a"), ("X-A", "1"), ("x-a", "2")])
+    assert h["content-type"] == "a" and h["X-A"] == "1, 2" and h.get_list("x-a") == ["1", "2"]
+    assert "X-a" in h and 3 not in h and len(h) == 3
+    assert h.keys() == ["Content-Type", "X-A"]
+    h["x-a"] = "3"
+    assert h.get_list("X-A") == ["3"]
+    h.add("Set-Cookie", "a")
+    assert h.setdefault("set-cookie", "b") == "a"
+    del h["set-cookie"]
+    with pytest.raises(KeyError):
+        del h["nope"]
+    with pytest.raises(KeyError):
+        h["nope"]
+    assert h.pop("x-a") == "3" and h.get("x-a") is None
+    assert h == {"content-type": "a"} and h != 5
+    h.update({"B": 2})
+    assert h["b"] == "2" and h.copy() == h
+    assert Headers({"a": b"b"}).raw() == [(b"a", b"b")]
+    with pytest.raises(TypeError):
+        Headers({"a": object()})
+    with pytest.raises(errors.LocalProtocolError):
+        Headers({"a": "\u2603"}).raw()
+
+
+def test_headers_from_raw_is_lazy():
+    raw = [(b"content-type", b"text/plain"), (b"x", b"\xe9")]
+    h = Headers.from_raw(raw)
+    assert h._l is None
+    assert h.raw() == raw
+    assert h["x"] == "\xe9" and h._l is not None
+    assert h.items() == [("content-type", "text/plain"), ("x", "\xe9")]
+    assert "content-type" in repr(h)
+
+
+def test_url():
+    u = URL("HTTPS://Example.org:8443/a/b?x=1#frag", params={"y": "2 3"})
+    assert (u.scheme, u.host, u.port, u.target) == ("https", "example.org", 8443, b"/a/b?x=1&y=2+3")
+    assert u.authority == "example.org:8443" and u.transport == "ssl"
+    assert u.path == "/a/b" and u.query == "x=1&y=2+3" and u.fragment == "frag"
+    assert str(URL("http://h")) == "http://h/" and URL("http://h").port == 80
+    assert URL("http://[::1]:81/").authority == "[::1]:81"
+    assert URL("http://h/a/b").join("../c") == "http://h/c"
+    assert URL("http://u:p@h/").userinfo == "u:p" and "u:p" not in str(URL("http://u:p@h/"))
+    assert URL("http://bücher.example/").host == "xn--bcher-kva.example"
+    assert URL("http://h/sp\u00e4ce").target == b"/sp%C3%A4ce"
+    for bad in ("ftp://h/", "http:///x", "http://h/\r\nX: y", "http://h:99999/", 5):
+        with pytest.raises(errors.InvalidURL):
+            URL(bad)
+
+
+def test_request_raw_and_headers_views():
+    r = Request("get", "http://h/", raw_headers=[(b"Host", b"h"), (b"X", b"1")])
+    assert r.method == "GET" and r.raw_headers == [(b"Host", b"h"), (b"X", b"1")]
+    assert r.headers["x"] == "1"
+    r.headers["x"] = "2"
+    assert (b"X", b"2") in r.raw_headers or (b"x", b"2") in r.raw_headers
+    r.headers = {"A": "b"}
+    assert r.raw_headers == [(b"A", b"b")]
+    assert "GET http://h/" in repr(r)
+    with pytest.raises(ValueError):
+        Request("", "http://h/")
+
+
+def test_response_body_and_close():
+    s = FakeStream([b"ab", b"cd"])
+    r = Response(200, Headers({"content-type": "text/plain; charset=latin-1"}), reason="OK",
+                 url="http://h/", stream=s)
+    assert r.text == "abcd" and r.content == b"abcd" and r.encoding == "latin-1"
+    assert s.closed == 1 and r.closed
+    r.close()
+    assert s.closed == 1
+    assert list(r.iter_bytes(3)) == [b"abc", b"d"]
+
+
+def test_response_iter_and_consumed():
+    r = Response(200, Headers(), stream=FakeStream([b"abc", b"defg"]))
+    assert list(r.iter_bytes(2)) == [b"ab", b"cd", b"ef", b"g"]
+    with pytest.raises(errors.StreamConsumed):
+        r.read()
+
+
+def test_response_status_helpers_and_json():
+    r = Response(404, Headers(), reason="Not Found", url="http://h/x", stream=FakeStream([b'{"a": 1}']))
+    assert not r.ok and r.status_code == 404 and r.json() == {"a": 1}
+    with pytest.raises(errors.HTTPStatusError) as info:
+        r.raise_for_status()
+    assert info.value.response is r and "404" in str(info.value)
+    assert Response(200, Headers()).raise_for_status().ok
+    assert Response(302, Headers({"location": "/"})).is_redirect
+    assert not Response(302, Headers()).is_redirect
+    assert "404" in repr(r)
+
+
+def test_response_del_closes_stream():
+    s = FakeStream([b"x"])
+    r = Response(200, Headers(), stream=s)
+    del r
+    import gc
+    gc.collect()
+    assert s.closed == 1
+
+
+def test_response_with_decoder():
+    import gzip
+
+    from greenpool.http.decoding import make_decoder
+    z = gzip.compress(b"hello world")
+    r = Response(200, Headers(), stream=FakeStream([z[:5], z[5:]]), decoder=make_decoder("gzip"))
+    assert r.read() == b"hello world"
+    r = Response(200, Headers(), stream=FakeStream([z]), decoder=make_decoder("gzip"))
+    assert b"".join(r.iter_raw()) == z
