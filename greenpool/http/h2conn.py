@@ -1,0 +1,608 @@
+"""One HTTP/2 connection shared by many greenlets: the protocol object of a pooled Connection.
+
+What this owns: the ``h2`` state machine of one connection (``conn.proto``), the
+connection greenlet that reads it, the serialized writes, the per-stream
+state and waiters, both directions of flow control, PING, and GOAWAY.  The
+request path (headers, bodies, retries, the response body stream) lives in
+:mod:`greenpool.http.h2transport`; the pool only asks :meth:`H2Protocol.max_users`,
+:meth:`~H2Protocol.is_alive`, :meth:`~H2Protocol.ping` and :meth:`~H2Protocol.close`.
+
+Rules and invariants:
+
+* **One reader.**  After the handshake one greenlet per connection (never per
+  request) reads the socket, feeds ``h2`` and dispatches events to
+  :class:`Stream` objects; a request greenlet that waits parks on a fresh
+  ``gevent.hub.Waiter`` (``stream.waiter``), woken through a hub callback.
+* **No yield inside h2.**  ``h2.connection.H2Connection`` is not safe across
+  greenlet switches: every state change (``send_headers``, ``send_data``,
+  ``reset_stream``, ``acknowledge_received_data``, ``receive_data``) runs
+  without yielding, then :meth:`H2Protocol.flush` writes ``data_to_send()``.
+* **Batched writes.**  After dispatching a read, the reader yields once so
+  the greenlets it woke run first; their ``flush`` calls return at once and
+  the reader writes everything they queued in one go.
+* **One writer at a time.**  Whoever calls ``flush`` while nobody writes
+  becomes the writer and drains ``data_to_send()`` until it is empty; a
+  ``flush`` that finds a writer returns at once (its bytes go out with the
+  writer's, in order).  A writer interrupted mid-frame (killed, or the
+  caller's timeout) hands the unsent rest to a short-lived finisher greenlet,
+  so a frame is never cut and the other streams carry on.
+* **Flow control.**  Inbound: data is buffered per stream and acknowledged
+  (WINDOW_UPDATE, batched by h2 at half the window) only as the caller
+  consumes it, so a slow reader stalls its own stream and memory stays under
+  the windows we advertise.  Outbound: senders wait for WINDOW_UPDATE.
+* **Capacity.**  ``max_users()`` is the server's SETTINGS_MAX_CONCURRENT_STREAMS
+  (capped by ``H2Config.max_streams``) while the connection accepts new
+  streams, else 0; the pool counts users and opens another connection when
+  every one is full.  Every stream is closed in h2 (ended both ways or reset)
+  before its use is given back.
+* **GOAWAY.**  The pool unregisters the connection at once; streams up to
+  ``last_stream_id`` finish; later ones fail with :class:`Refused` (the
+  server never processed them) and are retried by the request path.
+* **Failure.**  A broken connection (EOF, socket error, a protocol error by
+  the server) fails every open stream with a greenpool error and closes the
+  connection through its pool (exact counts); the reader greenlet ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import struct
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Set
+
+import gevent
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from gevent import GreenletExit, get_hub, getcurrent
+from gevent.hub import Waiter
+from h2.connection import ConnectionState
+from h2.errors import ErrorCodes
+
+from greenpool.errors import (
+    ConnectionClosed,
+    ConnectTimeout,
+    GreenPoolError,
+    LimitExceeded,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    WriteError,
+)
+
+log = logging.getLogger("greenpool.http.h2")
+
+TIMEDOUT: Any = type("TIMEDOUT", (), {"__repr__": lambda self: "TIMEDOUT"})()
+
+_DataReceived = h2.events.DataReceived
+_ResponseReceived = h2.events.ResponseReceived
+_StreamEnded = h2.events.StreamEnded
+_StreamReset = h2.events.StreamReset
+_WindowUpdated = h2.events.WindowUpdated
+_TrailersReceived = h2.events.TrailersReceived
+_RemoteSettingsChanged = h2.events.RemoteSettingsChanged
+_PingAckReceived = h2.events.PingAckReceived
+_ConnectionTerminated = h2.events.ConnectionTerminated
+_Informational = h2.events.InformationalResponseReceived
+
+
+@dataclasses.dataclass(frozen=True)
+class H2Config:
+    """HTTP/2 settings of new connections (immutable; ``dataclasses.replace`` to change).
+
+    ``initial_window_size`` bounds what one stream buffers before its reader
+    consumes it; ``connection_window_size`` bounds the whole connection.
+    """
+
+    #: per-stream receive window we advertise (SETTINGS_INITIAL_WINDOW_SIZE)
+    initial_window_size: int = 2 * 1024 * 1024
+    #: connection receive window (raised from 65535 by a WINDOW_UPDATE at start)
+    connection_window_size: int = 16 * 1024 * 1024
+    #: largest response header list we accept (SETTINGS_MAX_HEADER_LIST_SIZE)
+    max_header_list_size: int = 65536
+    #: largest frame we accept (SETTINGS_MAX_FRAME_SIZE)
+    max_frame_size: int = 16384
+    #: cap on streams per connection when the server allows more (or sets no limit)
+    max_streams: int = 1000
+    #: bytes per socket read
+    read_size: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in ("initial_window_size", "connection_window_size", "max_header_list_size",
+                     "max_frame_size", "max_streams", "read_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError("H2Config.%s must be an int >= 1, got %r" % (name, value))
+        if not 65535 <= self.connection_window_size <= 2**31 - 1:
+            raise ValueError("H2Config.connection_window_size must be in 65535..2**31-1")
+        if self.initial_window_size > 2**31 - 1:
+            raise ValueError("H2Config.initial_window_size must be <= 2**31-1")
+        if not 16384 <= self.max_frame_size <= 2**24 - 1:
+            raise ValueError("H2Config.max_frame_size must be in 16384..2**24-1")
+
+
+class Refused(GreenPoolError):
+    """A stream the server never processed (GOAWAY above it, REFUSED_STREAM, no stream
+    left on the connection): safe to send again on another connection."""
+
+
+class Stream:
+    """One request/response exchange on a connection: what the reader delivered so far."""
+
+    __slots__ = ("id", "head", "chunks", "buffered", "ended", "trailers", "error", "waiter",
+                 "sending", "released")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.head: Optional[List[Any]] = None     # response headers (raw, pseudo included)
+        self.chunks: Deque[bytes] = deque()       # body data not yet consumed
+        self.buffered = 0
+        self.ended = False                        # END_STREAM received
+        self.trailers: Optional[List[Any]] = None
+        self.error: Optional[BaseException] = None
+        self.waiter: Optional[Waiter] = None      # set while its greenlet waits
+        self.sending = False                      # blocked on outbound flow control
+        self.released = False
+
+    def __repr__(self) -> str:
+        return "<Stream %d head=%s ended=%s buffered=%d%s>" % (
+            self.id, self.head is not None, self.ended, self.buffered,
+            " error=%r" % (self.error,) if self.error is not None else "")
+
+
+class _ClientConnection(h2.connection.H2Connection):
+    """h2's connection, made to keep receiving after a GOAWAY.
+
+    h2 moves its connection state machine to CLOSED on GOAWAY and then treats
+    every later frame as a protocol error, so streams at or below
+    ``last_stream_id`` could never finish.  We put it back to CLIENT_OPEN and
+    refuse new streams ourselves (``H2Protocol.goaway``).
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        result = super()._receive_goaway_frame(frame)
+        if self.state_machine.state is ConnectionState.CLOSED:
+            self.state_machine.state = ConnectionState.CLIENT_OPEN
+        return result
+
+
+class H2Protocol:
+    """The ``conn.proto`` of a shared HTTP/2 connection.  See the module docstring."""
+
+    def __init__(self, conn: Any, config: H2Config) -> None:
+        self.conn = conn
+        self.sock = conn.sock
+        self.config = config
+        self.h2 = _ClientConnection(config=h2.config.H2Configuration(
+            client_side=True, header_encoding=None,
+            validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=True, normalize_inbound_headers=True))
+        self.streams: Dict[int, Stream] = {}
+        self.max_streams = config.max_streams
+        self.goaway: Optional[int] = None      # last_stream_id of a GOAWAY, once received
+        self.error: Optional[BaseException] = None
+        self.closed = False
+        self.reader: Optional[gevent.Greenlet] = None
+        self._writing = False
+        self._batching = False                 # the reader flushes once the woken greenlets ran
+        self._blocked: Set[Stream] = set()     # streams waiting for send window
+        self._pings: Dict[bytes, Waiter] = {}
+        self._ping_seq = 0
+        self._loop = get_hub().loop
+        self._settings_seen = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "goaway" if self.goaway is not None else "open"
+        return "<H2Protocol %s streams=%d/%d>" % (state, len(self.streams), self.max_streams)
+
+    # -- the interface the pool asks --
+
+    def max_users(self) -> int:
+        return self.max_streams if self.is_alive() else 0
+
+    def is_alive(self) -> bool:
+        if self.closed or self.goaway is not None or self.error is not None:
+            return False
+        return (self.h2.highest_outbound_stream_id or 0) < 2**31 - 1000   # ids last ~1e9 streams
+
+    def close(self) -> None:
+        """Called by the pool (``conn._close_now``) or by :meth:`fail`: stop everything."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.error is None:
+            self.error = ConnectionClosed("the HTTP/2 connection to %s:%s was closed (pool "
+                                          "stopped, idle timeout or failed health ping)"
+                                          % self.conn.key[:2])
+        self._fail_streams(self.error)
+        reader = self.reader
+        if reader is not None and reader is not getcurrent() and not reader.dead:
+            reader.kill(block=False)
+
+    def ping(self, timeout: Optional[float]) -> None:
+        """Send a PING and wait for its ACK (the pool's idle health check)."""
+        if self.error is not None or self.closed:
+            raise ConnectionClosed("the HTTP/2 connection is closed")
+        self._ping_seq += 1
+        payload = struct.pack(">Q", self._ping_seq)
+        w = self._pings[payload] = Waiter()
+        self.h2.ping(payload)
+        timer = None
+        try:
+            self.flush()
+            if timeout is not None:
+                timer = self._loop.timer(timeout)
+                timer.start(w.switch, TIMEDOUT)
+            result = w.get()
+        finally:
+            self._pings.pop(payload, None)
+            if timer is not None:
+                timer.close()
+        if result is TIMEDOUT:
+            raise ReadTimeout("no answer to an HTTP/2 PING within %ss" % (timeout,))
+        if isinstance(result, BaseException):
+            raise result
+
+    # -- start --
+
+    def handshake(self, timeout: Optional[float]) -> None:
+        """Send the preface and our SETTINGS, read until the server's SETTINGS, start the reader.
+
+        Runs in the greenlet that opened the connection, before the pool
+        registers it, so ``max_users()`` is the server's real limit.
+        """
+        cfg = self.config
+        h2c = self.h2
+        s = h2.settings.SettingCodes
+        h2c.local_settings = h2.settings.Settings(client=True, initial_values={
+            s.ENABLE_PUSH: 0,
+            s.MAX_CONCURRENT_STREAMS: 100,
+            s.INITIAL_WINDOW_SIZE: cfg.initial_window_size,
+            s.MAX_FRAME_SIZE: cfg.max_frame_size,
+            s.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
+        })
+        h2c.max_inbound_frame_size = cfg.max_frame_size
+        h2c.decoder.max_header_list_size = cfg.max_header_list_size
+        h2c.initiate_connection()
+        if cfg.connection_window_size > 65535:
+            h2c.increment_flow_control_window(cfg.connection_window_size - 65535)
+        where = "%s:%s" % self.conn.key[:2]
+        timer = gevent.Timeout(timeout) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            self.flush()
+            first = True
+            while not self._settings_seen:
+                data = self.sock.recv(cfg.read_size)
+                if not data:
+                    raise RemoteProtocolError("%s closed the connection during the HTTP/2 handshake "
+                                              "(does it speak HTTP/2 on this port?)" % where)
+                if first and len(data) >= 4 and data[3] != 4:
+                    # the server preface is a SETTINGS frame (type 4); h2 itself would wait
+                    # for a whole "frame" of whatever length the first 3 bytes spell
+                    raise RemoteProtocolError("%s did not answer the HTTP/2 preface with SETTINGS "
+                                              "(it sent %r...): not an HTTP/2 server?" % (where, data[:16]))
+                first = False
+                try:
+                    events = h2c.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    raise RemoteProtocolError("%s did not answer the HTTP/2 preface with HTTP/2 "
+                                              "(%s)" % (where, e)) from None
+                self._dispatch(events)
+            self.flush()
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            raise ConnectTimeout("HTTP/2 handshake with %s timed out after %ss" % (where, timeout)) from None
+        except OSError as e:
+            raise ConnectionClosed("HTTP/2 handshake with %s failed: %s" % (where, e)) from None
+        finally:
+            if timer is not None:
+                timer.close()
+        self.reader = gevent.spawn(self._run)
+        self.reader.name = "h2-reader %s" % where
+
+    # -- the connection greenlet --
+
+    def _run(self) -> None:
+        sock = self.sock
+        h2c = self.h2
+        size = self.config.read_size
+        try:
+            while not self.closed:
+                data = sock.recv(size)
+                if not data:
+                    raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
+                                           % self.conn.key[:2])
+                try:
+                    events = h2c.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    mapped = _map_h2_error(e)
+                    try:
+                        self.flush()    # h2 queued a GOAWAY: tell the server why
+                    except Exception:   # noqa: BLE001 - failing anyway
+                        pass
+                    raise mapped from None
+                if self._dispatch(events):
+                    # Let the greenlets just woken run first (they queue their next
+                    # HEADERS, WINDOW_UPDATEs): one write for the whole batch.
+                    self._batching = True
+                    try:
+                        gevent.sleep(0)
+                    finally:
+                        self._batching = False
+                if not self.closed:    # (a GOAWAY may have closed it)
+                    self.flush()
+        except GreenletExit:
+            return
+        except BaseException as e:  # noqa: BLE001 - every exit fails the connection
+            if self.closed:
+                return
+            if isinstance(e, GreenPoolError):
+                err: BaseException = e
+            elif isinstance(e, OSError):
+                err = ConnectionClosed("HTTP/2 connection to %s:%s lost: %s" % (self.conn.key[:2] + (e,)))
+            else:
+                log.exception("HTTP/2 reader of %r crashed", self.conn)
+                err = ReadError("HTTP/2 reader failed: %r" % (e,))
+            self.fail(err)
+
+    def _dispatch(self, events: List[Any]) -> bool:
+        """Apply h2 events to streams; never yields.  Waiters are woken by hub callbacks.
+
+        True when it woke someone."""
+        streams = self.streams
+        touched = []
+        for ev in events:
+            t = type(ev)
+            if t is _DataReceived:
+                st = streams.get(ev.stream_id)
+                n = ev.flow_controlled_length
+                data = ev.data
+                if st is None or st.released:
+                    self.h2.acknowledge_received_data(n, ev.stream_id)
+                    continue
+                if n > len(data):   # padding: give it back now
+                    self.h2.acknowledge_received_data(n - len(data), ev.stream_id)
+                if data:
+                    st.chunks.append(data)
+                    st.buffered += len(data)
+                touched.append(st)
+            elif t is _ResponseReceived:
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st.head = ev.headers
+                    touched.append(st)
+            elif t is _StreamEnded:
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st.ended = True
+                    touched.append(st)
+            elif t is _WindowUpdated:
+                if ev.stream_id == 0:
+                    touched.extend(self._blocked)
+                else:
+                    st = streams.get(ev.stream_id)
+                    if st is not None and st.sending:
+                        touched.append(st)
+            elif t is _StreamReset:
+                st = streams.get(ev.stream_id)
+                if st is not None and st.error is None:
+                    if not (st.ended and ev.error_code == ErrorCodes.NO_ERROR):
+                        # (RFC 9113 8.1: a complete response then RST_STREAM(NO_ERROR)
+                        # only asks us to stop sending the request body)
+                        st.error = self._reset_error(ev)
+                    touched.append(st)
+            elif t is _TrailersReceived:
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st.trailers = ev.headers
+            elif t is _RemoteSettingsChanged:
+                self._settings_seen = True
+                changed = ev.changed_settings
+                mcs = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+                if mcs is not None:
+                    self.max_streams = max(0, min(mcs.new_value, self.config.max_streams))
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+                    touched.extend(self._blocked)
+            elif t is _PingAckReceived:
+                w = self._pings.pop(ev.ping_data, None)
+                if w is not None:
+                    self._loop.run_callback(w.switch, None)
+            elif t is _ConnectionTerminated:
+                touched.extend(self._on_goaway(ev))
+            elif t is _Informational:
+                pass
+        woke = False
+        for st in touched:
+            w = st.waiter
+            if w is not None:
+                st.waiter = None
+                self._loop.run_callback(w.switch, None)
+                woke = True
+        return woke
+
+    def _reset_error(self, ev: Any) -> BaseException:
+        code = ev.error_code
+        name = getattr(code, "name", str(code))
+        if code == ErrorCodes.REFUSED_STREAM:
+            return Refused("the server refused stream %d (REFUSED_STREAM)" % ev.stream_id)
+        return RemoteProtocolError("the server reset HTTP/2 stream %d with %s" % (ev.stream_id, name))
+
+    def _on_goaway(self, ev: Any) -> List[Stream]:
+        last = ev.last_stream_id if ev.last_stream_id is not None else 0
+        first = self.goaway is None
+        self.goaway = last if first else min(last, self.goaway)  # type: ignore[type-var]
+        code = getattr(ev.error_code, "name", str(ev.error_code))
+        log.debug("%r: GOAWAY last_stream_id=%s %s", self.conn, last, code)
+        touched = []
+        for sid, st in self.streams.items():
+            if sid > last and st.error is None:
+                st.error = Refused("the server sent GOAWAY (%s) before processing stream %d" % (code, sid))
+                touched.append(st)
+        if first:
+            pool = self.conn.pool
+            if pool is not None:
+                pool.unregister_h2(self.conn)   # closes now if nobody uses it
+        return touched
+
+    # -- failures --
+
+    def fail(self, err: BaseException) -> None:
+        """The connection is broken: fail every stream, close it through its pool."""
+        if self.error is None:
+            self.error = err
+        self._fail_streams(self.error)
+        conn = self.conn
+        if not conn.closed:
+            conn.close("HTTP/2 connection failed: %s" % (err,))
+        self.close()
+
+    def _fail_streams(self, err: BaseException) -> None:
+        for st in list(self.streams.values()):
+            if st.error is None and not (st.ended and st.head is not None and not st.sending):
+                st.error = _copy_error(err)
+            w = st.waiter
+            if w is not None:
+                st.waiter = None
+                self._loop.run_callback(w.switch, None)
+        for w in list(self._pings.values()):
+            self._loop.run_callback(w.switch, _copy_error(err))
+        self._pings.clear()
+
+    # -- writing --
+
+    def flush(self) -> None:
+        """Write what h2 has queued; see "One writer at a time" in the module docstring."""
+        if self._writing or self._batching or self.closed:
+            return
+        data = self.h2.data_to_send()
+        if not data:
+            return
+        self._writing = True
+        sock = self.sock
+        view = None
+        off = 0
+        try:
+            while data:
+                view = memoryview(data)
+                off = 0
+                total = len(data)
+                while off < total:
+                    off += sock.send(view[off:])
+                data = self.h2.data_to_send()
+            self._writing = False
+        except OSError as e:
+            self._writing = False
+            err = WriteError("writing to the HTTP/2 connection to %s:%s failed: %s"
+                             % (self.conn.key[:2] + (e,)))
+            self.fail(err)
+            raise _copy_error(err) from None
+        except BaseException:
+            # killed or timed out mid-write: finish the frame in the background
+            if view is not None and off < len(view) and not self.closed:
+                gevent.spawn(self._finish_write, bytes(view[off:]))
+            else:
+                self._writing = False
+            raise
+
+    def _finish_write(self, rest: bytes) -> None:
+        try:
+            self.sock.sendall(rest)
+            self._writing = False
+            self.flush()
+        except OSError as e:
+            self._writing = False
+            self.fail(WriteError("writing to the HTTP/2 connection to %s:%s failed: %s"
+                                 % (self.conn.key[:2] + (e,))))
+        except GreenPoolError:
+            pass
+        finally:
+            self._writing = False
+
+    # -- per-stream helpers for the request path (never yield unless they say so) --
+
+    def wait(self, st: Stream, seconds: Optional[float]) -> bool:
+        """Park until the reader touches ``st`` (True) or ``seconds`` pass (False).  Yields."""
+        w = st.waiter = Waiter()
+        timer = None
+        if seconds is not None:
+            timer = self._loop.timer(seconds if seconds > 0 else 0.0)
+            timer.start(w.switch, TIMEDOUT)
+        try:
+            result = w.get()
+        finally:
+            st.waiter = None
+            if timer is not None:
+                timer.close()
+        return result is not TIMEDOUT
+
+    def block_send(self, st: Stream, blocked: bool) -> None:
+        st.sending = blocked
+        if blocked:
+            self._blocked.add(st)
+        else:
+            self._blocked.discard(st)
+
+    def open_stream(self, headers: List[Any], end_stream: bool) -> Stream:
+        """Send HEADERS on a new stream.  No yield; raises :class:`Refused` if it cannot."""
+        if self.closed or self.error is not None or self.goaway is not None:
+            raise Refused("the HTTP/2 connection no longer takes new streams")
+        h2c = self.h2
+        try:
+            sid = h2c.get_next_available_stream_id()
+            h2c.send_headers(sid, headers, end_stream=end_stream)
+        except (h2.exceptions.TooManyStreamsError, h2.exceptions.NoAvailableStreamIDError) as e:
+            raise Refused("no stream available on this HTTP/2 connection: %s" % (e,)) from None
+        except h2.exceptions.ProtocolError as e:
+            raise Refused("cannot open an HTTP/2 stream: %s" % (e,)) from None
+        st = self.streams[sid] = Stream(sid)
+        return st
+
+    def release(self, st: Stream, reset: bool) -> None:
+        """Forget ``st``: reset it if it is still open, give back unread window.  No yield."""
+        if st.released:
+            return
+        st.released = True
+        self.streams.pop(st.id, None)
+        self._blocked.discard(st)
+        if self.closed:
+            return
+        h2c = self.h2
+        if reset:
+            try:
+                h2c.reset_stream(st.id, ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                pass   # already closed in h2
+        if st.buffered:
+            n, st.buffered = st.buffered, 0
+            st.chunks.clear()
+            try:
+                h2c.acknowledge_received_data(n, st.id)
+            except h2.exceptions.ProtocolError:
+                pass
+
+    def stream_closed(self, st: Stream) -> bool:
+        """True when h2 no longer considers ``st`` open (so no reset is needed)."""
+        s = self.h2.streams.get(st.id)
+        return s is None or s.closed
+
+
+def _copy_error(err: BaseException) -> BaseException:
+    """A fresh instance per waiting greenlet (one exception object must not be raised twice)."""
+    try:
+        return type(err)(*err.args)
+    except Exception:  # noqa: BLE001 - an exotic constructor: share it
+        return err
+
+
+def _map_h2_error(e: Exception) -> GreenPoolError:
+    if isinstance(e, h2.exceptions.DenialOfServiceError) and "header" in str(e).lower():
+        return LimitExceeded("the server sent a header list larger than max_header_list_size "
+                             "(raise H2Config.max_header_list_size): %s" % (e,))
+    if isinstance(e, h2.exceptions.FlowControlError):
+        return RemoteProtocolError("the server violated HTTP/2 flow control: %s" % (e,))
+    return RemoteProtocolError("the server broke the HTTP/2 protocol: %s" % (e,))

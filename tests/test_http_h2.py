@@ -1,0 +1,674 @@
+"""Tests for greenpool/http/h2transport.py and h2conn.py against an in-process h2 server.
+
+The fake server (:class:`H2FakeServer`: h2's server side over ``fakes.FakeServer``) is
+scripted per test to answer, hold, reset, break framing, send GOAWAY or go silent; the
+interop tests against nginx, nghttpd and hypercorn are in test_http_h2_interop.py.
+"""
+from __future__ import annotations
+
+import io
+import socket
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import gevent
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+import pytest
+from gevent.event import Event
+
+from greenpool import GreenPool
+from greenpool.errors import (
+    ConnectionClosed,
+    LimitExceeded,
+    LocalProtocolError,
+    ReadTimeout,
+    RemoteProtocolError,
+    WriteTimeout,
+)
+from greenpool.http import h2transport
+from greenpool.http.h2conn import H2Config
+from greenpool.http.models import Headers, Request, Timeout
+
+from fakes import FakeServer, assert_exact
+
+# ---------------------------------------------------------------------------------------------
+# the scriptable HTTP/2 server
+
+
+class Ctx:
+    """One server-side connection."""
+
+    def __init__(self, server: "H2FakeServer", sock: Any, index: int) -> None:
+        self.server = server
+        self.sock = sock
+        self.index = index
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        self.bodies: Dict[int, bytes] = {}
+        self.headers: Dict[int, List[Tuple[bytes, bytes]]] = {}
+        self.silent = False      # True: answer nothing any more (not even PINGs)
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.silent:
+            self.sock.sendall(data)
+
+    def raw(self, data: bytes) -> None:
+        self.flush()
+        self.sock.sendall(data)
+
+    def respond(self, sid: int, status: int = 200, body: bytes = b"",
+                headers: Optional[List[Tuple[bytes, bytes]]] = None,
+                trailers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:
+        hs = [(b":status", str(status).encode())] + list(headers or [])
+        if body and not any(k == b"content-length" for k, _ in hs):
+            hs.append((b"content-length", str(len(body)).encode()))
+        self.h2.send_headers(sid, hs, end_stream=not body and not trailers)
+        self.send_body(sid, body, end=not trailers)
+        if trailers:
+            self.h2.send_headers(sid, trailers, end_stream=True)
+        self.flush()
+
+    def send_body(self, sid: int, body: bytes, end: bool = True) -> None:
+        """DATA within the client's windows, waiting for WINDOW_UPDATE (runs in the handler)."""
+        off = 0
+        while off < len(body):
+            window = self.h2.local_flow_control_window(sid)
+            if window <= 0:
+                self.flush()
+                self.server._window.wait(5)
+                continue
+            n = min(window, self.h2.max_outbound_frame_size, len(body) - off)
+            self.h2.send_data(sid, body[off:off + n])
+            off += n
+            self.flush()
+        if end and body:
+            self.h2.end_stream(sid)
+        self.flush()
+
+
+Respond = Callable[[Ctx, int, List[Tuple[bytes, bytes]], bytes], None]
+
+
+def ok(ctx: Ctx, sid: int, headers: List[Tuple[bytes, bytes]], body: bytes) -> None:
+    ctx.respond(sid, 200, b"hello")
+
+
+class H2FakeServer:
+    """``respond(ctx, sid, headers, body)`` runs in its own greenlet per request."""
+
+    def __init__(self, respond: Respond = ok, max_concurrent_streams: Optional[int] = None,
+                 initial_window_size: Optional[int] = None, ssl_context: Any = None,
+                 ack_data: bool = True) -> None:
+        self.respond = respond
+        self.ack_data = ack_data
+        self.settings: Dict[int, int] = {}
+        if max_concurrent_streams is not None:
+            self.settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = max_concurrent_streams
+        if initial_window_size is not None:
+            self.settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = initial_window_size
+        self.conns: List[Ctx] = []
+        self.requests: List[Tuple[int, int, List[Tuple[bytes, bytes]]]] = []
+        self.resets: List[Tuple[int, int, int]] = []
+        self.pings = 0
+        self.arrived = Event()
+        self._window = Event()
+        self.workers: List[gevent.Greenlet] = []
+        self.fake = FakeServer(self._handle, ssl_context=ssl_context)
+        self.port = self.fake.port
+
+    def _handle(self, sock: Any, server: Any) -> None:
+        ctx = Ctx(self, sock, len(self.conns))
+        self.conns.append(ctx)
+        c = ctx.h2
+        c.initiate_connection()
+        if self.settings:
+            c.update_settings(self.settings)
+        ctx.flush()
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                for ev in c.receive_data(data):
+                    t = type(ev)
+                    if t is h2.events.RequestReceived:
+                        ctx.headers[ev.stream_id] = ev.headers
+                        ctx.bodies[ev.stream_id] = b""
+                        self.requests.append((ctx.index, ev.stream_id, ev.headers))
+                        self.arrived.set()
+                    elif t is h2.events.DataReceived:
+                        ctx.bodies[ev.stream_id] = ctx.bodies.get(ev.stream_id, b"") + ev.data
+                        if self.ack_data:
+                            c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif t is h2.events.StreamEnded:
+                        sid = ev.stream_id
+                        self.workers.append(gevent.spawn(
+                            self._run, ctx, sid, ctx.headers.get(sid, []), ctx.bodies.get(sid, b"")))
+                    elif t is h2.events.StreamReset:
+                        self.resets.append((ctx.index, ev.stream_id, ev.error_code))
+                    elif t is h2.events.WindowUpdated:
+                        self._window.set()
+                        self._window.clear()
+                    elif t is h2.events.PingReceived:
+                        self.pings += 1
+                ctx.flush()
+        finally:
+            for g in self.workers:
+                g.kill(block=False)
+
+    def _run(self, ctx: Ctx, sid: int, headers: Any, body: bytes) -> None:
+        try:
+            self.respond(ctx, sid, headers, body)
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
+
+    def url(self, path: str = "/") -> str:
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def stop(self) -> None:
+        for g in self.workers:
+            g.kill(block=False)
+        self.fake.stop()
+        gevent.joinall(self.workers, timeout=1)
+
+    def __enter__(self) -> "H2FakeServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def header(headers: List[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+H2C = "prior_knowledge"
+
+
+@pytest.fixture
+def pool():
+    p = GreenPool("h2test", max_connections=20, checkout_timeout=5.0)
+    yield p
+    p.close()
+
+
+def get(pool, url, method="GET", headers=None, body=None, timeout=5.0, config=None, **kw):
+    content_length = len(body) if isinstance(body, bytes) else None
+    req = Request(method, url, headers, body=body, content_length=content_length)
+    return h2transport.handle(pool, req, Timeout.coerce(timeout), None, {}, H2C, config, **kw)
+
+
+def hold(ctx, sid, headers, body):
+    """Never answer (until the test ends)."""
+    gevent.sleep(30)
+
+
+def held_by_path(ctx, sid, headers, body):
+    path = header(headers, b":path")
+    if path == b"/hold":
+        gevent.sleep(30)
+    elif path and path.startswith(b"/sleep/"):
+        gevent.sleep(float(path.rsplit(b"/", 1)[1]))
+        ctx.respond(sid, 200, b"slept")
+    else:
+        ctx.respond(sid, 200, b"hello")
+
+
+# ---------------------------------------------------------------------------------------------
+# basics
+
+
+def test_get_response_headers_trailers_and_stats(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.respond(sid, 200, b"hello world", headers=[(b"x-a", b"1"), (b"x-a", b"2")],
+                    trailers=[(b"x-checksum", b"abc")])
+
+    with H2FakeServer(respond) as srv:
+        r = get(pool, srv.url("/p?q=1"))
+        assert r.status == 200 and r.http_version == "HTTP/2" and r.reason == "OK"
+        assert r.headers.get_list("x-a") == ["1", "2"]
+        assert r.read() == b"hello world"
+        assert r.trailers == Headers([("x-checksum", "abc")])
+        (_, sid, hs), = srv.requests
+        assert sid == 1
+        assert hs[:4] == [(b":method", b"GET"), (b":scheme", b"http"),
+                          (b":authority", b"127.0.0.1:%d" % srv.port), (b":path", b"/p?q=1")]
+        stats = pool.get_stats()
+        assert stats["shared_count"] == 1 and stats["shared_users"] == 0 and stats["open"] == 1
+        assert_exact(pool)
+        pool.close()
+    assert_exact(pool)
+
+
+def test_request_headers_are_validated_and_connection_specific_ones_dropped(pool, no_leaks):
+    with H2FakeServer() as srv:
+        r = get(pool, srv.url(), headers=[("Host", "example.org"), ("Connection", "keep-alive"),
+                                          ("Keep-Alive", "5"), ("Transfer-Encoding", "chunked"),
+                                          ("Upgrade", "h2c"), ("Proxy-Connection", "x"),
+                                          ("TE", "gzip"), ("X-Mixed-Case", "v")])
+        assert r.read() == b"hello"
+        (_, _, hs), = srv.requests
+        names = [k for k, _ in hs]
+        assert names == [b":method", b":scheme", b":authority", b":path", b"x-mixed-case"]
+        assert header(hs, b":authority") == b"example.org"
+        for bad in ([("x", "a\r\nb")], [("bad name", "v")], [(":path", "/x")], [("x", " lead")]):
+            with pytest.raises(LocalProtocolError):
+                get(pool, srv.url(), headers=bad)
+        assert len(srv.requests) == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_response_pseudo_headers_are_checked(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.h2.send_headers(sid, [(b"x-no-status", b"1")], end_stream=True)
+        ctx.flush()
+
+    with H2FakeServer(respond) as srv:
+        with pytest.raises(RemoteProtocolError):
+            get(pool, srv.url())
+        assert_exact(pool)
+        assert pool.get_stats()["open"] == 0
+        pool.close()
+
+
+def test_post_body_bytes_file_and_iterable(pool, no_leaks):
+    def echo(ctx, sid, headers, body):
+        ctx.respond(sid, 200, body or b"-")
+
+    with H2FakeServer(echo) as srv:
+        assert get(pool, srv.url(), "POST", body=b"abc").read() == b"abc"
+        assert get(pool, srv.url(), "PUT", body=io.BytesIO(b"x" * 200000)).read() == b"x" * 200000
+        assert get(pool, srv.url(), "POST", body=iter([b"a", b"", b"bc"])).read() == b"abc"
+        assert header(srv.requests[0][2], b"content-length") == b"3"
+        assert_exact(pool)
+        pool.close()
+
+
+def test_streams_share_one_connection_and_stats_count_them(pool, no_leaks):
+    release = Event()
+
+    def respond(ctx, sid, headers, body):
+        release.wait(5)
+        ctx.respond(sid, 200, b"ok")
+
+    with H2FakeServer(respond) as srv:
+        gs = [gevent.spawn(lambda: get(pool, srv.url()).read()) for _ in range(10)]
+        deadline = time.monotonic() + 5
+        while len(srv.requests) < 10 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        stats = pool.get_stats()
+        assert stats["shared_count"] == 1 and stats["shared_users"] == 10
+        assert pool.host_stats("127.0.0.1", srv.port)["shared_users"] == 10
+        assert stats["in_use_count"] == 1 and stats["free_count"] == 0
+        assert_exact(pool)
+        release.set()
+        assert [g.get(timeout=5) for g in gs] == [b"ok"] * 10
+        assert len(srv.conns) == 1
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_max_concurrent_streams_opens_more_connections(no_leaks):
+    pool = GreenPool("h2limit", max_connections=10)
+    release = Event()
+
+    def respond(ctx, sid, headers, body):
+        release.wait(5)
+        ctx.respond(sid, 200, b"ok")
+
+    with H2FakeServer(respond, max_concurrent_streams=2) as srv:
+        gs = [gevent.spawn(lambda: get(pool, srv.url()).read()) for _ in range(5)]
+        deadline = time.monotonic() + 5
+        while len(srv.requests) < 5 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert len(srv.conns) == 3            # ceil(5 / 2)
+        assert pool.get_stats()["shared_count"] == 3
+        release.set()
+        assert [g.get(timeout=5) for g in gs] == [b"ok"] * 5
+        assert_exact(pool)
+        pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# kills, timeouts, RST_STREAM for one stream only
+
+
+def test_killed_greenlet_resets_only_its_stream(pool, no_leaks):
+    with H2FakeServer(held_by_path) as srv:
+        g = gevent.spawn(get, pool, srv.url("/hold"))
+        other = gevent.spawn(lambda: get(pool, srv.url("/sleep/0.3")).read())
+        deadline = time.monotonic() + 5
+        while len(srv.requests) < 2 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        g.kill()
+        assert other.get(timeout=5) == b"slept"
+        deadline = time.monotonic() + 2
+        while not srv.resets and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert [(c, s) for c, s, _ in srv.resets] == [(0, 1)]
+        assert len(srv.conns) == 1 and pool.get_stats()["open"] == 1
+        assert pool.get_stats()["shared_users"] == 0
+        assert get(pool, srv.url()).read() == b"hello"
+        assert_exact(pool)
+        pool.close()
+
+
+def test_callers_gevent_timeout_resets_its_stream(pool, no_leaks):
+    with H2FakeServer(held_by_path) as srv:
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.2):
+                get(pool, srv.url("/hold"))
+        assert get(pool, srv.url()).read() == b"hello"
+        gevent.sleep(0.05)
+        assert len(srv.resets) == 1 and len(srv.conns) == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_read_timeout_per_stream(pool, no_leaks):
+    with H2FakeServer(held_by_path) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(ReadTimeout):
+            get(pool, srv.url("/hold"), timeout=Timeout(5, read=0.2))
+        assert time.monotonic() - t0 < 1
+        assert get(pool, srv.url()).read() == b"hello"
+        gevent.sleep(0.05)
+        assert len(srv.resets) == 1
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_total_deadline_caps_waits(pool, no_leaks):
+    with H2FakeServer(held_by_path) as srv:
+        req = Request("GET", srv.url("/hold"))
+        t0 = time.monotonic()
+        with pytest.raises(ReadTimeout):
+            h2transport.handle(pool, req, Timeout(5), time.monotonic() + 0.2, {}, H2C)
+        assert time.monotonic() - t0 < 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_streamed_body_closed_early_resets_and_releases(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.respond(sid, 200, b"z" * 300000)
+
+    with H2FakeServer(respond) as srv:
+        r = get(pool, srv.url())
+        assert r.stream.read_chunk(1000) == b"z" * 1000
+        r.close()
+        assert pool.get_stats()["shared_users"] == 0
+        assert get(pool, srv.url()).read() == b"z" * 300000
+        assert_exact(pool)
+        pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# flow control
+
+
+def test_download_window_updates_as_consumed_and_memory_bounded(pool, no_leaks):
+    size = 4 * 1024 * 1024
+    cfg = H2Config(initial_window_size=65535, connection_window_size=65535 * 2)
+
+    def respond(ctx, sid, headers, body):
+        ctx.respond(sid, 200, b"d" * size)
+
+    with H2FakeServer(respond) as srv:
+        r = get(pool, srv.url(), config=cfg)
+        got = 0
+        peak = 0
+        while True:
+            chunk = r.stream.read_chunk(16384)
+            if not chunk:
+                break
+            got += len(chunk)
+            peak = max(peak, r.stream.st.buffered)
+            if got % (512 * 1024) < 16384:
+                gevent.sleep(0.01)   # a slow reader: the server must wait for window
+        assert got == size and peak <= 65535
+        assert_exact(pool)
+        pool.close()
+
+
+def test_upload_waits_for_window_updates(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.respond(sid, 200, b"%d" % len(body))
+
+    with H2FakeServer(respond, initial_window_size=16384) as srv:
+        assert get(pool, srv.url(), "POST", body=b"u" * 1000000).read() == b"1000000"
+        assert_exact(pool)
+        pool.close()
+
+
+def test_upload_write_timeout_when_no_window(pool, no_leaks):
+    with H2FakeServer(hold, initial_window_size=1000, ack_data=False) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(WriteTimeout):
+            get(pool, srv.url(), "POST", body=b"u" * 200000, timeout=Timeout(5, write=0.3))
+        assert time.monotonic() - t0 < 2
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# faults: each fails the affected requests only, exact counts, no leaks
+
+
+def _in_flight_elsewhere(pool, srv_ok):
+    """A request on another (healthy) server that runs across the fault."""
+    return gevent.spawn(lambda: get(pool, srv_ok.url("/sleep/0.3")).read())
+
+
+def test_fault_malformed_frame(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.raw(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)   # SETTINGS of 5 bytes
+
+    with H2FakeServer(respond) as bad, H2FakeServer(held_by_path) as good:
+        other = _in_flight_elsewhere(pool, good)
+        with pytest.raises(RemoteProtocolError, match="HTTP/2"):
+            get(pool, bad.url())
+        assert other.get(timeout=5) == b"slept"
+        assert pool.count(("127.0.0.1", bad.port)) == 0
+        assert pool.count(("127.0.0.1", good.port)) == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_header_list_over_our_limit(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.respond(sid, 200, b"x", headers=[(b"x-big", b"v" * 10000)])
+
+    cfg = H2Config(max_header_list_size=4096)
+    with H2FakeServer(respond) as bad, H2FakeServer(held_by_path) as good:
+        other = _in_flight_elsewhere(pool, good)
+        with pytest.raises(LimitExceeded, match="max_header_list_size"):
+            get(pool, bad.url(), config=cfg)
+        assert other.get(timeout=5) == b"slept"
+        assert pool.count(("127.0.0.1", bad.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_flow_control_violation(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.h2.send_headers(sid, [(b":status", b"200")])
+        ctx.flush()
+        frame = hyperframe.frame.DataFrame(sid)
+        frame.data = b"x" * 16384
+        ctx.raw(frame.serialize() * 5)        # 80 KiB into a 64 KiB window
+
+    cfg = H2Config(initial_window_size=65535)
+    with H2FakeServer(respond) as bad, H2FakeServer(held_by_path) as good:
+        other = _in_flight_elsewhere(pool, good)
+        r = get(pool, bad.url(), config=cfg)
+        gevent.sleep(0.2)                    # consume nothing: the window cannot reopen
+        with pytest.raises(RemoteProtocolError, match="flow control"):
+            r.read()
+        assert other.get(timeout=5) == b"slept"
+        assert pool.count(("127.0.0.1", bad.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_rst_stream_mid_body_fails_that_stream_only(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        if header(headers, b":path") == b"/reset":
+            ctx.h2.send_headers(sid, [(b":status", b"200")])
+            ctx.h2.send_data(sid, b"partial")
+            ctx.flush()
+            gevent.sleep(0.05)
+            ctx.h2.reset_stream(sid, 2)   # INTERNAL_ERROR
+            ctx.flush()
+        else:
+            held_by_path(ctx, sid, headers, body)
+
+    with H2FakeServer(respond) as srv:
+        other = gevent.spawn(lambda: get(pool, srv.url("/sleep/0.3")).read())
+        r = get(pool, srv.url("/reset"))
+        assert r.stream.read_chunk(100) == b"partial"
+        with pytest.raises(RemoteProtocolError, match="INTERNAL_ERROR"):
+            r.read()
+        assert other.get(timeout=5) == b"slept"
+        assert len(srv.conns) == 1 and pool.get_stats()["open"] == 1
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_goaway_with_50_streams_in_flight(no_leaks):
+    pool = GreenPool("h2goaway", max_connections=10)
+    n = 50
+    state = {"sent": False}
+    gate = Event()
+
+    def respond(ctx, sid, headers, body):
+        if ctx.index == 0:
+            if len(ctx.headers) >= n and not state["sent"]:
+                state["sent"] = True
+                frame = hyperframe.frame.GoAwayFrame(0)
+                frame.last_stream_id = 2 * 25 - 1        # streams 1..49 (25 of them) go on
+                ctx.raw(frame.serialize())
+                gate.set()
+            gate.wait(5)
+            if sid <= 49:
+                gevent.sleep(0.05)
+                ctx.respond(sid, 200, b"first")
+            return
+        ctx.respond(sid, 200, b"second")
+
+    with H2FakeServer(respond) as srv:
+        gs = [gevent.spawn(lambda: get(pool, srv.url()).read()) for _ in range(n)]
+        results = [g.get(timeout=10) for g in gs]
+        assert results.count(b"first") == 25 and results.count(b"second") == 25
+        assert len(srv.conns) == 2
+        gevent.sleep(0.1)
+        assert pool.get_stats()["shared_users"] == 0
+        assert pool.get_stats()["shared_count"] == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_tcp_close_mid_stream(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"100000")])
+        ctx.h2.send_data(sid, b"x" * 1000)
+        ctx.flush()
+        gevent.sleep(0.05)
+        ctx.sock.shutdown(socket.SHUT_RDWR)
+
+    with H2FakeServer(respond) as bad, H2FakeServer(held_by_path) as good:
+        other = _in_flight_elsewhere(pool, good)
+        r = get(pool, bad.url())
+        with pytest.raises(ConnectionClosed):
+            r.read()
+        assert other.get(timeout=5) == b"slept"
+        assert pool.count(("127.0.0.1", bad.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_pings_unanswered_close_the_idle_connection(no_leaks):
+    pool = GreenPool("h2ping", idle_interval=0.1, connect_timeout=0.3)
+
+    def respond(ctx, sid, headers, body):
+        ctx.respond(sid, 200, b"ok")
+        ctx.silent = True              # from now on: not a byte, not even a PING ACK
+
+    with H2FakeServer(respond) as srv:
+        assert get(pool, srv.url()).read() == b"ok"
+        deadline = time.monotonic() + 3
+        while pool.get_stats()["open"] and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        stats = pool.get_stats()
+        assert stats["open"] == 0 and stats["ping_failures"] >= 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_idle_pings_answered_keep_the_connection(no_leaks):
+    pool = GreenPool("h2ping2", idle_interval=0.1, connect_timeout=0.5)
+    with H2FakeServer() as srv:
+        assert get(pool, srv.url()).read() == b"hello"
+        gevent.sleep(0.6)
+        stats = pool.get_stats()
+        assert stats["pings"] >= 2 and stats["ping_failures"] == 0 and stats["open"] == 1
+        assert srv.pings >= 2
+        assert get(pool, srv.url()).read() == b"hello"
+        assert len(srv.conns) == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_idle_timeout_closes_shared_connection(no_leaks):
+    pool = GreenPool("h2idle", timeout=0.2)
+    with H2FakeServer() as srv:
+        assert get(pool, srv.url()).read() == b"hello"
+        assert pool.get_stats()["open"] == 1
+        gevent.sleep(0.4)
+        assert pool.get_stats()["open"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_not_an_h2_server_is_a_clear_error(pool, no_leaks):
+    def http11(sock, server):
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        sock.recv(65536)
+
+    with FakeServer(http11) as srv:
+        with pytest.raises(RemoteProtocolError, match="HTTP/2"):
+            get(pool, "http://127.0.0.1:%d/" % srv.port)
+        assert_exact(pool)
+        assert pool.get_stats()["open"] == 0
+        pool.close()
+
+
+def test_http_origin_without_prior_knowledge_is_refused(pool):
+    with pytest.raises(ValueError):
+        h2transport.handle(pool, Request("GET", "http://127.0.0.1:1/"), Timeout(1), None, {}, True)
+
+
+def test_h2config_validates():
+    with pytest.raises(ValueError):
+        H2Config(max_frame_size=10)
+    with pytest.raises(ValueError):
+        H2Config(initial_window_size=0)
