@@ -1,0 +1,59 @@
+"""Smoke test of the benchmark suite (benchmarks/): it runs, end to end, in seconds.
+
+Not a benchmark: the micro-benchmarks with a tiny N, and the harness in --quick mode with
+one client (the raw h11 loop, which needs only nginx) on a few hundred requests.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, timeout=60):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", *args], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_micro_benchmarks_run() -> None:
+    proc = _run(["benchmarks.micro", "-n", "50", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["uncontended"]["us_per_pair"] > 0
+    contended = result["contended"]
+    assert contended["greenlets"] == 50 and contended["completions"] > 0
+    assert contended["timeouts"] == 0
+    assert result["idle_memory"]["connections"] >= 10
+
+
+def test_harness_quick_one_client(tmp_path: Path) -> None:
+    if shutil.which("nginx") is None and shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is required under CI")
+        pytest.skip("nginx not installed")
+    out = tmp_path / "bench.json"
+    chart = tmp_path / "chart.png"
+    args = ["benchmarks", "--quick", "--clients", "raw-h11", "--workloads", "get-100B",
+            "--requests", "300", "--no-micro", "--out", str(out), "--chart", str(chart)]
+    proc = _run(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "raw-h11" in proc.stdout
+    doc = json.loads(out.read_text())
+    (row,) = doc["summary"]
+    assert row["client"] == "raw-h11" and row["status"] == "ok", row
+    assert row["rps"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert row["cpu_per_1k"] > 0 and row["peak_rss_mb"] > 0
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert chart.stat().st_size > 1000
