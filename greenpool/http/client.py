@@ -773,6 +773,26 @@ _CLIENT_OPTIONS = frozenset(("base_url", "verify", "cert", "http2", "http1_parse
 _default_client: Optional[Client] = None
 
 
+_clients: Dict[Any, "Client"] = {}
+_MAX_CACHED_CLIENTS = 64
+
+
+def _cached_client(pool: Any, client_options: Dict[str, Any]) -> "Client":
+    """One Client per (pool, options), so module-level calls with options reuse its
+    prepared state and connections instead of building a Client per call."""
+    try:
+        key = (pool, tuple(sorted(client_options.items())))
+        hash(key)
+    except TypeError:  # an unhashable option (e.g. a headers dict): no caching
+        return Client(pool=pool, **client_options)
+    client = _clients.get(key)
+    if client is None or client._closed:
+        if len(_clients) >= _MAX_CACHED_CLIENTS:
+            _clients.pop(next(iter(_clients)))
+        client = _clients[key] = Client(pool=pool, **client_options)
+    return client
+
+
 def request(method: str, url: Union[str, URL], *, pool: Any = "default", params: Any = None,
             headers: Any = None, body: Any = None, json: Any = None, timeout: Any = None,
             follow_redirects: bool = False, max_redirects: int = 5, retries: Any = None,
@@ -783,7 +803,7 @@ def request(method: str, url: Union[str, URL], *, pool: Any = "default", params:
         if unknown:
             raise TypeError("request() got unexpected keyword argument(s): %s"
                             % ", ".join(sorted(unknown)))
-        client = Client(pool=pool, **client_options)
+        client = _cached_client(pool, client_options)
     else:
         global _default_client
         client = _default_client
