@@ -2,10 +2,42 @@
 
 Public names are grouped here; see README.rst for the guide.
 """
+import logging as _logging
+
 from greenpool.backoff import Backoff
 from greenpool.connection import Connection, Connector
-from greenpool.errors import *  # noqa: F401,F403
-from greenpool.errors import __all__ as _errors_all
+from greenpool.errors import (  # noqa: F401
+    AuthenticationError,
+    CheckinError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    DecodingError,
+    DNSError,
+    GreenPoolError,
+    HTTPError,
+    HTTPStatusError,
+    InvalidURL,
+    LimitExceeded,
+    LocalProtocolError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    ProtocolError,
+    ReadError,
+    ReadTimeout,
+    RedisError,
+    RemoteProtocolError,
+    ResponseError,
+    StreamConsumed,
+    TimeoutException,
+    TLSError,
+    TooManyRedirects,
+    TransactionAborted,
+    TransportError,
+    WriteError,
+    WriteTimeout,
+)
 from greenpool.http import (
     URL,
     Client,
@@ -36,4 +68,38 @@ __all__ = [
     # HTTP
     "request", "get", "post", "put", "patch", "delete", "head", "options",
     "Client", "Response", "Headers", "Timeout", "URL", "Retry",
-] + list(_errors_all)
+    # errors (greenpool.errors)
+    "GreenPoolError",
+    "TimeoutException",
+    "PoolError",
+    "PoolTimeout",
+    "PoolClosed",
+    "CheckinError",
+    "TransportError",
+    "ConnectError",
+    "DNSError",
+    "TLSError",
+    "ConnectTimeout",
+    "ReadError",
+    "ConnectionClosed",
+    "WriteError",
+    "ReadTimeout",
+    "WriteTimeout",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "LimitExceeded",
+    "LocalProtocolError",
+    "HTTPError",
+    "InvalidURL",
+    "TooManyRedirects",
+    "DecodingError",
+    "StreamConsumed",
+    "HTTPStatusError",
+    "RedisError",
+    "ResponseError",
+    "TransactionAborted",
+    "AuthenticationError",
+]
+
+# silent unless the application configures logging
+_logging.getLogger("greenpool").addHandler(_logging.NullHandler())
