@@ -20,7 +20,7 @@ import os
 from typing import Any, Dict, Optional
 
 from greenpool.connection import Connector
-from greenpool.pool import GreenPool
+from greenpool.pool import _ALL_POOLS, GreenPool
 
 DEFAULT = "default"
 
@@ -98,7 +98,11 @@ def _after_fork_in_child() -> None:
     # and what gevent.fork() does itself) makes them usable in the child
     import gevent
     gevent.reinit()
-    for pool in list(_pools.values()):
+    # registered pools and every other live one (a client's companion pools, a pool made
+    # directly with GreenPool(...)): none may hand the parent's sockets to the child
+    pools = list(_pools.values())
+    pools += [p for p in list(_ALL_POOLS) if p not in pools]
+    for pool in pools:
         pool._after_fork_in_child()
 
 

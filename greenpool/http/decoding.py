@@ -144,8 +144,13 @@ class BrotliDecoder(Decoder):
         try:
             if hasattr(obj, "can_accept_more_data"):  # brotli >= 1.2: bounded output steps
                 out = [self._count(obj.process(data, output_buffer_limit=_STEP))]
-                while not obj.can_accept_more_data():
-                    out.append(self._count(obj.process(b"", output_buffer_limit=_STEP)))
+                # drain until a step yields nothing: brotli 1.2.1 reports
+                # can_accept_more_data() while output is still pending
+                while True:
+                    chunk = obj.process(b"", output_buffer_limit=_STEP)
+                    if not chunk:
+                        break
+                    out.append(self._count(chunk))
                 return b"".join(out)
             fn = getattr(obj, "process", None) or obj.decompress
             return self._count(fn(data))

@@ -316,6 +316,9 @@ _F_CHUNKED = 2
 _F_CLOSE = 3
 
 _VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+# reason-phrase = *( HTAB / SP / VCHAR / obs-text ): h11 enforces it, llhttp lets NUL and
+# other controls through, so the rule is applied here for both
+_REASON_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _SPECIAL_RESP = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive"))
 _MAX_CONTENT_LENGTH = 2**63 - 1
 _digits_re = re.compile(rb"[0-9]+")
@@ -491,6 +494,8 @@ class H1Connection:
             )
         if status < 100 or status > 999:
             raise RemoteProtocolError("invalid status code %d" % (status,))
+        if reason and _REASON_CTL.search(reason) is not None:
+            raise RemoteProtocolError("malformed response: control character in the status line")
         if len(headers) > self._max_headers:
             raise self._too_many_headers()
         if size + len(reason) + 15 > self._max_header_size:
