@@ -166,6 +166,7 @@ def _happy_eyeballs(infos: List[Tuple[Any, ...]], delay: float,
         else:
             winner.set(sock)
 
+    sock = None
     try:
         for info in infos:
             attempts.append(gevent.spawn(attempt, info))
@@ -181,6 +182,12 @@ def _happy_eyeballs(infos: List[Tuple[Any, ...]], delay: float,
         for g in attempts:
             if not g.dead:
                 g.kill(block=False)
+        if sock is None and winner.ready() and winner.value is not None:
+            # interrupted (our deadline, a kill) after an attempt won: close the winner
+            winner.value.close()
+        elif sock is None and not winner.ready():
+            # attempts still connecting: a late winner closes its own socket
+            winner.set(None)
     if sock is None:
         raise errors[-1]
     return sock
