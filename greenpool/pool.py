@@ -265,29 +265,14 @@ class GreenPool:
         h = self._hosts.get((host, port, transport))
         if h is None:
             h = self._new_host(host, port, transport, connect_opts)
-        idle = h.idle
-        # fast path: no yield, no allocation
-        while idle and not h.live:
-            conn = idle.pop()
-            self._idle_count -= 1
-            if net.is_dropped(conn.sock, conn.key[2] == "ssl"):
-                idle.append(conn)
-                self._idle_count += 1
-                self.counters["dropped"] += 1
-                self._close(conn, "peer closed while idle")
-                continue
-            conn._unwatch()
-            conn.state = IN_USE
-            conn.holder = getcurrent()
-            conn.uses += 1
-            h.in_use += 1
-            self._in_use.add(conn)
-            self.counters["reused"] += 1
-            if self._codel_timer is not None:
-                self._codel_record(0.0)
-            if _listeners:
-                _emit("checkout", self, h.key)
-            return conn
+        # fast path: the warmest idle connection, no yield, no allocation
+        if h.idle and not h.live:
+            conn = self._pop_idle(h)
+            if conn is not None:
+                self._take_idle(conn, h, getcurrent())
+                if self._codel_timer is not None:
+                    self._codel_record(0.0)
+                return conn
         return self._acquire(h, timeout, connect_opts, shared=False)
 
     def checkin(self, conn: Connection) -> None:
@@ -544,23 +529,29 @@ class GreenPool:
                 return conn
             if h.connecting or not self.connector.open_on_demand:
                 return None  # a shared connection is on its way (or the pool keeps its own): wait
-        else:
-            idle = h.idle
-            while idle:
-                conn = idle.pop()
-                self._idle_count -= 1
-                if net.is_dropped(conn.sock, conn.key[2] == "ssl"):
-                    idle.append(conn)
-                    self._idle_count += 1
-                    self.counters["dropped"] += 1
-                    self._close(conn, "peer closed while idle")
-                    continue
+        elif h.idle:
+            conn = self._pop_idle(h)
+            if conn is not None:
                 self._take_idle(conn, h, getcurrent())
                 return conn
         if h.open < self._per_host:
             if self._open < self._max or self._evict_oldest_idle(h, "room for another host"):
                 self._reserve(h)
                 return PERMIT
+        return None
+
+    def _pop_idle(self, h: _Host) -> Optional[Connection]:
+        """The warmest idle connection of h whose peer is still there (dead ones are closed)."""
+        idle = h.idle
+        while idle:
+            conn = idle[-1]
+            if net.is_dropped(conn.sock, conn.key[2] == "ssl"):
+                self.counters["dropped"] += 1
+                self._close(conn, "peer closed while idle")  # takes it out of idle
+                continue
+            idle.pop()
+            self._idle_count -= 1
+            return conn
         return None
 
     def _take_idle(self, conn: Connection, h: _Host, holder: Any) -> None:

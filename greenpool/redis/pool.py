@@ -20,7 +20,12 @@ Rules:
    callers waiting for replies.
 3. A command's ``timeout`` covers waiting for a live connection and for its
    reply.  A timed-out or killed caller does not desynchronise the connection
-   (see :mod:`greenpool.redis.connection`); a command is never re-sent.
+   (see :mod:`greenpool.redis.connection`).  A command is never re-sent, with
+   one opt-in exception: ``retry_reads=N`` (pool) or ``command(..., retries=N)``
+   re-sends a command named in :data:`READ_ONLY_COMMANDS` up to N times on a
+   live connection when its connection died before the reply (``ReadError``,
+   i.e. ``ConnectionClosed``, or ``WriteError``), within the same ``timeout``.
+   Writes, pipelines, transactions and noreply batches are never re-sent.
 4. Commands that change the state of the *connection* (MULTI/EXEC, WATCH,
    SELECT, AUTH, HELLO, SUBSCRIBE, MONITOR, CLIENT REPLY, ...) are refused by
    ``command``/``pipeline``: the connection is shared with other greenlets.
@@ -38,7 +43,14 @@ import gevent
 from gevent.hub import Waiter
 
 from greenpool.connection import Connection
-from greenpool.errors import PoolTimeout, ReadTimeout, ResponseError, TransactionAborted
+from greenpool.errors import (
+    PoolTimeout,
+    ReadError,
+    ReadTimeout,
+    ResponseError,
+    TransactionAborted,
+    WriteError,
+)
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.connection import RedisConnector, RedisSettings, _Batch, _Fail
 from greenpool.redis.resp import DEFAULT_MAX_REPLY_SIZE, PARSERS, pack_command, pack_commands
@@ -69,6 +81,24 @@ for _name, _why in {
     "SUNSUBSCRIBE": _PUBSUB,
 }.items():
     _STATEFUL[_name] = _STATEFUL[_name.encode()] = _why
+#: Commands ``command()`` may re-send when asked to (``retry_reads`` / ``retries``): they
+#: only read, so running one twice changes nothing.  Upper case; the name is matched
+#: case-insensitively, as str or bytes.
+READ_ONLY_COMMANDS = frozenset((
+    "GET", "MGET", "GETRANGE", "SUBSTR", "STRLEN", "EXISTS", "TTL", "PTTL", "EXPIRETIME",
+    "PEXPIRETIME", "TYPE", "KEYS", "SCAN", "RANDOMKEY", "DBSIZE", "DUMP", "LCS",
+    "HGET", "HMGET", "HGETALL", "HEXISTS", "HLEN", "HKEYS", "HVALS", "HSTRLEN", "HSCAN",
+    "HRANDFIELD", "LRANGE", "LLEN", "LINDEX", "LPOS", "SMEMBERS", "SISMEMBER", "SMISMEMBER",
+    "SCARD", "SSCAN", "SRANDMEMBER", "SINTER", "SINTERCARD", "SUNION", "SDIFF",
+    "ZRANGE", "ZRANGEBYSCORE", "ZRANGEBYLEX", "ZREVRANGE", "ZREVRANGEBYSCORE", "ZREVRANGEBYLEX",
+    "ZSCORE", "ZMSCORE", "ZCARD", "ZCOUNT", "ZLEXCOUNT", "ZRANK", "ZREVRANK", "ZSCAN",
+    "ZRANDMEMBER", "ZINTERCARD", "GETBIT", "BITCOUNT", "BITPOS", "GEOPOS", "GEODIST",
+    "GEOHASH", "XRANGE", "XREVRANGE", "XLEN", "SORT_RO", "EVAL_RO", "EVALSHA_RO", "FCALL_RO",
+    "PING", "ECHO", "INFO", "TIME", "LASTSAVE",
+))
+_READ_ONLY = READ_ONLY_COMMANDS | frozenset(n.encode() for n in READ_ONLY_COMMANDS)
+#: a connection that died before the reply (not a timeout, not a refused or garbled reply)
+_RETRYABLE = (ReadError, WriteError)
 _CLIENT = ("CLIENT", b"CLIENT")
 _REPLY = ("REPLY", b"REPLY")
 
@@ -85,6 +115,19 @@ def _check_name(args: Sequence[Any], where: str = "") -> None:
                 and args[1].upper() in _REPLY:
             raise ValueError("%sCLIENT REPLY cannot be sent on RedisPool's shared connections: "
                              "use noreply_command() / noreply_pipeline()" % (where,))
+
+
+def is_read_only(args: Sequence[Any]) -> bool:
+    """True when ``args`` names a command in :data:`READ_ONLY_COMMANDS`."""
+    name = args[0] if args else None
+    return (type(name) is str or type(name) is bytes) and name.upper() in _READ_ONLY
+
+
+def _check_retries(retries: Any, what: str) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError("%s must be an int >= 0 (times a read-only command is re-sent when its "
+                         "connection dies), not %r" % (what, retries))
+    return retries
 
 
 def _s(x: Any) -> str:
@@ -136,7 +179,7 @@ class RedisPool(GreenPool):
     connect_timeout=5.0, backoff_min=0.05, backoff_max=5.0,
     backoff_type="rand_exp", url=None, decode_responses=False, parser="auto",
     max_reply_size=512 MiB, start="wait", client_name=None, protocol=2,
-    verify=True)``.
+    verify=True, retry_reads=0)``.
 
     Keywords given explicitly win over the parts of ``url``.
     """
@@ -151,7 +194,7 @@ class RedisPool(GreenPool):
                  decode_responses: bool = False, parser: str = "auto",
                  max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, start: str = "wait",
                  client_name: Optional[str] = None, protocol: int = 2,
-                 verify: Any = True) -> None:
+                 verify: Any = True, retry_reads: int = 0) -> None:
         cfg: Dict[str, Any] = parse_url(url) if url is not None else {}
         for k, v in (("host", host), ("port", port), ("db", db), ("username", username),
                      ("password", password), ("ssl", ssl)):
@@ -183,6 +226,7 @@ class RedisPool(GreenPool):
             raise ValueError("client_name must be a non-empty str without spaces, not %r" % (client_name,))
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError("timeout must be a number of seconds > 0, not %r" % (timeout,))
+        retry_reads = _check_retries(retry_reads, "retry_reads")
         if name is None:
             name = "redis-%d" % next(_names)
         settings = RedisSettings(
@@ -200,6 +244,9 @@ class RedisPool(GreenPool):
         self.db = db
         self.transport = "ssl" if use_ssl else "tcp"
         self.command_timeout = float(timeout)
+        self.retry_reads = retry_reads
+        #: read-only commands re-sent after their connection died (see retry_reads)
+        self.retries = 0
         self.settings = settings
         self.reconnects = 0
         self.last_error: Optional[BaseException] = None
@@ -275,10 +322,13 @@ class RedisPool(GreenPool):
                               % (self._where, timeout, self.active(), self.pool_size,
                                  err if err is not None else "none")) from None
 
-    def _call(self, data: bytes, slot: Any, replies: int, timeout: Optional[float]) -> Any:
+    def _call(self, data: bytes, slot: Any, replies: int, timeout: Optional[float],
+              shown_timeout: Optional[float] = None) -> Any:
         """Send ``data`` on one connection and wait for ``slot`` (one use of the pool)."""
         if timeout is None:
             timeout = self.command_timeout
+        if shown_timeout is None:
+            shown_timeout = timeout
         t0 = _monotonic()
         conn = self._acquire_conn(timeout)
         try:
@@ -298,19 +348,56 @@ class RedisPool(GreenPool):
             self.release_shared(conn)
         if value is _TIMED_OUT:
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
-                              "discarded; the command may still run)" % (self._where, timeout))
+                              "discarded; the command may still run)" % (self._where, shown_timeout))
         return value
 
-    def command(self, args: Sequence[Any], timeout: Optional[float] = None) -> Any:
-        """Run one command, e.g. ``["SET", "k", "v"]``; an error reply raises ResponseError."""
+    def command(self, args: Sequence[Any], timeout: Optional[float] = None,
+                retries: Optional[int] = None) -> Any:
+        """Run one command, e.g. ``["SET", "k", "v"]``; an error reply raises ResponseError.
+
+        ``retries`` (default: the pool's ``retry_reads``, 0): how many times a command
+        named in :data:`READ_ONLY_COMMANDS` is re-sent on a live connection when its
+        connection died before the reply, all within ``timeout``.  Other commands are
+        never re-sent.
+        """
         data = pack_command(args)
         _check_name(args)
-        value = self._call(data, Waiter(), 1, timeout)
+        retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
+        if retries and is_read_only(args):
+            value = self._call_retrying(data, timeout, retries)
+        else:
+            value = self._call(data, Waiter(), 1, timeout)
         if type(value) is _Fail:
             raise value.error()
         if type(value) is ResponseError:
             raise ResponseError(str(value))
         return value
+
+    def _call_retrying(self, data: bytes, timeout: Optional[float], retries: int) -> Any:
+        """``_call`` for a read-only command: re-sent while its connection dies under it."""
+        if timeout is None:
+            timeout = self.command_timeout
+        deadline = _monotonic() + timeout
+        sent = 0
+        while True:
+            remaining = deadline - _monotonic()
+            try:
+                value = self._call(data, Waiter(), 1, remaining if remaining > 0 else 0.0,
+                                   shown_timeout=timeout)
+            except _RETRYABLE as e:  # submit() found the connection dead: nothing was sent
+                value = _Fail(type(e), e.args)
+            else:
+                sent += 1
+            if type(value) is not _Fail or not issubclass(value.cls, _RETRYABLE):
+                return value
+            if sent > retries or _monotonic() >= deadline:
+                text = value.args[0] if value.args else ""
+                return _Fail(value.cls, ("%s [read-only command sent %d time(s): retries=%d%s]"
+                                         % (text, sent, retries, ", timeout reached"
+                                            if sent <= retries else ""),) + value.args[1:])
+            self.retries += 1
+            log.debug("redis pool %r: re-sending a read-only command after: %s",
+                      self.name, value.args[0] if value.args else value.cls.__name__)
 
     def pipeline(self, commands: Sequence[Sequence[Any]], timeout: Optional[float] = None) -> List[Any]:
         """Run commands in one write on one connection; error replies come back in place."""
@@ -387,6 +474,8 @@ class RedisPool(GreenPool):
             "users": sum(c.users for c in h.shared),
             "waiting": self._queue_count,
             "reconnects": self.reconnects,
+            "retry_reads": self.retry_reads,
+            "retries": self.retries,
             "connect_errors": self.counters["connect_errors"],
             "closed_connections": self.counters["closed"],
             "last_error": None if err is None else str(err),
