@@ -33,7 +33,7 @@ def _serve_demo_app() -> Any:
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
-    class Server(WSGIServer):
+    class Server(WSGIServer):  # type: ignore[misc]
         def handle(self, sock: Any, address: Any) -> None:
             # pywsgi writes the head and the body separately: without NODELAY,
             # Nagle and the client's delayed ACK add 40 ms to every response

@@ -226,7 +226,7 @@ def map_exceptions(
     except gevent.Timeout as t:
         if t is not timeout or timeout is None:
             raise
-        raise on_timeout(message or "timed out after %ss" % (t.seconds,)) from None
+        raise on_timeout(message or "timed out after %ss" % (timeout.seconds,)) from None
     except GreenPoolError:
         raise
     except socket.timeout as e:  # a socket-level timeout (sock.settimeout)

@@ -55,10 +55,10 @@ def ssl_context(verify: VerifyType = True, cert: CertType = None,
     if isinstance(verify, _stdssl.SSLContext):
         return verify
     key = (verify, cert if not isinstance(cert, list) else tuple(cert), tuple(alpn or ()))
-    ctx = _context_cache.get(key)
-    if ctx is not None:
-        return ctx
-    ctx = gssl.SSLContext(_stdssl.PROTOCOL_TLS_CLIENT)
+    cached = _context_cache.get(key)
+    if cached is not None:
+        return cached
+    ctx: _stdssl.SSLContext = gssl.SSLContext(_stdssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = _stdssl.TLSVersion.TLSv1_2
     if verify is False:
         ctx.check_hostname = False
@@ -77,7 +77,7 @@ def ssl_context(verify: VerifyType = True, cert: CertType = None,
             ctx.load_default_certs()
             if not ctx.get_ca_certs():
                 try:
-                    import certifi  # type: ignore[import-not-found]
+                    import certifi  # type: ignore[import-not-found,unused-ignore]
                 except ImportError:
                     pass
                 else:

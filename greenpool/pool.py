@@ -419,6 +419,12 @@ class GreenPool:
         h.retired.add(conn)
         self._dispatch()
 
+    def capacity_changed(self, conn: Connection) -> None:
+        """A shared connection can now take more users (e.g. the peer raised its stream
+        limit): serve queued waiters at once instead of at the next release.  Never yields."""
+        if self._queue_count and not self._closed:
+            self._dispatch()
+
     # -- public: lifecycle --
 
     def prewarm(self, host: str, port: int, count: Optional[int] = None, transport: str = "tcp",
@@ -518,7 +524,8 @@ class GreenPool:
                 self._codel_record(_monotonic() - start)
             if grant is PERMIT:
                 return self._open_conn(h, connect_opts, shared, setup)
-            return grant
+            conn: Connection = grant
+            return conn
 
     def _serve_now(self, h: _Host, shared: bool) -> Any:
         """What the caller at the head of h's queue can have right now, or None."""
@@ -1013,7 +1020,7 @@ class GreenPool:
 
     def _match(self, key: Tuple[Any, ...]) -> List[_Host]:
         if len(key) == 3:
-            h = self._hosts.get(key)  # type: ignore[arg-type]
+            h = self._hosts.get(key)
             return [h] if h is not None else []
         if len(key) == 2:
             return [h for k, h in self._hosts.items() if k[:2] == tuple(key)]

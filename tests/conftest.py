@@ -158,7 +158,8 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 
 @pytest.fixture
 def redis_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
-    """``redis_factory(requirepass="s3cret", extra_args=[...])``: ``password``, ``restart()``."""
+    """``redis_factory(requirepass="s3cret", extra_args=[...], tls=<the tls fixture>)``:
+    ``password``, ``restart()``; with ``tls=`` the port speaks TLS only (``rediss://`` url)."""
     yield from _factory("redis", tmp_path_factory, Redis)
 
 

@@ -798,6 +798,9 @@ class Nghttpd(Server):
 class Redis(Server):
     """redis-server without persistence; ``requirepass`` optional; also a unix socket.
 
+    ``tls=<TLS>``: TLS only on :attr:`port` (``--port 0 --tls-port``), serving
+    ``tls.cert_path``, no client certificates; :attr:`url` is then ``rediss://``.
+
     :meth:`execute` sends one command over a fresh blocking socket (for test set-up such as
     ``FLUSHALL`` or ``CLIENT KILL``); ``DEBUG SLEEP`` is enabled for timeout tests.
     """
@@ -806,9 +809,11 @@ class Redis(Server):
     _bind_errors = Server._bind_errors + ("Could not create server TCP listening socket",)
 
     def __init__(self, directory: Union[str, Path], *, requirepass: Optional[str] = None,
-                 extra_args: Sequence[str] = (), port: Optional[int] = None):
+                 extra_args: Sequence[str] = (), port: Optional[int] = None,
+                 tls: Optional[TLS] = None):
         self.binary = find_binary("redis-server", "redis-server")
         self.password = requirepass
+        self.tls = tls
         self.extra_args = list(extra_args)
         super().__init__(directory, ports={"port": port} if port else None)
         self.unix_path = self.dir / "redis.sock"
@@ -816,7 +821,7 @@ class Redis(Server):
     @property
     def url(self) -> str:
         auth = f":{_quote(self.password)}@" if self.password else ""
-        return f"redis://{auth}{HOST}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{HOST}:{self.port}/0"
 
     def command(self) -> List[str]:
         cmd = [
@@ -829,6 +834,11 @@ class Redis(Server):
         ]
         if self.password:
             cmd += ["--requirepass", self.password]
+        if self.tls is not None:
+            cmd[cmd.index("--port") + 1] = "0"
+            cmd += ["--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert_path),
+                    "--tls-key-file", str(self.tls.key_path),
+                    "--tls-ca-cert-file", str(self.tls.ca_path), "--tls-auth-clients", "no"]
         return cmd + self.extra_args
 
     def ready(self) -> bool:
@@ -843,13 +853,17 @@ class Redis(Server):
     def execute(self, *args: Union[str, bytes, int], timeout: float = 5.0,
                 auth: bool = True) -> Any:
         """Run one command (after AUTH when a password is set) and return the decoded reply."""
-        with socket.create_connection((HOST, self.port), timeout=timeout) as sock:
-            f = sock.makefile("rb")
-            if auth and self.password:
-                sock.sendall(encode_command("AUTH", self.password))
-                read_reply(f)
-            sock.sendall(encode_command(*args))
-            return read_reply(f)
+        with socket.create_connection((HOST, self.port), timeout=timeout) as raw:
+            sock = raw
+            if self.tls is not None:
+                sock = self.tls.client_context().wrap_socket(raw, server_hostname=HOST)
+            with sock:
+                f = sock.makefile("rb")
+                if auth and self.password:
+                    sock.sendall(encode_command("AUTH", self.password))
+                    read_reply(f)
+                sock.sendall(encode_command(*args))
+                return read_reply(f)
 
     def flushall(self) -> None:
         self.execute("FLUSHALL")

@@ -640,7 +640,11 @@ class Client:
         http2 = self.http2
         if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute:
             from greenpool.http import h2transport  # written separately; imported on use
-            result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2)
+            opts = self.h1_options
+            result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
+                                        stream=stream, decode_content=opts.decode_content,
+                                        max_decoded_size=opts.max_decoded_size,
+                                        max_header_size=opts.max_header_size)
             if isinstance(result, Response):
                 if not stream:
                     result.read()

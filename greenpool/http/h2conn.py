@@ -41,6 +41,16 @@ Rules and invariants:
 * **Failure.**  A broken connection (EOF, socket error, a protocol error by
   the server) fails every open stream with a greenpool error and closes the
   connection through its pool (exact counts); the reader greenlet ends.
+  Bytes are fed to ``h2`` one whole frame at a time, so the events of the
+  frames before a bad one are still delivered (a response completed in the
+  same read as the bad frame reaches its caller).
+* **Header limits are ours, per stream.**  ``h2`` decodes any header block up
+  to :data:`DECODE_LIMIT` (HPACK state must stay in step, so a block cannot be
+  skipped); the request's limit (``Stream.max_header_list``) is checked after
+  decoding, and a stream over it gets RST_STREAM and :class:`LimitExceeded`
+  while the connection and the other streams carry on.
+* **Capacity raised.**  A SETTINGS raising MAX_CONCURRENT_STREAMS after the
+  handshake calls ``pool.capacity_changed(conn)`` so queued waiters run now.
 """
 from __future__ import annotations
 
@@ -48,7 +58,7 @@ import dataclasses
 import logging
 import struct
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Set
+from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 import gevent
 import h2.config
@@ -86,6 +96,9 @@ _RemoteSettingsChanged = h2.events.RemoteSettingsChanged
 _PingAckReceived = h2.events.PingAckReceived
 _ConnectionTerminated = h2.events.ConnectionTerminated
 _Informational = h2.events.InformationalResponseReceived
+
+#: what h2/HPACK may decode in one header block; our own (smaller) limit is checked per stream
+DECODE_LIMIT = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +145,11 @@ class Stream:
     """One request/response exchange on a connection: what the reader delivered so far."""
 
     __slots__ = ("id", "head", "chunks", "buffered", "ended", "trailers", "error", "waiter",
-                 "sending", "released")
+                 "sending", "released", "max_header_list")
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, max_header_list: int = 65536) -> None:
         self.id = stream_id
+        self.max_header_list = max_header_list    # our limit on each header block it receives
         self.head: Optional[List[Any]] = None     # response headers (raw, pseudo included)
         self.chunks: Deque[bytes] = deque()       # body data not yet consumed
         self.buffered = 0
@@ -167,6 +181,13 @@ class _ClientConnection(h2.connection.H2Connection):
             self.state_machine.state = ConnectionState.CLIENT_OPEN
         return result
 
+    def _local_settings_acked(self) -> Any:
+        # h2 would make the advertised SETTINGS_MAX_HEADER_LIST_SIZE the HPACK decoder's hard
+        # limit (an error there loses the connection): decode anything, check per stream
+        changes = super()._local_settings_acked()
+        self.decoder.max_header_list_size = DECODE_LIMIT
+        return changes
+
 
 class H2Protocol:
     """The ``conn.proto`` of a shared HTTP/2 connection.  See the module docstring."""
@@ -192,6 +213,7 @@ class H2Protocol:
         self._ping_seq = 0
         self._loop = get_hub().loop
         self._settings_seen = False
+        self._rbuf = b""                       # the start of an incomplete frame
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "goaway" if self.goaway is not None else "open"
@@ -264,7 +286,7 @@ class H2Protocol:
             s.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
         })
         h2c.max_inbound_frame_size = cfg.max_frame_size
-        h2c.decoder.max_header_list_size = cfg.max_header_list_size
+        h2c.decoder.max_header_list_size = DECODE_LIMIT
         h2c.initiate_connection()
         if cfg.connection_window_size > 65535:
             h2c.increment_flow_control_window(cfg.connection_window_size - 65535)
@@ -286,12 +308,11 @@ class H2Protocol:
                     raise RemoteProtocolError("%s did not answer the HTTP/2 preface with SETTINGS "
                                               "(it sent %r...): not an HTTP/2 server?" % (where, data[:16]))
                 first = False
-                try:
-                    events = h2c.receive_data(data)
-                except h2.exceptions.ProtocolError as e:
-                    raise RemoteProtocolError("%s did not answer the HTTP/2 preface with HTTP/2 "
-                                              "(%s)" % (where, e)) from None
+                events, err = self._receive(data)
                 self._dispatch(events)
+                if err is not None:
+                    raise RemoteProtocolError("%s did not answer the HTTP/2 preface with HTTP/2 "
+                                              "(%s)" % (where, err)) from None
             self.flush()
         except gevent.Timeout as t:
             if t is not timer:
@@ -307,9 +328,37 @@ class H2Protocol:
 
     # -- the connection greenlet --
 
+    def _receive(self, data: bytes) -> Tuple[List[Any], Optional[Exception]]:
+        """Feed ``data`` to h2 one whole frame at a time; keep an incomplete frame for later.
+
+        Returns the events and the ``h2`` protocol error that stopped it, if any:
+        the events of the frames before a bad one survive.  Never yields.
+        """
+        buf = self._rbuf + data if self._rbuf else data
+        self._rbuf = b""
+        h2c = self.h2
+        events: List[Any] = []
+        n = len(buf)
+        off = 0
+        try:
+            while n - off >= 9:
+                length = int.from_bytes(buf[off:off + 3], "big")
+                if length > h2c.max_inbound_frame_size:
+                    end = n      # h2 rejects it from its 9-byte header alone
+                else:
+                    end = off + 9 + length
+                    if end > n:
+                        break
+                events.extend(h2c.receive_data(buf[off:end] if off or end < n else buf))
+                off = end
+        except h2.exceptions.ProtocolError as e:
+            return events, e
+        if off < n:
+            self._rbuf = buf[off:]
+        return events, None
+
     def _run(self) -> None:
         sock = self.sock
-        h2c = self.h2
         size = self.config.read_size
         try:
             while not self.closed:
@@ -317,10 +366,10 @@ class H2Protocol:
                 if not data:
                     raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
                                            % self.conn.key[:2])
-                try:
-                    events = h2c.receive_data(data)
-                except h2.exceptions.ProtocolError as e:
-                    mapped = _map_h2_error(e)
+                events, err = self._receive(data)
+                if err is not None:
+                    mapped = _map_h2_error(err)
+                    self._dispatch(events)   # what came before the bad frame still counts
                     try:
                         self.flush()    # h2 queued a GOAWAY: tell the server why
                     except Exception:   # noqa: BLE001 - failing anyway
@@ -356,13 +405,14 @@ class H2Protocol:
         True when it woke someone."""
         streams = self.streams
         touched = []
+        raised = False
         for ev in events:
             t = type(ev)
             if t is _DataReceived:
                 st = streams.get(ev.stream_id)
                 n = ev.flow_controlled_length
                 data = ev.data
-                if st is None or st.released:
+                if st is None or st.released or (st.error is not None and st.head is None):
                     self.h2.acknowledge_received_data(n, ev.stream_id)
                     continue
                 if n > len(data):   # padding: give it back now
@@ -374,7 +424,8 @@ class H2Protocol:
             elif t is _ResponseReceived:
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st.head = ev.headers
+                    if self._headers_fit(st, ev.headers, "response header list"):
+                        st.head = ev.headers
                     touched.append(st)
             elif t is _StreamEnded:
                 st = streams.get(ev.stream_id)
@@ -399,13 +450,19 @@ class H2Protocol:
             elif t is _TrailersReceived:
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st.trailers = ev.headers
+                    if self._headers_fit(st, ev.headers, "trailer list"):
+                        st.trailers = ev.headers
+                    else:
+                        touched.append(st)
             elif t is _RemoteSettingsChanged:
                 self._settings_seen = True
                 changed = ev.changed_settings
                 mcs = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
                 if mcs is not None:
+                    before = self.max_streams
                     self.max_streams = max(0, min(mcs.new_value, self.config.max_streams))
+                    if self.max_streams > before and self.reader is not None:
+                        raised = True
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
                     touched.extend(self._blocked)
             elif t is _PingAckReceived:
@@ -415,7 +472,14 @@ class H2Protocol:
             elif t is _ConnectionTerminated:
                 touched.extend(self._on_goaway(ev))
             elif t is _Informational:
-                pass
+                st = streams.get(ev.stream_id)
+                if st is not None and not self._headers_fit(st, ev.headers,
+                                                            "informational header list"):
+                    touched.append(st)
+        if raised and not self.closed:
+            pool = self.conn.pool
+            if pool is not None:
+                pool.capacity_changed(self.conn)   # queued waiters can have the new streams now
         woke = False
         for st in touched:
             w = st.waiter
@@ -424,6 +488,28 @@ class H2Protocol:
                 self._loop.run_callback(w.switch, None)
                 woke = True
         return woke
+
+    def _headers_fit(self, st: Stream, headers: List[Any], what: str) -> bool:
+        """Check a decoded header block against the stream's limit (RFC 9113 6.5.2 sizes).
+
+        Over it: RST_STREAM for this stream only and :class:`LimitExceeded` for its
+        caller; the connection (whose HPACK state h2 kept in step) carries on.  No yield.
+        """
+        limit = st.max_header_list
+        size = 0
+        for k, v in headers:
+            size += len(k) + len(v) + 32
+        if size <= limit:
+            return True
+        if st.error is None:
+            st.error = LimitExceeded(
+                "the server sent a %s of %d bytes on HTTP/2 stream %d, over the limit of %d "
+                "(raise max_header_size / H2Config.max_header_list_size)" % (what, size, st.id, limit))
+        try:
+            self.h2.reset_stream(st.id, ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            pass    # already closed both ways
+        return False
 
     def _reset_error(self, ev: Any) -> BaseException:
         code = ev.error_code
@@ -547,8 +633,13 @@ class H2Protocol:
         else:
             self._blocked.discard(st)
 
-    def open_stream(self, headers: List[Any], end_stream: bool) -> Stream:
-        """Send HEADERS on a new stream.  No yield; raises :class:`Refused` if it cannot."""
+    def open_stream(self, headers: List[Any], end_stream: bool,
+                    max_header_list: Optional[int] = None) -> Stream:
+        """Send HEADERS on a new stream.  No yield; raises :class:`Refused` if it cannot.
+
+        ``max_header_list``: the largest header block this stream accepts (default
+        ``H2Config.max_header_list_size`` of the connection).
+        """
         if self.closed or self.error is not None or self.goaway is not None:
             raise Refused("the HTTP/2 connection no longer takes new streams")
         h2c = self.h2
@@ -559,7 +650,8 @@ class H2Protocol:
             raise Refused("no stream available on this HTTP/2 connection: %s" % (e,)) from None
         except h2.exceptions.ProtocolError as e:
             raise Refused("cannot open an HTTP/2 stream: %s" % (e,)) from None
-        st = self.streams[sid] = Stream(sid)
+        st = self.streams[sid] = Stream(sid, max_header_list if max_header_list is not None
+                                        else self.config.max_header_list_size)
         return st
 
     def release(self, st: Stream, reset: bool) -> None:

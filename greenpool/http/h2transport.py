@@ -34,6 +34,7 @@ Promises:
 """
 from __future__ import annotations
 
+import dataclasses
 import http
 import re
 import time
@@ -54,7 +55,7 @@ from greenpool.errors import (
     RemoteProtocolError,
     WriteTimeout,
 )
-from greenpool.http.decoding import make_decoder
+from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.h2conn import H2Config, H2Protocol, Refused, Stream, _copy_error
 from greenpool.http.models import Headers, Request, Response, Timeout
 
@@ -141,12 +142,20 @@ def build_headers(request: Request) -> List[Tuple[bytes, bytes]]:
 
 def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
            connect_opts: Dict[str, Any], http2: Any, config: Optional[H2Config] = None, *,
-           stream: bool = True, decode_content: bool = True) -> Any:
+           stream: bool = True, decode_content: bool = True,
+           max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+           max_header_size: Optional[int] = None) -> Any:
     """Send ``request`` over HTTP/2; see the module docstring for what comes back.
 
     ``config``: settings for connections this call opens (default :data:`DEFAULT_CONFIG`).
     ``stream=False`` reads the whole body before returning (the stream is then
-    already given back); ``decode_content`` attaches a Content-Encoding decoder.
+    already given back); ``decode_content`` attaches a Content-Encoding decoder
+    whose output is capped at ``max_decoded_size`` (None: no cap).
+    ``max_header_size``: the largest response header list (and trailer list)
+    this request accepts, in HTTP/2 terms (RFC 9113 6.5.2: name + value + 32 per
+    field); default ``config.max_header_list_size``.  A stream over it is reset
+    and fails with :class:`~greenpool.errors.LimitExceeded`; the connection and
+    its other streams carry on.
     """
     url = request.url
     if url.scheme == "https":
@@ -158,6 +167,13 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     if not isinstance(timeout, Timeout):
         timeout = Timeout.coerce(timeout)
     cfg = config if config is not None else DEFAULT_CONFIG
+    if max_header_size is not None:
+        if isinstance(max_header_size, bool) or not isinstance(max_header_size, int) \
+                or max_header_size < 1:
+            raise ValueError("max_header_size must be an int >= 1, not %r" % (max_header_size,))
+        if max_header_size != cfg.max_header_list_size:   # advertised by new connections too
+            cfg = dataclasses.replace(cfg, max_header_list_size=max_header_size)
+    header_limit = cfg.max_header_list_size
     headers = build_headers(request)
     body = request.body
     if isinstance(body, str):
@@ -180,7 +196,7 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
             return conn                    # the server chose HTTP/1.1 by ALPN
         try:
             response = _exchange(pool, conn, request, headers, body, timeout, deadline, stale_retry,
-                                 decode_content)
+                                 decode_content, max_decoded_size, header_limit)
         except Refused as e:
             retries += 1
             stale_retry = False
@@ -330,12 +346,14 @@ def _probe(pool: Any, host: str, port: int, key: Tuple[str, int], memory: Dict[T
 
 def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple[bytes, bytes]],
               body: Any, timeout: Timeout, deadline: Optional[float], stale_retry: bool,
-              decode_content: bool = True) -> Response:
+              decode_content: bool = True,
+              max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+              header_limit: Optional[int] = None) -> Response:
     proto: H2Protocol = conn.proto
     st: Optional[Stream] = None
     body_started = False
     try:
-        st = proto.open_stream(headers, end_stream=body is None)
+        st = proto.open_stream(headers, end_stream=body is None, max_header_list=header_limit)
         proto.flush()
         if body is not None:
             body_started = True
@@ -376,7 +394,7 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
     decoder = None
     coding = resp_headers.get("content-encoding")
     if coding and decode_content:
-        decoder = make_decoder(coding)
+        decoder = make_decoder(coding, max_decoded_size)
     return Response(status, resp_headers, reason=_REASONS.get(status, ""), http_version="HTTP/2",
                     url=request.url, request=request, stream=stream, decoder=decoder)
 

@@ -24,11 +24,11 @@ from greenpool.errors import (
     ResponseError,
     TransactionAborted,
 )
-from greenpool.redis.pool import RedisPool, parse_url
+from greenpool.redis.pool import READ_ONLY_COMMANDS, RedisPool, is_read_only, parse_url
 from greenpool.redis.resp import pack_command, pack_commands
 
 __all__ = [
-    "RedisPool", "parse_url", "pack_command", "pack_commands",
+    "RedisPool", "parse_url", "pack_command", "pack_commands", "READ_ONLY_COMMANDS", "is_read_only",
     "RedisError", "ResponseError", "TransactionAborted", "AuthenticationError",
     "ConnectError", "ConnectionClosed", "RemoteProtocolError", "LimitExceeded",
     "ReadTimeout", "PoolTimeout", "PoolClosed", "GreenPoolError",

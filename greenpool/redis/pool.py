@@ -378,23 +378,23 @@ class RedisPool(GreenPool):
         if timeout is None:
             timeout = self.command_timeout
         deadline = _monotonic() + timeout
-        sent = 0
+        tries = 0
         while True:
             remaining = deadline - _monotonic()
+            tries += 1
             try:
                 value = self._call(data, Waiter(), 1, remaining if remaining > 0 else 0.0,
                                    shown_timeout=timeout)
             except _RETRYABLE as e:  # submit() found the connection dead: nothing was sent
                 value = _Fail(type(e), e.args)
-            else:
-                sent += 1
             if type(value) is not _Fail or not issubclass(value.cls, _RETRYABLE):
                 return value
-            if sent > retries or _monotonic() >= deadline:
-                text = value.args[0] if value.args else ""
-                return _Fail(value.cls, ("%s [read-only command sent %d time(s): retries=%d%s]"
-                                         % (text, sent, retries, ", timeout reached"
-                                            if sent <= retries else ""),) + value.args[1:])
+            if tries > retries or _monotonic() >= deadline:
+                text = str(value.args[0]) if value.args else value.cls.__name__
+                return _Fail(value.cls, ("%s [read-only command tried %d time(s), retries=%d%s]"
+                                         % (text.replace(" (not retried)", ""), tries, retries,
+                                            "" if tries > retries else "; timeout reached"),)
+                             + value.args[1:])
             self.retries += 1
             log.debug("redis pool %r: re-sending a read-only command after: %s",
                       self.name, value.args[0] if value.args else value.cls.__name__)
