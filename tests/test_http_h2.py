@@ -492,17 +492,112 @@ def test_fault_malformed_frame(pool, no_leaks):
         pool.close()
 
 
-def test_fault_header_list_over_our_limit(pool, no_leaks):
+def test_fault_header_list_over_our_limit_fails_that_stream_only(pool, no_leaks):
+    """10 concurrent streams, one gets a header block over our limit: RST_STREAM for it and
+    LimitExceeded for its caller; the 9 others succeed on the same, still registered connection."""
+    n = 10
+    all_in = Event()
+
     def respond(ctx, sid, headers, body):
-        ctx.respond(sid, 200, b"x", headers=[(b"x-big", b"v" * 10000)])
+        if len(ctx.headers) >= n:
+            all_in.set()
+        all_in.wait(5)
+        path = header(headers, b":path")
+        if path == b"/big-open":      # the stream stays open: the client must reset it
+            ctx.h2.send_headers(sid, [(b":status", b"200"), (b"x-big", b"v" * 10000)])
+            ctx.h2.send_data(sid, b"more to come")
+            ctx.flush()
+            gevent.sleep(30)
+        elif path == b"/big":
+            ctx.respond(sid, 200, b"x", headers=[(b"x-big", b"v" * 10000)])
+        else:
+            gevent.sleep(0.05)      # after the oversized block: HPACK state must have survived
+            ctx.respond(sid, 200, b"ok", headers=[(b"x-small", b"s")])
+
+    def one(path):
+        try:
+            return get(pool, srv.url(path), config=cfg).read()
+        except LimitExceeded as e:
+            return e
 
     cfg = H2Config(max_header_list_size=4096)
-    with H2FakeServer(respond) as bad, H2FakeServer(held_by_path) as good:
-        other = _in_flight_elsewhere(pool, good)
-        with pytest.raises(LimitExceeded, match="max_header_list_size"):
-            get(pool, bad.url(), config=cfg)
-        assert other.get(timeout=5) == b"slept"
-        assert pool.count(("127.0.0.1", bad.port)) == 0
+    with H2FakeServer(respond) as srv:
+        gs = [gevent.spawn(one, "/big-open" if i == 4 else "/") for i in range(n)]
+        results = [g.get(timeout=5) for g in gs]
+        errors = [r for r in results if isinstance(r, LimitExceeded)]
+        assert len(errors) == 1 and results.count(b"ok") == n - 1
+        assert "max_header_list_size" in str(errors[0]) and "4096" in str(errors[0])
+        big_sid = next(sid for _, sid, hs in srv.requests if header(hs, b":path") == b"/big-open")
+        deadline = time.monotonic() + 2
+        while not srv.resets and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert srv.resets == [(0, big_sid, 8)]            # CANCEL, that stream only
+        stats = pool.get_stats()
+        assert stats["shared_count"] == 1 and stats["shared_users"] == 0 and stats["open"] == 1
+        assert_exact(pool)
+        # the same connection serves the next requests; a larger per-request limit lets it through
+        assert get(pool, srv.url(), config=cfg).read() == b"ok"
+        r = get(pool, srv.url("/big"), config=cfg, max_header_size=20000)
+        assert r.headers["x-big"] == "v" * 10000 and r.read() == b"x"
+        with pytest.raises(LimitExceeded, match="max_header_size"):
+            get(pool, srv.url("/big"), max_header_size=5000)
+        assert len(srv.conns) == 1 and pool.count(("127.0.0.1", srv.port)) == 1
+        assert_exact(pool)
+        pool.close()
+    assert_exact(pool)
+
+
+def test_fault_trailers_over_our_limit_fail_that_stream_only(pool, no_leaks):
+    def respond(ctx, sid, headers, body):
+        if header(headers, b":path") == b"/big":
+            ctx.respond(sid, 200, b"body", trailers=[(b"x-t", b"t" * 10000)])
+        else:
+            ctx.respond(sid, 200, b"ok")
+
+    with H2FakeServer(respond) as srv:
+        r = get(pool, srv.url("/big"), max_header_size=4096)
+        with pytest.raises(LimitExceeded, match="trailer list"):
+            r.read()
+        assert get(pool, srv.url()).read() == b"ok"
+        assert len(srv.conns) == 1 and pool.get_stats()["shared_count"] == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fault_malformed_frame_after_a_complete_response_in_the_same_read(pool, no_leaks):
+    """Stream 1's complete response and a malformed frame arrive in one write: stream 1's caller
+    gets its response (h2 is fed frame by frame), the others a clear RemoteProtocolError."""
+    all_in = Event()
+    bad_frame = b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5   # SETTINGS of 5 bytes
+
+    def respond(ctx, sid, headers, body):
+        if len(ctx.headers) >= 3:
+            all_in.set()
+        all_in.wait(5)
+        if sid != 1:
+            gevent.sleep(30)
+            return
+        ctx.flush()
+        ctx.h2.send_headers(1, [(b":status", b"200"), (b"content-length", b"4")])
+        ctx.h2.send_data(1, b"done", end_stream=True)
+        ctx.sock.sendall(ctx.h2.data_to_send() + bad_frame)   # one write, one read
+
+    def others():
+        with pytest.raises(RemoteProtocolError, match="HTTP/2") as info:
+            get(pool, srv.url("/other"))
+        return info.value
+
+    with H2FakeServer(respond) as srv:
+        first = gevent.spawn(lambda: get(pool, srv.url("/first")))
+        deadline = time.monotonic() + 5
+        while not srv.requests and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        gs = [gevent.spawn(others) for _ in range(2)]
+        r = first.get(timeout=5)
+        assert r.status == 200 and r.read() == b"done"
+        for g in gs:
+            assert "broke the HTTP/2 protocol" in str(g.get(timeout=5))
+        assert pool.count(("127.0.0.1", srv.port)) == 0
         assert_exact(pool)
         pool.close()
 
@@ -524,6 +619,50 @@ def test_fault_flow_control_violation(pool, no_leaks):
             r.read()
         assert other.get(timeout=5) == b"slept"
         assert pool.count(("127.0.0.1", bad.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_server_raising_max_concurrent_streams_serves_queued_waiters_at_once(no_leaks):
+    """One connection allowed, one stream per connection: three more requests queue in the
+    pool; a SETTINGS raising the limit hands them streams at once (not when stream 1 ends)."""
+    pool = GreenPool("h2raise", max_connections=1, checkout_timeout=5.0)
+    go = Event()
+    release = Event()
+
+    def respond(ctx, sid, headers, body):
+        if header(headers, b":path") == b"/first":
+            go.wait(5)
+            ctx.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 10})
+            ctx.flush()
+            release.wait(5)
+        ctx.respond(sid, 200, b"ok")
+
+    with H2FakeServer(respond, max_concurrent_streams=1) as srv:
+        first = gevent.spawn(lambda: get(pool, srv.url("/first")).read())
+        deadline = time.monotonic() + 5
+        while not srv.requests and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        rest = [gevent.spawn(lambda: get(pool, srv.url("/next")).read()) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while pool.get_stats()["queue_count"] < 3 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert pool.get_stats()["queue_count"] == 3 and len(srv.requests) == 1
+        go.set()
+        assert [g.get(timeout=2) for g in rest] == [b"ok"] * 3   # while /first is still held
+        assert not first.ready()
+        release.set()
+        assert first.get(timeout=5) == b"ok"
+        assert len(srv.conns) == 1 and pool.get_stats()["queue_count"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_capacity_changed_without_waiters_is_a_no_op(pool, no_leaks):
+    with H2FakeServer() as srv:
+        assert get(pool, srv.url()).read() == b"hello"
+        conn = pool._hosts[("127.0.0.1", srv.port, "tcp")].shared[0]
+        pool.capacity_changed(conn)
         assert_exact(pool)
         pool.close()
 

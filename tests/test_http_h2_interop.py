@@ -6,6 +6,7 @@ side with psutil as well as in the pool.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from gevent.event import Event
 
 from greenpool import GreenPool
 from greenpool.connection import Connection
+from greenpool.errors import DecodingError, LimitExceeded
 from greenpool.http import h2transport
 from greenpool.http.h2conn import H2Config
 from greenpool.http.models import Request, Timeout
@@ -267,5 +269,42 @@ def test_client_http2_concurrent_and_json(hypercorn, pool, no_leaks):
     assert all(o["http_version"] == "2" for o in out)
     assert sorted(json.loads(o["body"])["i"] for o in out) == list(range(50))
     assert pool.get_stats()["created"] == 1
+    assert_exact(pool)
+    pool.close()
+
+
+def test_client_h2_decode_content_and_max_decoded_size_reach_http2(nginx, pool, no_leaks):
+    """Client(decode_content=..., max_decoded_size=...) options apply to HTTP/2 responses
+    (nginx gzips /data.json when asked)."""
+    url = nginx.h2c_url + "/data.json"
+    with greenpool.Client(pool=pool, http2="prior_knowledge", decode_content=False,
+                          headers={"Accept-Encoding": "gzip"}) as c:
+        r = c.get(url)
+        assert r.http_version == "HTTP/2" and r.headers["content-encoding"] == "gzip"
+        assert r.content[:2] == b"\x1f\x8b"                 # raw, as sent
+        data = json.loads(gzip.decompress(r.content))
+        assert len(data["items"]) == 64
+    with greenpool.Client(pool=pool, http2="prior_knowledge") as c:
+        r = c.get(url)
+        assert r.http_version == "HTTP/2" and r.headers["content-encoding"] == "gzip"
+        assert r.json() == data                                # decoded
+    with greenpool.Client(pool=pool, http2="prior_knowledge", max_decoded_size=100) as c:
+        with pytest.raises(DecodingError, match="max_decoded_size=100"):
+            c.get(url)
+    assert pool.get_stats()["shared_count"] == 1 and pool.get_stats()["shared_users"] == 0
+    assert_exact(pool)
+    pool.close()
+
+
+def test_client_h2_max_header_size_fails_that_request_only(hypercorn, pool, no_leaks):
+    """Client(max_header_size=...) reaches HTTP/2: a response head over it fails that request
+    with LimitExceeded and the shared connection carries on."""
+    with greenpool.Client(pool=pool, base_url=hypercorn.url, http2="prior_knowledge",
+                          max_header_size=100) as c:
+        with pytest.raises(LimitExceeded, match="max_header_size"):
+            c.get("/echo")
+    with greenpool.Client(pool=pool, base_url=hypercorn.url, http2="prior_knowledge") as c:
+        assert c.post("/echo", json={"i": 1}).status == 200
+    assert pool.get_stats()["created"] == 1 and pool.get_stats()["shared_count"] == 1
     assert_exact(pool)
     pool.close()

@@ -366,9 +366,9 @@ class H2Protocol:
                 if not data:
                     raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
                                            % self.conn.key[:2])
-                events, err = self._receive(data)
-                if err is not None:
-                    mapped = _map_h2_error(err)
+                events, bad = self._receive(data)
+                if bad is not None:
+                    mapped = _map_h2_error(bad)
                     self._dispatch(events)   # what came before the bad frame still counts
                     try:
                         self.flush()    # h2 queued a GOAWAY: tell the server why
