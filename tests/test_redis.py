@@ -595,3 +595,267 @@ def test_unreachable_at_start_degraded_then_server_comes_up(redis_factory):
     finally:
         pool.stop()
     assert_exact(pool)
+
+
+# -- opt-in retries of read-only commands --
+
+
+@pytest.fixture
+def sends(monkeypatch):
+    """Counts, per greenlet, the commands RedisProtocol.submit really queued for sending."""
+    from collections import Counter
+
+    from greenpool.redis.connection import RedisProtocol
+
+    counts = Counter()
+    original = RedisProtocol.submit
+
+    def spy(self, data, slot, replies):
+        original(self, data, slot, replies)
+        counts[gevent.getcurrent()] += 1
+
+    monkeypatch.setattr(RedisProtocol, "submit", spy)
+    return counts
+
+
+def test_read_only_set_and_retry_options(redis):
+    from greenpool.redis import READ_ONLY_COMMANDS, is_read_only
+
+    for name in ("GET", "MGET", "EXISTS", "TTL", "PTTL", "STRLEN", "HGET", "HGETALL", "HMGET",
+                 "LRANGE", "LLEN", "SMEMBERS", "SISMEMBER", "SCARD", "ZRANGE", "ZSCORE", "ZCARD",
+                 "TYPE", "KEYS", "SCAN", "PING", "ECHO", "DBSIZE", "INFO"):
+        assert name in READ_ONLY_COMMANDS
+        assert is_read_only([name.lower(), "k"]) and is_read_only([name.encode(), b"k"])
+    for args in (["SET", "k", "v"], ["INCR", "k"], [b"del", b"k"], ["GETDEL", "k"], ["GETEX", "k"],
+                 ["BLPOP", "k", 0], ["EVAL", "return 1", 0], [1]):
+        assert not is_read_only(args)
+    for bad in (-1, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="retry_reads"):
+            RedisPool(port=refused_port(), retry_reads=bad)
+    with RedisPool(pool_size=1, port=redis.port, retry_reads=2) as pool:
+        assert pool.info()["retry_reads"] == 2 and pool.info()["retries"] == 0
+        assert pool.command(["PING"], retries=0) == b"PONG"
+        with pytest.raises(ValueError, match="retries"):
+            pool.command(["PING"], retries=-1)
+        assert_exact(pool)
+
+
+def _restart_under_gets(server, pool, sends, retries):
+    """50 greenlets run GET/ECHO through a server restart; returns (ok, errors, sends per call)."""
+    ok, errors, per_call = [], [], []
+    stop = [False]
+    kw = {} if retries is None else {"retries": retries}
+
+    def work(i):
+        me = gevent.getcurrent()
+        k, v = "r%d" % i, b"v%d" % i
+        pool.command(["SET", k, v])
+        j = 0
+        while not stop[0]:
+            j += 1
+            token = "t%d-%d" % (i, j)
+            for args, expected in ((["GET", k], (v, None)),  # None after the restart
+                                   (["ECHO", token], (token.encode(),))):
+                before = sends[me]
+                try:
+                    reply = pool.command(args, **kw)
+                except GreenPoolError as e:
+                    errors.append(e)
+                else:
+                    assert reply in expected, (args, reply)  # its own reply, never another's
+                    ok.append(i)
+                per_call.append(sends[me] - before)
+
+    greenlets = [gevent.spawn(work, i) for i in range(50)]
+    try:
+        gevent.sleep(0.2)
+        before = len(ok)
+        gevent.get_hub().threadpool.apply(server.restart, kwds={"downtime": 0.3})
+        wait_live(pool)
+        gevent.sleep(0.2)
+        stop[0] = True
+        gevent.joinall(greenlets, raise_error=True)
+        assert before > 0 and len(ok) > before
+    finally:
+        stop[0] = True
+        gevent.killall(greenlets)
+    return ok, errors, per_call
+
+
+@pytest.mark.parametrize("where", ["pool", "call"])
+def test_restart_with_read_retries_all_gets_succeed(redis_factory, parser, sends, where):
+    server = redis_factory()
+    pool = RedisPool(pool_size=4, port=server.port, parser=parser, timeout=5.0,
+                     backoff_min=0.02, backoff_max=0.2, retry_reads=5 if where == "pool" else 0)
+    try:
+        ok, errors, per_call = _restart_under_gets(server, pool, sends,
+                                                   None if where == "pool" else 5)
+        assert errors == [], errors[:3]
+        assert pool.info()["retries"] > 0, "the restart re-sent nothing"
+        assert max(per_call) > 1 and max(per_call) <= 6
+        assert pool.info()["in_flight"] == 0
+        assert_exact(pool)
+    finally:
+        pool.stop()
+    assert_exact(pool)
+
+
+def test_restart_without_retries_fails_clearly_and_resends_nothing(redis_factory, parser, sends):
+    server = redis_factory()
+    pool = RedisPool(pool_size=4, port=server.port, parser=parser, timeout=5.0,
+                     backoff_min=0.02, backoff_max=0.2)  # retry_reads=0: the default
+    try:
+        ok, errors, per_call = _restart_under_gets(server, pool, sends, None)
+        assert errors, "the restart failed nobody's command"
+        closed = [e for e in errors if isinstance(e, ConnectionClosed)]
+        assert closed and all("may or may not have run" in str(e) for e in closed), closed[:3]
+        for e in errors:
+            assert isinstance(e, (ConnectionClosed, PoolTimeout, ConnectError)), repr(e)
+        assert max(per_call) == 1, "a command was sent twice"
+        assert pool.info()["retries"] == 0
+        assert_exact(pool)
+    finally:
+        pool.stop()
+    assert_exact(pool)
+
+
+def test_writes_are_never_resent_even_with_retries(redis_factory, parser, sends):
+    server = redis_factory()
+    ctr = "ctr"
+    pool = RedisPool(pool_size=3, port=server.port, parser=parser, timeout=5.0,
+                     backoff_min=0.02, backoff_max=0.2, retry_reads=5)
+    ok, failed, per_call, reads = [0], [], [], [0]
+    stop = [False]
+
+    def work():
+        me = gevent.getcurrent()
+        while not stop[0]:
+            before = sends[me]
+            try:
+                pool.command(["INCR", ctr], retries=5)
+            except (ConnectionClosed, PoolTimeout) as e:
+                failed.append(e)
+            else:
+                ok[0] += 1
+            per_call.append(sends[me] - before)
+            pool.command(["GET", ctr])  # a read: re-sent if need be, never fails here
+            reads[0] += 1
+
+    greenlets = [gevent.spawn(work) for _ in range(50)]
+    try:
+        gevent.sleep(0.1)
+        for _ in range(30):  # until both an INCR and a GET were caught in flight
+            # SKIPME (default): only the pool's connections die, mid-command
+            killed = gevent.get_hub().threadpool.apply(server.execute, ("CLIENT", "KILL", "TYPE", "normal"))
+            assert killed >= 1
+            gevent.sleep(0.1)
+            if len(failed) >= 3 and pool.info()["retries"] >= 3:
+                break
+        wait_live(pool)
+        stop[0] = True
+        gevent.joinall(greenlets, raise_error=True)
+        assert failed, "no INCR was in flight when its connection was killed"
+        assert all(isinstance(e, ConnectionClosed) and "not retried" in str(e)
+                   for e in failed if not isinstance(e, PoolTimeout)), failed[:3]
+        assert max(per_call) == 1, "an INCR was sent twice"
+        value = int(pool.command(["GET", ctr]))
+        # every successful INCR ran once; a failed one ran once or not at all
+        assert ok[0] <= value <= ok[0] + len(failed)
+        calls = server.execute("INFO", "commandstats")
+        incr_calls = int(calls.split("cmdstat_incr:calls=")[1].split(",")[0])
+        assert incr_calls == value <= sum(per_call)
+        assert pool.info()["retries"] > 0 and reads[0] > 0
+        assert pool.info()["in_flight"] == 0
+        assert_exact(pool)
+    finally:
+        stop[0] = True
+        gevent.killall(greenlets)
+        pool.stop()
+    assert_exact(pool)
+
+
+def test_pipelines_and_transactions_are_not_retried(redis_factory, sends):
+    server = redis_factory()
+    with RedisPool(pool_size=1, port=server.port, backoff_min=0.01, retry_reads=5) as pool:
+        for run in (lambda: pool.pipeline([["GET", "a"], ["ECHO", "b"]]),
+                    lambda: pool.transaction([["GET", "a"], ["ECHO", "b"]])):
+            blocker = gevent.spawn(pool.command, ["BLPOP", "never", 5])  # the batch queues behind
+            gevent.sleep(0.02)
+            g = gevent.spawn(run)
+            gevent.sleep(0.05)
+            gevent.get_hub().threadpool.apply(server.execute, ("CLIENT", "KILL", "TYPE", "normal"))
+            for greenlet in (blocker, g):
+                with pytest.raises(ConnectionClosed):
+                    greenlet.get(timeout=3)
+                assert sends[greenlet] == 1
+            wait_live(pool)
+        assert pool.info()["retries"] == 0
+        assert_exact(pool)
+
+
+# -- TLS --
+
+
+def test_tls_commands_and_wrong_ca(redis_factory, tls, tmp_path, parser):
+    import trustme
+
+    from greenpool.errors import TLSError
+
+    server = redis_factory(tls=tls)
+    assert server.url.startswith("rediss://")
+    with RedisPool(pool_size=2, port=server.port, ssl=True, verify=str(tls.ca_path), parser=parser,
+                   backoff_min=0.01) as pool:
+        k = key("tls")
+        assert pool.command(["SET", k, "over tls"]) == b"OK"
+        assert pool.command(["GET", k]) == b"over tls"
+        assert pool.pipeline([["INCR", k + "n"], ["GET", k]]) == [1, b"over tls"]
+        assert pool.transaction([["INCR", k + "n"], ["GET", k + "n"]]) == [2, b"2"]
+
+        def work(i):
+            for j in range(20):
+                assert pool.command(["ECHO", "%d-%d" % (i, j)]) == b"%d-%d" % (i, j)
+
+        gevent.joinall([gevent.spawn(work, i) for i in range(20)], raise_error=True)
+        # a killed TLS connection is replaced like any other
+        gevent.get_hub().threadpool.apply(server.execute, ("CLIENT", "KILL", "TYPE", "normal"))
+        wait_for(lambda: pool.info()["reconnects"] >= 2, what="the TLS replacements")
+        wait_live(pool)
+        assert pool.command(["GET", k], retries=2) == b"over tls"
+        assert_exact(pool)
+    with RedisPool(pool_size=1, url=server.url, verify=str(tls.ca_path)) as pool:  # rediss://
+        assert pool.transport == "ssl" and pool.command(["PING"]) == b"PONG"
+        assert_exact(pool)
+    other = trustme.CA(organization_name="some other CA")
+    wrong_ca = tmp_path / "other-ca.pem"
+    other.cert_pem.write_to_path(str(wrong_ca))
+    with pytest.raises(TLSError, match="not trusted"):
+        RedisPool(pool_size=2, port=server.port, ssl=True, verify=str(wrong_ca), start="wait")
+    with pytest.raises(TLSError, match="not trusted"):
+        RedisPool(pool_size=1, url=server.url)  # the system CAs do not know the test CA
+    with pytest.raises(ConnectError):  # plain RESP to a TLS-only port
+        RedisPool(pool_size=1, port=server.port, connect_timeout=2.0)
+
+
+# -- the README's registry form --
+
+
+def test_readme_start_pool_with_url_password_and_db(redis_factory):
+    server = redis_factory(requirepass="secret")
+    url = "redis://:secret@127.0.0.1:%d/2" % server.port
+    with pytest.raises(AuthenticationError):
+        greenpool.start_pool("cache", protocol="redis", url=url.replace("secret", "wrong"))
+    assert greenpool.find_pool("cache") is None
+    pool = greenpool.start_pool("cache", protocol="redis", url=url)
+    try:
+        assert isinstance(pool, RedisPool) and greenpool.find_pool("cache") is pool
+        assert pool.db == 2 and pool.port == server.port
+        assert b" db=2 " in pool.command(["CLIENT", "INFO"])
+        assert pool.command(["SET", "readme", "yes"]) == b"OK"
+        assert server.execute("SELECT", "2") == "OK"
+        assert pool.command(["GET", "readme"]) == b"yes"
+        assert greenpool.start_pool("cache", protocol="redis", url=url) is pool
+        assert_exact(pool)
+    finally:
+        assert greenpool.stop_pool("cache") is True
+    assert greenpool.find_pool("cache") is None and pool.closed
+    assert_exact(pool)
