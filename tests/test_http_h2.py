@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -811,3 +812,83 @@ def test_h2config_validates():
         H2Config(max_frame_size=10)
     with pytest.raises(ValueError):
         H2Config(initial_window_size=0)
+
+
+def _goaway_then_close(per_conn: int, rst: bool,
+                       writer: Optional[Callable[[], None]] = None) -> Callable[..., None]:
+    """A respond() that answers ``per_conn`` streams per connection, then sends
+    GOAWAY(last_stream_id = the last one answered) and closes at once (with RST if ``rst``),
+    while the client keeps writing new streams: they were never processed.  ``writer()``
+    then runs at once in the server's greenlet, before the client's reader had a chance to
+    read the GOAWAY: a request written on the dead socket (EPIPE/ECONNRESET)."""
+    def respond(ctx, sid, headers, body):
+        if getattr(ctx, "gone", False):
+            return
+        path = header(headers, b":path") or b""
+        ctx.respond(sid, 200, path + b"|" + body)
+        ctx.answered = getattr(ctx, "answered", 0) + 1
+        if ctx.answered == per_conn:
+            ctx.gone = True
+            frame = hyperframe.frame.GoAwayFrame(0)
+            frame.last_stream_id = sid
+            ctx.raw(frame.serialize())
+            if rst:
+                ctx.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            ctx.sock.shutdown(socket.SHUT_RDWR)
+            ctx.sock.close()
+            if writer is not None:
+                me = gevent.getcurrent()
+                if me in ctx.server.workers:   # (the server kills its workers as it closes)
+                    ctx.server.workers.remove(me)
+                writer()
+    return respond
+
+
+@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
+@pytest.mark.parametrize("posts", [False, True], ids=["gets", "gets+posts"])
+def test_fault_goaway_and_close_while_streams_are_written_are_retried(rst, posts, no_leaks):
+    """A server that sends GOAWAY(last_stream_id=N) and closes right away while more streams
+    are being written (what nginx does after keepalive_requests): the streams it never
+    processed (above N, or broken before any response byte on an idempotent request) are
+    sent again on a new connection; no caller sees an error."""
+    pool = GreenPool("h2goawayclose", max_connections=50, checkout_timeout=10.0)
+    errors: List[str] = []
+
+    def worker(i):
+        for j in range(20):
+            path = "/%d/%d" % (i, j)
+            try:
+                if posts and j % 2:
+                    body = b"b%d-%d" % (i, j)
+                    r = get(pool, srv.url(path), method="POST", body=body)
+                    assert r.read() == path.encode() + b"|" + body
+                else:
+                    assert get(pool, srv.url(path)).read() == path.encode() + b"|"
+            except Exception as e:  # noqa: BLE001 - collected below
+                errors.append(repr(e))
+
+    extra: List[Any] = []
+
+    def writer():   # runs in the server greenlet right after it closed a connection
+        n = len(extra)
+        path = "/extra/%d" % n
+        try:
+            if posts and n % 2:
+                r = get(pool, srv.url(path), method="POST", body=b"extra")
+                extra.append(r.read() == path.encode() + b"|extra")
+            else:
+                extra.append(get(pool, srv.url(path)).read() == path.encode() + b"|")
+        except Exception as e:  # noqa: BLE001 - collected below
+            errors.append("extra: %r" % (e,))
+            extra.append(False)
+
+    with H2FakeServer(_goaway_then_close(40, rst, writer)) as srv:
+        gs = [gevent.spawn(worker, i) for i in range(20)]
+        gevent.joinall(gs, timeout=60, raise_error=True)
+        assert sorted(set(errors)) == [] and len(errors) == 0
+        assert extra and all(extra)
+        assert len(srv.conns) >= 400 // 40
+        gevent.sleep(0.1)
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()

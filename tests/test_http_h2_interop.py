@@ -308,3 +308,41 @@ def test_client_h2_max_header_size_fails_that_request_only(hypercorn, pool, no_l
     assert pool.get_stats()["created"] == 1 and pool.get_stats()["shared_count"] == 1
     assert_exact(pool)
     pool.close()
+
+
+@pytest.mark.parametrize("posts", [False, True])
+def test_client_h2_nginx_closing_after_keepalive_requests_loses_nothing(nginx_factory, posts,
+                                                                        no_leaks):
+    """nginx ends an HTTP/2 connection after ``keepalive_requests`` streams (GOAWAY, then
+    close; ``http2_max_requests`` is obsolete in 1.22): streams caught writing at that moment
+    (broken pipe, reset) were never processed and go again on a new connection, so 50
+    greenlets x 100 requests see no error at all.  (With ``lingering_close off`` nginx
+    resets at once and can drop responses it already started: not a case to retry.)"""
+    server = nginx_factory(keepalive_requests=50)
+    pool = GreenPool("h2maxreq", max_connections=50, checkout_timeout=30.0)
+    errors = []
+
+    def worker(c, i):
+        for j in range(100):
+            try:
+                if posts and j % 2:
+                    r = c.post("/upload", body=b"p%d-%d" % (i, j))
+                    assert (r.status, r.content) == (200, b"ok\n")
+                else:
+                    r = c.get("/")
+                    assert (r.status, r.content) == (200, SMALL_BODY)
+                assert r.http_version == "HTTP/2"
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append("%s: %r" % ("POST" if posts and j % 2 else "GET", e))
+    try:
+        with greenpool.Client(pool=pool, base_url=server.h2c_url, http2="prior_knowledge") as c:
+            gs = [gevent.spawn(worker, c, i) for i in range(50)]
+            gevent.joinall(gs, timeout=120, raise_error=True)
+            assert all(g.dead for g in gs)
+        assert errors == []
+        assert pool.get_stats()["created"] >= 5000 // 50
+        gevent.sleep(0.2)
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+    finally:
+        pool.close()

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import struct
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
@@ -585,6 +586,7 @@ class H2Protocol:
             self._writing = False
             err = WriteError("writing to the HTTP/2 connection to %s:%s failed: %s"
                              % (self.conn.key[:2] + (e,)))
+            self._drain()
             self.fail(err)
             raise _copy_error(err) from None
         except BaseException:
@@ -595,6 +597,31 @@ class H2Protocol:
                 self._writing = False
             raise
 
+    def _drain(self) -> None:
+        """After a failed write: read what the server sent before it closed, without waiting.
+
+        A server that ends a connection (GOAWAY, then close: nginx after
+        ``keepalive_requests``) makes our next write fail with EPIPE/ECONNRESET,
+        possibly before the reader saw the GOAWAY still in the socket buffer; applying it
+        now marks the streams above its ``last_stream_id`` :class:`Refused` (never
+        processed, safe to send again).  Plain TCP only (a TLS record cannot be read
+        raw); never yields.
+        """
+        raw = getattr(self.sock, "_sock", None)
+        if raw is None or self.closed or hasattr(self.sock, "getpeercert"):
+            return
+        try:
+            for _ in range(64):
+                data = raw.recv(self.config.read_size, socket.MSG_DONTWAIT)
+                if not data:
+                    return
+                events, bad = self._receive(data)
+                self._dispatch(events)
+                if bad is not None or self.closed:
+                    return
+        except (OSError, ValueError):
+            return   # nothing more buffered (EAGAIN), or reset
+
     def _finish_write(self, rest: bytes) -> None:
         try:
             self.sock.sendall(rest)
@@ -602,6 +629,7 @@ class H2Protocol:
             self.flush()
         except OSError as e:
             self._writing = False
+            self._drain()
             self.fail(WriteError("writing to the HTTP/2 connection to %s:%s failed: %s"
                                  % (self.conn.key[:2] + (e,))))
         except GreenPoolError:

@@ -25,9 +25,10 @@ Promises:
   RST_STREAM for that stream only).
 * A stream the server never processed (above a GOAWAY's last_stream_id,
   REFUSED_STREAM, or no stream left) is sent again on another connection, up
-  to ``MAX_RETRIES`` times, when its body can be replayed; a request whose
-  connection died before any response byte is retried once when its method is
-  idempotent.
+  to ``MAX_RETRIES`` times, when its body can be replayed; so is a request whose
+  connection broke (EOF, reset, failed write) before any response byte when its
+  method is idempotent or its stream is above a GOAWAY's last_stream_id (a
+  failed write first reads what the server sent before closing, for its GOAWAY).
 * Timeouts (:class:`~greenpool.http.models.Timeout`): ``pool`` for a stream
   slot, ``read`` for each wait for the head or body data, ``write`` for each
   wait for flow-control window or socket, all capped by ``deadline``.
@@ -39,7 +40,7 @@ import http
 import re
 import time
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import gevent
 import h2.exceptions
@@ -51,13 +52,18 @@ from greenpool.errors import (
     GreenPoolError,
     LocalProtocolError,
     PoolTimeout,
+    ReadError,
     ReadTimeout,
     RemoteProtocolError,
+    WriteError,
     WriteTimeout,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.h2conn import H2Config, H2Protocol, Refused, Stream, _copy_error
 from greenpool.http.models import Headers, Request, Response, Timeout
+
+if TYPE_CHECKING:
+    from greenpool.pool import GreenPool
 
 __all__ = ["handle", "H2Config", "H2Body", "origin_protocol", "forget_origin", "build_headers",
            "DEFAULT_CONFIG", "ALPN", "MAX_RETRIES"]
@@ -199,7 +205,6 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
                                  decode_content, max_decoded_size, header_limit)
         except Refused as e:
             retries += 1
-            stale_retry = False
             if retries > MAX_RETRIES or not _rewind(body, start_pos, getattr(e, "body_started", True)):
                 cause = getattr(e, "cause", None) or e
                 raise ConnectionClosed("HTTP/2 request %s %s not processed by the server after %d "
@@ -258,7 +263,7 @@ def _start(conn: Connection, cfg: H2Config, handshake_timeout: Any = _POOL_DEFAU
     conn.proto = proto
 
 
-def _acquire(pool: Any, url: Any, tls: bool, timeout: Timeout, deadline: Optional[float],
+def _acquire(pool: GreenPool, url: Any, tls: bool, timeout: Timeout, deadline: Optional[float],
              connect_opts: Dict[str, Any], cfg: H2Config) -> Connection:
     host, port = url.host, url.port
     connect = timeout.connect
@@ -297,7 +302,7 @@ def _acquire(pool: Any, url: Any, tls: bool, timeout: Timeout, deadline: Optiona
             return conn
 
 
-def _probe(pool: Any, host: str, port: int, key: Tuple[str, int], memory: Dict[Tuple[str, int], str],
+def _probe(pool: GreenPool, host: str, port: int, key: Tuple[str, int], memory: Dict[Tuple[str, int], str],
            pool_timeout: Optional[float], opts: Dict[str, Any], cfg: H2Config,
            handshake: Any) -> Optional[Connection]:
     """Learn what the origin speaks; None means "look at the memory again"."""
@@ -379,8 +384,12 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
         pool.release_shared(conn)
         if isinstance(e, Refused):
             e.body_started = body_started  # type: ignore[attr-defined]
-        elif (stale_retry and isinstance(e, ConnectionClosed) and st is not None
-              and st.head is None and conn.uses > 1):
+        elif st is not None and st.head is None and isinstance(e, (ReadError, WriteError)) and (
+                stale_retry or isinstance(st.error, Refused)
+                or (proto.goaway is not None and st.id > proto.goaway)):
+            # the connection broke (EOF, reset, EPIPE) before any response byte: send it
+            # again if the server provably never processed it (above a GOAWAY's
+            # last_stream_id) or if the method is idempotent
             r = Refused("connection lost before any response")
             r.cause = e  # type: ignore[attr-defined]
             r.body_started = body_started  # type: ignore[attr-defined]
