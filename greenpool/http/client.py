@@ -101,7 +101,7 @@ _FORM_CT = (b"Content-Type", b"application/x-www-form-urlencoded")
 
 def _url(url: Union[str, URL], params: Any = None) -> URL:
     if url.__class__ is URL:
-        return url if not params else URL(str(url), params)  # type: ignore[return-value]
+        return url if not params else URL(str(url), params)
     if params:
         return URL(url, params)
     u = _URL_CACHE.get(url)  # type: ignore[arg-type]
@@ -117,13 +117,13 @@ def _coerce_timeout(value: Any) -> Timeout:
     if value is None:
         return _NO_TIMEOUT
     if value.__class__ is Timeout:
-        return value  # type: ignore[no-any-return]
+        return value
     return Timeout(value)
 
 
 def _b(value: Any, what: str) -> bytes:
     if value.__class__ is bytes:
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, str):
         try:
             return value.encode("latin-1")
@@ -200,14 +200,15 @@ def _file_length(f: Any) -> int:
         return -1
     try:
         if f.seekable():
-            pos = f.tell()
-            end = f.seek(0, io.SEEK_END)
+            pos: int = f.tell()
+            end: int = f.seek(0, io.SEEK_END)
             f.seek(pos)
             return max(0, end - pos)
     except (AttributeError, OSError, ValueError):
         pass
     try:
-        return max(0, os.fstat(f.fileno()).st_size - f.tell())
+        left: int = os.fstat(f.fileno()).st_size - f.tell()
+        return max(0, left)
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return -1
 
@@ -500,8 +501,8 @@ class Client:
         if self._closed:
             raise HTTPError("this Client was closed")
         base = self.base_url
-        if base is not None and url.__class__ is str and "://" not in url:  # type: ignore[operator]
-            u = base.join(url) if not params else URL(str(base.join(url)), params)  # type: ignore[arg-type]
+        if base is not None and url.__class__ is str and "://" not in url:
+            u = base.join(url) if not params else URL(str(base.join(url)), params)
         else:
             u = _url(url, params)
         t = self.timeout if timeout is _UNSET else _coerce_timeout(timeout)
@@ -571,7 +572,7 @@ class Client:
     def _pool(self, pool: Any) -> GreenPool:
         p = self.pool if pool is _UNSET else pool
         if p.__class__ is GreenPool:
-            return p  # type: ignore[no-any-return]
+            return p
         return resolve_pool(p)
 
     def _route(self, gp: GreenPool, u: URL) -> _Route:
@@ -802,6 +803,7 @@ def request(method: str, url: Union[str, URL], *, pool: Any = "default", params:
             follow_redirects: bool = False, max_redirects: int = 5, retries: Any = None,
             stream: bool = False, **client_options: Any) -> Response:
     """Send one request through ``pool``; see :class:`Client` for every option."""
+    client: Optional[Client]
     if client_options:
         unknown = set(client_options) - _CLIENT_OPTIONS
         if unknown:

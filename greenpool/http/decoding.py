@@ -28,10 +28,10 @@ from greenpool.errors import DecodingError
 DEFAULT_MAX_DECODED_SIZE = 64 * 1024 * 1024
 
 try:  # pragma: no cover - depends on what is installed
-    import brotli as _brotli  # type: ignore[import-not-found,import-untyped]
+    import brotli as _brotli
 except ImportError:  # pragma: no cover
     try:
-        import brotlicffi as _brotli  # type: ignore[import-not-found,no-redef]
+        import brotlicffi as _brotli  # type: ignore[import-not-found]  # optional fallback
     except ImportError:
         _brotli = None
 

@@ -124,7 +124,7 @@ class _Head:
             self.reason,
             self.http_version,
             self.headers,
-        ) == (other.status, other.reason, other.http_version, other.headers)  # type: ignore[attr-defined]
+        ) == (other.status, other.reason, other.http_version, other.headers)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -162,7 +162,7 @@ class Data:
         self.data = data
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Data and other.data == self.data  # type: ignore[attr-defined]
+        return type(other) is Data and other.data == self.data
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -484,7 +484,7 @@ class H1Connection:
         headers: Headers,
         size: int,
         specials: Headers,
-    ) -> _Head:
+    ) -> Union[Informational, ResponseHead]:
         """Apply the response-head rules; return the event (or raise)."""
         http_version = _VERSIONS.get(version)
         if http_version is None:

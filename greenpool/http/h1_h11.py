@@ -18,7 +18,7 @@ h11: the shared rules in ``h1.py`` decide what it means.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Union
 
 import h11
 
@@ -34,7 +34,8 @@ from greenpool.http.h1 import (
     Event,
     H1Connection,
     Headers,
-    _Head,
+    Informational,
+    ResponseHead,
 )
 
 _blank_line_re = re.compile(rb"\n\r?\n")  # how h11 finds the end of a head
@@ -96,12 +97,12 @@ class H11Connection(H1Connection):
     # -- receiving -----------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        data = self._filter_incoming(data)  # type: ignore[assignment]
-        if data is None:
+        chunk = self._filter_incoming(data)
+        if chunk is None:
             return
         if self._rstate == _R_HEAD:
-            self._raw += data
-        self._h11.receive_data(data)
+            self._raw += chunk
+        self._h11.receive_data(chunk)
 
     def next_event(self) -> Event:
         if self._rstate >= _R_DONE:
@@ -119,6 +120,7 @@ class H11Connection(H1Connection):
             return self._no_more_events()
         if t is _Response or t is _Informational:
             try:
+                # t is _Response or _Informational, which mypy does not narrow ev by
                 return self._on_head(ev)  # type: ignore[arg-type]
             except RemoteProtocolError as e:
                 raise self._fail(e) from None
@@ -138,7 +140,9 @@ class H11Connection(H1Connection):
             return RemoteProtocolError(UPGRADE_REFUSED)
         return RemoteProtocolError("malformed response: %s" % (e,))
 
-    def _on_head(self, ev: h11.Response) -> _Head:
+    def _on_head(
+        self, ev: Union[h11.Response, h11.InformationalResponse]
+    ) -> Union[Informational, ResponseHead]:
         raw = self._raw
         m = _blank_line_re.search(raw)
         end = m.end() if m is not None else len(raw)

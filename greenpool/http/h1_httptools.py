@@ -23,7 +23,7 @@ next cycle.  llhttp never sees EOF either: ``h1.py`` decides what EOF means.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Deque, Optional
 
 import httptools
 
@@ -98,13 +98,13 @@ class HttptoolsConnection(H1Connection):
     # -- receiving -------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        data = self._filter_incoming(data)  # type: ignore[assignment]
-        if data is None:
+        chunk = self._filter_incoming(data)
+        if chunk is None:
             return
         if self._is_head and self._rstate == _R_HEAD:
-            self._feed_heads_only(data)
+            self._feed_heads_only(chunk)
         else:
-            self._feed(data)
+            self._feed(chunk)
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -184,7 +184,7 @@ class HttptoolsConnection(H1Connection):
             if name == b"transfer-encoding":
                 value = value.lower()  # as h11 reports it
             self._specials.append((name, value))
-        hdrs: List = self._hdrs
+        hdrs: Headers = self._hdrs
         hdrs.append((name, value))
         self._hsize += len(name) + len(value) + 4
         if len(hdrs) > self._max_headers:

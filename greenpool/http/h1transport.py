@@ -207,7 +207,8 @@ def _write_error(e: OSError) -> GreenPoolError:
 
 def _recv(sock: Any, st: _State) -> bytes:
     n = sock.recv_into(st.buf)
-    return st.buf[:n] if n else b""
+    # a bytearray copy: the parser adapters accept any bytes-like (no bytes() on the hot path)
+    return st.buf[:n] if n else b""  # type: ignore[return-value]
 
 
 def release(conn: Any, st: _State) -> None:
@@ -333,7 +334,8 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             if body is None or length == 0:
                 sock.sendall(head)
                 written = True
-            elif body.__class__ is bytes and length <= COALESCE_LIMIT and not expect:
+            # a bytes body always comes with its content_length (never None)
+            elif body.__class__ is bytes and length <= COALESCE_LIMIT and not expect:  # type: ignore[operator]
                 sock.sendall(head + h1.send_data(body) + h1.send_end())
                 written = True
             else:
@@ -507,6 +509,8 @@ class H1Body:
             return b""
         st = self.state
         h1 = st.h1
+        ev: Any  # an Event, narrowed below by ev.__class__, which mypy cannot follow
+        data: bytes
         try:
             while True:
                 ev = h1.next_event()
@@ -546,6 +550,7 @@ class H1Body:
         st = self.state
         h1 = st.h1
         drained = 0
+        ev: Any  # an Event, narrowed below by ev.__class__, which mypy cannot follow
         try:
             while drained <= DRAIN_LIMIT:
                 ev = h1.next_event()

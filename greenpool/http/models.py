@@ -249,7 +249,7 @@ class URL:
 
     DEFAULT_PORTS = {"http": 80, "https": 443}
 
-    def __init__(self, url: Union[str, "URL"], params: Any = None) -> None:
+    def __init__(self, url: Union[str, bytes, "URL"], params: Any = None) -> None:
         if isinstance(url, URL):
             url = str(url)
         if isinstance(url, bytes):
@@ -509,7 +509,7 @@ class Response:
 
     @property
     def encoding(self) -> str:
-        ctype = self.headers.get("content-type", "")
+        ctype: str = self.headers.get("content-type", "")
         for part in ctype.split(";")[1:]:
             k, _, v = part.strip().partition("=")
             if k.lower() == "charset" and v:

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import email.utils
 import time
-from typing import Any, FrozenSet, Iterable, Optional
+from typing import TYPE_CHECKING, Any, FrozenSet, Iterable, Optional
 
 from greenpool.backoff import Backoff
 from greenpool.errors import ConnectError, TLSError
+
+if TYPE_CHECKING:
+    import datetime
 
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 RETRY_AFTER_STATUSES = frozenset((413, 429, 503))
@@ -51,6 +54,18 @@ class Retry:
                  "backoff", "status_forcelist", "allowed_methods", "respect_retry_after",
                  "retry_after_max")
 
+    total: int
+    connect: Optional[int]
+    read: Optional[int]
+    status: Optional[int]
+    backoff_factor: float
+    backoff_max: float
+    backoff: Optional[Backoff]
+    status_forcelist: FrozenSet[int]
+    allowed_methods: FrozenSet[str]
+    respect_retry_after: bool
+    retry_after_max: float
+
     def __init__(self, total: int = 3, *, connect: Optional[int] = None, read: Optional[int] = None,
                  status: Optional[int] = None, backoff_factor: float = 0.0,
                  backoff_max: float = 30.0, backoff: Optional[Backoff] = None,
@@ -62,10 +77,10 @@ class Retry:
             _count(name, value)
         if total is None:
             raise ValueError("Retry total must be an int >= 0")
-        for name, value in (("backoff_factor", backoff_factor), ("backoff_max", backoff_max),
-                            ("retry_after_max", retry_after_max)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError("Retry %s must be a number >= 0, not %r" % (name, value))
+        for name, number in (("backoff_factor", backoff_factor), ("backoff_max", backoff_max),
+                             ("retry_after_max", retry_after_max)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0:
+                raise ValueError("Retry %s must be a number >= 0, not %r" % (name, number))
         if backoff is not None and not isinstance(backoff, Backoff):
             raise TypeError("Retry backoff must be a greenpool.Backoff, not %r" % (backoff,))
         forcelist: FrozenSet[int] = frozenset(int(s) for s in status_forcelist)
@@ -166,7 +181,8 @@ class RetryState:
         n = self.counts["total"]
         if not p.backoff_factor or n <= 0:
             return 0.0
-        return min(p.backoff_max, p.backoff_factor * (2 ** (n - 1)))
+        scale: int = 2 ** (n - 1)  # n >= 1: an int (typeshed types int ** int as Any)
+        return min(p.backoff_max, p.backoff_factor * scale)
 
 
 def parse_retry_after(value: str, cap: float) -> Optional[float]:
@@ -175,7 +191,8 @@ def parse_retry_after(value: str, cap: float) -> Optional[float]:
         seconds = float(value)
     else:
         try:
-            when = email.utils.parsedate_to_datetime(value)
+            # typeshed says never None; older Pythons could return None for junk.
+            when: Optional[datetime.datetime] = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
         if when is None:
