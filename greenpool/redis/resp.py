@@ -61,14 +61,14 @@ What it promises (identical for both backends; the test suite runs over both):
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
 from ..errors import LimitExceeded, RemoteProtocolError, ResponseError
 
 try:  # optional speedup
     import hiredis as _hiredis
 except ImportError:  # pragma: no cover - exercised only without hiredis
-    _hiredis = None
+    _hiredis = None  # type: ignore[assignment]  # optional: None when not installed
 
 
 class _NotEnough:
@@ -202,7 +202,7 @@ _UNHASHABLE = (
 _SKIP: Any = object()  # a finished attribute: not a value
 
 
-def _finish(top: list) -> Any:
+def _finish(top: List[Any]) -> Any:
     """Turn a completed aggregate frame ``[items, count, type]`` into its value."""
     items, _, t = top
     if t == 37:  # %
@@ -237,7 +237,7 @@ class Reader:
         self._buf = bytearray()
         self._pos = 0  # start of the first element not yet consumed
         self._hint = 0  # where to resume looking for CRLF after a short line
-        self._stack: List[list] = []  # open aggregates: [items, expected, type byte]
+        self._stack: List[List[Any]] = []  # open aggregates: [items, expected, type byte]
 
     def __repr__(self) -> str:
         return "<%s buffered=%d depth=%d%s>" % (
@@ -262,7 +262,8 @@ class Reader:
 
     def _fail(self, exc: Exception) -> None:
         self._error = str(exc)
-        self.feed = self.gets = self._unusable  # type: ignore[method-assign]
+        # poison the reader: every later call raises
+        self.feed = self.gets = self._unusable  # type: ignore[method-assign,assignment]
         self._buf = bytearray()
         self._pos = self._hint = 0
         self._stack = []
@@ -389,7 +390,8 @@ class Reader:
                 pos = end + 2
             elif t == 40:  # ( big number
                 s = buf[pos + 1 : end]
-                if not (s.isdigit() or (s[:1] in (b"-", b"+") and s[1:].isdigit())):
+                # s is a bytearray, which compares equal to bytes by content
+                if not (s.isdigit() or (s[:1] in (b"-", b"+") and s[1:].isdigit())):  # type: ignore[comparison-overlap]
                     self._garbage(pos, "bad big number")
                 value = self._decode(s) if decode else bytes(s)
                 pos = end + 2
@@ -537,7 +539,7 @@ class HiredisReader:
         self.decode_responses = decode_responses
         self.encoding = encoding
         self.encoding_errors = encoding_errors
-        kw: dict = {
+        kw: Dict[str, Any] = {
             "protocolError": RemoteProtocolError,
             "replyError": ResponseError,
             "notEnoughData": NOT_ENOUGH,
@@ -606,11 +608,12 @@ class HiredisReader:
     def _unusable(self, *args: Any) -> None:
         raise RemoteProtocolError(_UNUSABLE % (self._error,))
 
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, exc: Exception) -> NoReturn:
         self._error = str(exc)
-        self.feed = self.gets = self._unusable  # type: ignore[method-assign]
+        # poison the reader: every later call raises
+        self.feed = self.gets = self._unusable  # type: ignore[method-assign,assignment]
         self._chunks = None
-        self._reader = None
+        self._reader = None  # type: ignore[assignment]  # never read again: feed/gets are swapped
         raise exc
 
     def gets(self) -> Any:
@@ -650,7 +653,7 @@ class HiredisReader:
             encoding=self.encoding,
             encoding_errors=self.encoding_errors,
         )
-        self._reader = None
+        self._reader = None  # type: ignore[assignment]  # never read again: feed/gets are swapped
         self._chunks = None
         # Through lambdas: the pure reader swaps its own methods when it fails.
         self.feed = lambda data: pure.feed(data)  # type: ignore[method-assign]
@@ -659,7 +662,7 @@ class HiredisReader:
         for _ in range(self._returned):
             if pure.gets() is NOT_ENOUGH:  # pragma: no cover - the two readers disagree on framing
                 self._error = "replay failed"
-                self.feed = self.gets = self._unusable  # type: ignore[method-assign]
+                self.feed = self.gets = self._unusable  # type: ignore[method-assign,assignment]  # poisoned
                 raise error
         return pure.gets()
 
