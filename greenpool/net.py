@@ -12,7 +12,9 @@ What this owns:
   per (verify, cert, alpn) because building one costs milliseconds;
 * TCP_NODELAY on every connection;
 * :func:`is_dropped`: a non-blocking check that an idle socket's peer has not
-  closed, reset or written to it (safe to call from the hub).
+  closed, reset or written to it (safe to call from the hub);
+* :func:`send_all`: ``sock.sendall`` without its per-call overhead when one
+  ``send`` takes everything (the common case for requests and batches).
 
 Promises: every failure is a greenpool :class:`~greenpool.errors.ConnectError`
 (``DNSError``, ``TLSError``, ``ConnectTimeout``) whose message names the
@@ -292,6 +294,19 @@ def is_dropped(sock: Any, tls: Optional[bool] = None) -> bool:
         return True
     except (OSError, ValueError, AttributeError):
         return True
+
+
+def send_all(sock: Any, data: Any) -> None:
+    """Write all of ``data`` (bytes-like) to a gevent socket, as ``sock.sendall`` does.
+
+    One ``send`` first: gevent's ``sendall`` asks the kernel for the socket's
+    buffer size (a ``getsockopt`` syscall) and loops in Python even when a
+    single send would take it all.  The socket's timeout applies to each wait
+    as with ``sendall``; what one send left over goes through ``sendall``.
+    """
+    n = sock.send(data)
+    if n < len(data):
+        sock.sendall(memoryview(data)[n:])
 
 
 def alpn_protocol(sock: Any) -> Optional[str]:

@@ -76,6 +76,7 @@ from greenpool.http.decoding import ACCEPT_ENCODING, DEFAULT_MAX_DECODED_SIZE
 from greenpool.http.models import URL, Headers, Request, Response, Timeout
 from greenpool.http.retry import Retry, RetryState
 from greenpool.pool import GreenPool
+from greenpool.registry import _pools as _registered
 from greenpool.registry import resolve_pool
 
 __all__ = ["request", "get", "post", "put", "patch", "delete", "head", "options", "Client"]
@@ -517,7 +518,8 @@ class Client:
                     length = int(v)
         req = self._build(method, u, gp, data, length, ctype, raw_override)
         fr = self.follow_redirects if follow_redirects is _UNSET else bool(follow_redirects)
-        retry = self.retries if retries is _UNSET else Retry.coerce(retries)
+        retry = self.retries if retries is _UNSET or retries is self.retries \
+            else Retry.coerce(retries)
         if not fr and retry is None:
             return self._send(gp, req, t, deadline, stream)
         mr = self.max_redirects if max_redirects is _UNSET else max_redirects
@@ -573,6 +575,10 @@ class Client:
         p = self.pool if pool is _UNSET else pool
         if p.__class__ is GreenPool:
             return p
+        if p.__class__ is str:
+            gp = _registered.get(p)
+            if gp is not None:
+                return gp
         return resolve_pool(p)
 
     def _route(self, gp: GreenPool, u: URL) -> _Route:
@@ -784,18 +790,29 @@ _MAX_CACHED_CLIENTS = 64
 
 def _cached_client(pool: Any, client_options: Dict[str, Any]) -> "Client":
     """One Client per (pool, options), so module-level calls with options reuse its
-    prepared state and connections instead of building a Client per call."""
+    prepared state and connections instead of building a Client per call.
+
+    Keyed by the options in the order given (a call site passes them the same way
+    every time); the unknown-option check runs only when a Client is made."""
     try:
-        key = (pool, tuple(sorted(client_options.items())))
-        hash(key)
+        key = (pool, tuple(client_options.items()))
+        client = _clients.get(key)
     except TypeError:  # an unhashable option (e.g. a headers dict): no caching
+        _check_client_options(client_options)
         return Client(pool=pool, **client_options)
-    client = _clients.get(key)
     if client is None or client._closed:
+        _check_client_options(client_options)
         if len(_clients) >= _MAX_CACHED_CLIENTS:
             _clients.pop(next(iter(_clients)))
         client = _clients[key] = Client(pool=pool, **client_options)
     return client
+
+
+def _check_client_options(client_options: Dict[str, Any]) -> None:
+    unknown = set(client_options) - _CLIENT_OPTIONS
+    if unknown:
+        raise TypeError("request() got unexpected keyword argument(s): %s"
+                        % ", ".join(sorted(unknown)))
 
 
 def request(method: str, url: Union[str, URL], *, pool: Any = "default", params: Any = None,
@@ -805,10 +822,6 @@ def request(method: str, url: Union[str, URL], *, pool: Any = "default", params:
     """Send one request through ``pool``; see :class:`Client` for every option."""
     client: Optional[Client]
     if client_options:
-        unknown = set(client_options) - _CLIENT_OPTIONS
-        if unknown:
-            raise TypeError("request() got unexpected keyword argument(s): %s"
-                            % ", ".join(sorted(unknown)))
         client = _cached_client(pool, client_options)
     else:
         global _default_client

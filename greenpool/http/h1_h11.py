@@ -18,7 +18,7 @@ h11: the shared rules in ``h1.py`` decide what it means.
 from __future__ import annotations
 
 import re
-from typing import Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import h11
 
@@ -40,13 +40,35 @@ from greenpool.http.h1 import (
 
 _blank_line_re = re.compile(rb"\n\r?\n")  # how h11 finds the end of a head
 _ctl_re = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_cl_line_re = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)")
+_cl_line_re = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
 
 _Data = h11.Data
 _Response = h11.Response
 _Informational = h11.InformationalResponse
 _EndOfMessage = h11.EndOfMessage
 _H11_NEED_DATA = h11.NEED_DATA
+_H11Headers = h11._headers.Headers
+_EOM = h11.EndOfMessage()  # immutable: one instance serves every request
+
+# Request heads as h11 events, keyed by the header list.  _check_request (h1.py)
+# has validated every name, value, method and target before h11 sees them, so
+# h11 is handed them as already parsed (``_parsed=True`` and its own Headers
+# type): it still runs its state machine and writes the bytes, without
+# validating the same fields a second time.  Clients send the same few header
+# lists again and again, so the (raw, lowercased, value) triples are kept.
+_h11_headers: Dict[Tuple[Tuple[bytes, bytes], ...], "h11._headers.Headers"] = {}
+_H11_HEADERS_MAX = 1024
+
+
+def _as_h11_headers(headers: Headers) -> "h11._headers.Headers":
+    key = tuple(headers)
+    hh = _h11_headers.get(key)
+    if hh is None:
+        hh = _H11Headers([(name, name.lower(), value) for name, value in headers])
+        if len(_h11_headers) >= _H11_HEADERS_MAX:
+            _h11_headers.clear()
+        _h11_headers[key] = hh
+    return hh
 
 
 class H11Connection(H1Connection):
@@ -73,13 +95,15 @@ class H11Connection(H1Connection):
     ) -> bytes:
         framing = self._begin_request(method, target, headers, body_length)
         try:
-            out = self._h11.send(
-                h11.Request(
-                    method=method, target=target, headers=headers + framing if framing else headers
-                )
+            event = h11.Request(
+                method=method,
+                target=target,
+                headers=_as_h11_headers(headers + framing if framing else headers),
+                _parsed=True,
             )
+            out = self._h11.send(event)
             if self._send == _S_DONE:
-                self._h11.send(h11.EndOfMessage())
+                self._h11.send(_EOM)
         except h11.LocalProtocolError as e:  # our checks should have caught it first
             raise LocalProtocolError(str(e)) from None
         return out or b""
@@ -92,7 +116,7 @@ class H11Connection(H1Connection):
     def send_end(self) -> bytes:
         if self._check_end() == _S_DONE:
             return b""
-        return self._h11.send(h11.EndOfMessage()) or b""
+        return self._h11.send(_EOM) or b""
 
     # -- receiving -----------------------------------------------------------------
 
@@ -105,7 +129,9 @@ class H11Connection(H1Connection):
         self._h11.receive_data(chunk)
 
     def next_event(self) -> Event:
-        if self._rstate >= _R_DONE:
+        if self._rstate >= _R_DONE or not self._received_any:
+            # nothing of this cycle's response has been given to h11 yet: it has no
+            # event to offer, and asking it costs a pass through its state machine
             return self._no_more_events()
         try:
             ev = self._h11.next_event()
@@ -156,15 +182,16 @@ class H11Connection(H1Connection):
             raise RemoteProtocolError("malformed response: obsolete line folding in a header")
         if _ctl_re.search(lines) is not None:
             raise RemoteProtocolError("malformed response: control character in a header")
-        headers = [(name, value) for name, value in ev.headers]
-        size = 0
+        # h11's Headers keeps (raw name, lowercased name, value) triples
+        headers = [(name, value) for _raw, name, value in ev.headers._full_items]
+        size = 4 * len(headers)
         specials = []
         for name, value in headers:
-            size += len(name) + len(value) + 4
+            size += len(name) + len(value)
             if name in _SPECIAL_RESP:
                 specials.append((name, value))
                 if name == b"content-length":
-                    found = _cl_line_re.findall(region.lower())
+                    found = _cl_line_re.findall(region)
                     if len(found) != 1 or b"," in found[0]:
                         raise RemoteProtocolError(
                             "malformed response: duplicate or invalid Content-Length"

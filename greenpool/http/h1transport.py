@@ -58,6 +58,7 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http import h1 as _h1
+from greenpool.net import send_all
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.models import Headers, Request, Response, Timeout
 
@@ -332,14 +333,14 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
         _settimeout(sock, st, _left(timeout.write, deadline, WriteTimeout))
         try:
             if body is None or length == 0:
-                sock.sendall(head)
+                send_all(sock, head)
                 written = True
             # a bytes body always comes with its content_length (never None)
             elif body.__class__ is bytes and length <= COALESCE_LIMIT and not expect:  # type: ignore[operator]
-                sock.sendall(head + h1.send_data(body) + h1.send_end())
+                send_all(sock, head + h1.send_data(body) + h1.send_end())
                 written = True
             else:
-                sock.sendall(head)
+                send_all(sock, head)
                 written = True
                 if expect:
                     ev = _await_continue(sock, st, h1, timeout, deadline)

@@ -240,7 +240,7 @@ class RedisProtocol:
                     data = out[0] if len(out) == 1 else b"".join(out)
                     out.clear()
                     try:
-                        sock.sendall(data)
+                        net.send_all(sock, data)
                     except (ConnectionResetError, BrokenPipeError):
                         raise ConnectionClosed("Redis at %s closed the connection (reset while "
                                                "writing)" % self.where) from None
