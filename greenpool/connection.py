@@ -55,7 +55,7 @@ class Connection:
     __slots__ = (
         "key", "sock", "proto", "id", "created_at", "expires_at", "last_used", "uses",
         "state", "holder", "users", "pool", "_host", "_io", "_timer", "_ping_at", "__weakref__",
-        "proto_state", "idle_timeout",
+        "proto_state", "idle_timeout", "_probe",
     )
 
     def __init__(self, key: Key, sock: Any, proto: Any = None) -> None:
@@ -84,6 +84,7 @@ class Connection:
         #: this connection's own idle timeout (e.g. the server's ``Keep-Alive:
         #: timeout=N``); the pool uses the smaller of it and its ``timeout``
         self.idle_timeout: Optional[float] = None
+        self._probe: Optional[net.Probe] = None
 
     # -- the small interface the pool asks --
 
@@ -116,6 +117,13 @@ class Connection:
         limit = proto.max_users() if proto is not None else 1
         return limit - self.users
 
+    def peer_dropped(self) -> bool:
+        """Did the peer close, reset or write to this idle connection?  Never blocks."""
+        probe = self._probe
+        if probe is None:
+            probe = self._probe = net.Probe(self.sock, self.key[2] == "ssl")
+        return probe.dropped()
+
     def alpn_protocol(self) -> Optional[str]:
         return net.alpn_protocol(self.sock)
 
@@ -139,6 +147,7 @@ class Connection:
     def _close_now(self) -> None:
         self.state = CLOSED
         self.proto_state = None
+        self._probe = None
         self._unwatch()
         io, self._io = self._io, None
         if io is not None:

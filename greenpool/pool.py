@@ -52,7 +52,6 @@ import gevent
 from gevent import Timeout, get_hub, getcurrent
 from gevent.hub import Waiter
 
-from greenpool import net
 from greenpool.backoff import Backoff
 from greenpool.connection import (
     CLOSED,
@@ -552,7 +551,7 @@ class GreenPool:
         idle = h.idle
         while idle:
             conn = idle[-1]
-            if net.is_dropped(conn.sock, conn.key[2] == "ssl"):
+            if conn.peer_dropped():
                 self.counters["dropped"] += 1
                 self._close(conn, "peer closed while idle")  # takes it out of idle
                 continue
@@ -881,7 +880,7 @@ class GreenPool:
 
     def _on_readable(self, conn: Connection) -> None:
         """Hub callback: an idle socket became readable."""
-        if conn.state is IDLE and net.is_dropped(conn.sock, conn.key[2] == "ssl"):
+        if conn.state is IDLE and conn.peer_dropped():
             self.counters["dropped"] += 1
             self._close(conn, "peer closed while idle")
 

@@ -225,3 +225,41 @@ def test_is_dropped():
         assert net.is_dropped(sock)
         sock.close()
         assert net.is_dropped(sock)
+
+
+@pytest.mark.parametrize("how", ["fin", "rst", "stray bytes"])
+def test_probe_agrees_with_is_dropped(how):
+    # the checkout path's cheap check: quiet means good; anything else is judged by is_dropped
+    def handler(client, srv):
+        if how == "stray bytes":
+            gevent.sleep(0.05)
+            client.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        client.recv(1)  # until the client closes (or close_clients closes this side)
+
+    with FakeServer(handler) as srv:
+        sock = net.connect("127.0.0.1", srv.port, timeout=2)
+        probe = net.Probe(sock, False)
+        gevent.sleep(0.02)
+        assert not probe.dropped()
+        assert not probe.dropped()  # asking twice changes nothing
+        if how == "fin":
+            srv.close_clients(shutdown=True)
+        elif how == "rst":
+            srv.close_clients(reset=True)
+        gevent.sleep(0.1)
+        assert probe.dropped() and net.is_dropped(sock)
+        sock.close()
+        assert probe.dropped()
+
+
+def test_probe_on_tls_survives_session_tickets_and_sees_close(tls):
+    with FakeServer(ssl_context=tls.server_context()) as srv:
+        sock = net.connect("localhost", srv.port, "ssl", timeout=2, verify=tls.ca_bundle)
+        probe = net.Probe(sock, True)
+        gevent.sleep(0.05)  # TLS 1.3 tickets are in the socket now, unread
+        assert not probe.dropped()
+        assert not probe.dropped()
+        srv.close_clients(shutdown=True)
+        gevent.sleep(0.1)
+        assert probe.dropped()
+        sock.close()

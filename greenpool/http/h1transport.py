@@ -58,9 +58,9 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http import h1 as _h1
-from greenpool.net import send_all
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.models import Headers, Request, Response, Timeout
+from greenpool.net import send_all
 
 _monotonic = time.monotonic
 NEED_DATA = _h1.NEED_DATA
