@@ -16,7 +16,10 @@ What this owns:
   asks the same question for the checkout path with one ``poll(2)`` and no
   exception, and calls :func:`is_dropped` only when something happened;
 * :func:`send_all`: ``sock.sendall`` without its per-call overhead when one
-  ``send`` takes everything (the common case for requests and batches).
+  ``send`` takes everything (the common case for requests and batches);
+* :func:`recv_more`: after a TLS read, the records already in the socket,
+  without waiting (a TLS ``recv`` returns one record; a multiplexing reader
+  wants the whole batch to answer it with one write).
 
 Promises: every failure is a greenpool :class:`~greenpool.errors.ConnectError`
 (``DNSError``, ``TLSError``, ``ConnectTimeout``) whose message names the
@@ -348,6 +351,34 @@ def send_all(sock: Any, data: Any) -> None:
     n = sock.send(data)
     if n < len(data):
         sock.sendall(memoryview(data)[n:])
+
+
+def recv_more(sock: Any, data: bytes, size: int) -> bytes:
+    """``data`` (what one ``recv`` just returned) plus whatever else can be read
+    from a TLS socket right now, up to about ``size`` bytes; never waits.
+
+    Plain sockets return ``data`` unchanged: one ``recv`` already took all the
+    kernel had.  TLS sockets hand out one record per ``recv``, so the records
+    queued behind it are read here; a close or an error is left for the next
+    ``recv`` to report.
+    """
+    sslobj = getattr(sock, "_sslobj", None)
+    if sslobj is None or not data:
+        return data
+    chunks = [data]
+    total = len(data)
+    while total < size:
+        try:
+            more = sslobj.read(size - total)
+        except _stdssl.SSLWantReadError:
+            break
+        except (_stdssl.SSLError, OSError, ValueError):
+            break
+        if not more:
+            break
+        chunks.append(more)
+        total += len(more)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def alpn_protocol(sock: Any) -> Optional[str]:

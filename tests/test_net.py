@@ -263,3 +263,32 @@ def test_probe_on_tls_survives_session_tickets_and_sees_close(tls):
         gevent.sleep(0.1)
         assert probe.dropped()
         sock.close()
+
+
+def test_recv_more_reads_the_tls_records_already_there(tls):
+    # a TLS recv returns one record; recv_more gathers the ones queued behind it, without waiting
+    def handler(client, srv):
+        for i in range(3):
+            client.sendall(b"record-%d;" % i)   # one TLS record each
+        client.recv(1)
+
+    with FakeServer(handler, ssl_context=tls.server_context()) as srv:
+        sock = net.connect("localhost", srv.port, "ssl", timeout=2, verify=tls.ca_bundle)
+        gevent.sleep(0.1)
+        first = sock.recv(65536)
+        assert first == b"record-0;"
+        assert net.recv_more(sock, first, 65536) == b"record-0;record-1;record-2;"
+        # nothing more queued: returns at once with what it was given
+        started = time.monotonic()
+        assert net.recv_more(sock, b"x", 65536) == b"x"
+        assert time.monotonic() - started < 0.5
+        sock.close()
+
+
+def test_recv_more_leaves_plain_sockets_alone():
+    with FakeServer() as srv:
+        sock = net.connect("127.0.0.1", srv.port, timeout=2)
+        sock.sendall(b"ping")
+        assert net.recv_more(sock, b"already read", 65536) == b"already read"
+        assert sock.recv(10) == b"ping"   # what the kernel holds was not touched
+        sock.close()

@@ -184,12 +184,11 @@ class HttptoolsConnection(H1Connection):
             if name == b"transfer-encoding":
                 value = value.lower()  # as h11 reports it
             self._specials.append((name, value))
-        hdrs: Headers = self._hdrs
-        hdrs.append((name, value))
-        self._hsize += len(name) + len(value) + 4
-        if len(hdrs) > self._max_headers:
-            raise self._store(self._too_many_headers())
-        if self._hsize + len(self._reason) + 15 > self._max_header_size:
+        self._hdrs.append((name, value))
+        # the count is checked once the head is complete (_head); this size check
+        # bounds what a head that never ends can make us keep
+        size = self._hsize = self._hsize + len(name) + len(value) + 4
+        if size + len(self._reason) + 15 > self._max_header_size:
             raise self._store(self._head_too_large())
 
     def on_headers_complete(self) -> None:

@@ -82,6 +82,7 @@ from greenpool.errors import (
     RemoteProtocolError,
     WriteError,
 )
+from greenpool.net import recv_more
 
 log = logging.getLogger("greenpool.http.h2")
 
@@ -363,7 +364,8 @@ class H2Protocol:
         size = self.config.read_size
         try:
             while not self.closed:
-                data = sock.recv(size)
+                # TLS: every record already here, so the whole batch is answered in one write
+                data = recv_more(sock, sock.recv(size), size)
                 if not data:
                     raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
                                            % self.conn.key[:2])

@@ -199,7 +199,8 @@ class RedisProtocol:
         try:
             while True:
                 with map_exceptions(message="reading from Redis at %s" % self.where):
-                    data = sock.recv(RECV_SIZE)
+                    # TLS: every record already here, so the woken callers write one batch
+                    data = net.recv_more(sock, sock.recv(RECV_SIZE), RECV_SIZE)
                 if not data:
                     raise ConnectionClosed("Redis at %s closed the connection" % self.where)
                 reader.feed(data)
