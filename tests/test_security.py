@@ -3,21 +3,26 @@
 TLS verification is on by default and fails clearly; TLS 1.2 is the floor; redirects never
 carry credentials to another origin and stop at ``max_redirects``; CR/LF/NUL never reach the
 wire through headers or URLs; proxy credentials appear in no log line, repr, pool name or error
-message; decompression bombs stop at ``max_decoded_size``; response heads are bounded.
+message; decompression bombs stop at ``max_decoded_size``; response heads are bounded; bodies stop at
+the opt-in ``max_body_size``.
 """
 from __future__ import annotations
 
 import base64
 import gzip
 import logging
+import os
 import ssl
+import time
 import zlib
 
+import gevent
 import pytest
-from httpfakes import HTTPFake, ok
+from httpfakes import CLOSE, HTTPFake, ok
 
 import greenpool
 from greenpool import errors, net
+from greenpool.http.models import Timeout
 
 from fakes import FakeServer, assert_exact, refused_port
 
@@ -254,3 +259,170 @@ def test_response_head_limits(pool, parser):
             small.get(srv.url + "/many")
     assert pool.get_stats()["in_use_count"] == 0
     assert_exact(pool)
+
+
+
+# -- response body size limit (max_body_size) ----------------------------------------------
+
+LIMIT = 1000
+PARSERS = ["h11", "httptools"]
+
+
+def _framed(body, framing):
+    """A 200 response carrying ``body`` with a Content-Length, chunked (300-byte chunks)
+    or delimited by close."""
+    if framing == "length":
+        return ok(body)
+    if framing == "chunked":
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 300]), body[i:i + 300])
+                          for i in range(0, len(body), 300))
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    return b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+
+
+def _sized(req, sock):
+    """``/<framing>/<size>``: a body of that many bytes in that framing."""
+    _, framing, size = req.target.split("/")
+    out = _framed(b"b" * int(size), framing)
+    if framing == "close":
+        sock.sendall(out)
+        return CLOSE
+    return out
+
+
+def _read(client, url, stream, got):
+    """The body of ``url``, read whole or as a stream; ``got`` collects what arrived."""
+    r = client.get(url, stream=stream)
+    if stream:
+        for chunk in r.iter_raw(256):
+            got.append(chunk)
+    else:
+        got.append(r.content)
+    return b"".join(got)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_content_length_over_the_limit_fails_at_the_head(pool, parser, stream):
+    """The head announces LIMIT + 1 bytes and no body byte follows: the request fails at
+    once (reading the body would wait for the read timeout); the connection is closed."""
+    def respond(req, sock):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 1))
+        gevent.sleep(5)
+
+    with HTTPFake(respond) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT,
+                                  timeout=Timeout(5, read=3))
+        t0 = time.monotonic()
+        with pytest.raises(errors.LimitExceeded) as info:
+            client.get(srv.url + "/", stream=stream)
+        assert time.monotonic() - t0 < 1.0
+        text = str(info.value)
+        assert "max_body_size=%d" % LIMIT in text and "Content-Length: %d" % (LIMIT + 1) in text
+        assert "raise max_body_size" in text and "stream=True" in text
+        assert pool.count() == 0 and pool.get_stats()["in_use_count"] == 0
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_exceeded_while_reading(pool, parser, framing, stream):
+    """A body of unknown length fails as soon as it grows past the limit; a streaming
+    caller gets at most LIMIT bytes first.  The connection is closed, never pooled."""
+    with HTTPFake(_sized) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT)
+        got = []
+        with pytest.raises(errors.LimitExceeded, match="max_body_size=%d" % LIMIT) as info:
+            _read(client, "%s/%s/%d" % (srv.url, framing, LIMIT + 1), stream, got)
+        assert "received so far" in str(info.value)
+        assert sum(map(len, got)) <= LIMIT
+        if stream and framing == "chunked":
+            assert sum(map(len, got)) == 900   # the chunks before the one over the limit
+        assert pool.count() == 0 and pool.get_stats()["in_use_count"] == 0
+        assert_exact(pool)
+        # the next request runs on a new connection
+        accepted = srv.accepted
+        assert _read(client, "%s/%s/%d" % (srv.url, framing, LIMIT), stream, []) == b"b" * LIMIT
+        assert srv.accepted == accepted + 1
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_exactly_at_the_limit_passes(pool, parser, framing, stream):
+    with HTTPFake(_sized) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT)
+        for _ in range(3):
+            assert _read(client, "%s/%s/%d" % (srv.url, framing, LIMIT), stream, []) == b"b" * LIMIT
+        # keep-alive responses read to the end (not cut by the limit) reuse their connection
+        assert srv.accepted == (3 if framing == "close" else 1)
+        assert pool.get_stats()["in_use_count"] == 0
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_max_body_size_counts_bytes_as_received_before_decoding(pool, parser):
+    """A small gzip body that decodes to 20 times the limit passes; a gzip body over the
+    limit fails even though it is compressed."""
+    small = gzip.compress(b"\0" * (20 * LIMIT))
+    large = gzip.compress(os.urandom(2 * LIMIT))
+    assert len(small) < LIMIT < len(large)
+
+    def respond(req, sock):
+        return ok(small if req.target == "/small" else large, "Content-Encoding: gzip")
+
+    with HTTPFake(respond) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT)
+        assert client.get(srv.url + "/small").content == b"\0" * (20 * LIMIT)
+        with pytest.raises(errors.LimitExceeded, match="Content-Length: %d" % len(large)):
+            client.get(srv.url + "/large")
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_max_body_size_zero_allows_bodiless_responses_only(pool, parser):
+    """HEAD, 204 and 304 announce a Content-Length without sending a body: not over 0."""
+    def respond(req, sock):
+        if req.target == "/204":
+            return b"HTTP/1.1 204 No Content\r\nContent-Length: 5000\r\n\r\n"
+        if req.target == "/304":
+            return b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n"
+        if req.method == "HEAD":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"
+        return _sized(req, sock)
+
+    with HTTPFake(respond) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=0)
+        assert client.head(srv.url + "/x").headers["content-length"] == "5000"
+        assert client.get(srv.url + "/204").status == 204
+        assert client.get(srv.url + "/304").status == 304
+        assert client.get(srv.url + "/length/0").content == b""
+        assert client.get(srv.url + "/chunked/0").content == b""
+        assert srv.accepted == 1
+        with pytest.raises(errors.LimitExceeded, match="max_body_size=0"):
+            client.get(srv.url + "/chunked/1")
+        assert pool.count() == 0
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1000", True, False, [1]])
+def test_max_body_size_is_validated(pool, bad):
+    with pytest.raises(ValueError, match="max_body_size"):
+        greenpool.Client(pool=pool, max_body_size=bad)
+    with pytest.raises(ValueError, match="max_body_size"):
+        greenpool.request("GET", "http://127.0.0.1:1/", pool=pool, max_body_size=bad)
+    assert pool.count() == 0
+
+
+def test_max_body_size_through_module_level_request(pool):
+    with HTTPFake(_sized) as srv:
+        assert greenpool.request("GET", srv.url + "/chunked/10", pool=pool,
+                                 max_body_size=10).content == b"b" * 10
+        with pytest.raises(errors.LimitExceeded):
+            greenpool.request("GET", srv.url + "/chunked/11", pool=pool, max_body_size=10)
+        assert greenpool.request("GET", srv.url + "/chunked/5000", pool=pool,
+                                 max_body_size=None).content == b"b" * 5000
+        assert greenpool.Client(pool=pool).h1_options.max_body_size is None   # the default
+        assert_exact(pool)
