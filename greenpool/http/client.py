@@ -651,7 +651,8 @@ class Client:
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
                                         stream=stream, decode_content=opts.decode_content,
                                         max_decoded_size=opts.max_decoded_size,
-                                        max_header_size=opts.max_header_size)
+                                        max_header_size=opts.max_header_size,
+                                        max_body_size=opts.max_body_size)
             if isinstance(result, Response):
                 if not stream:
                     result.read()
