@@ -1,10 +1,10 @@
 """Security properties of the HTTP client, through ``greenpool.request``/``Client`` (issue 7).
 
-TLS verification is on by default and fails clearly; TLS 1.2 is the floor; redirects never
-carry credentials to another origin and stop at ``max_redirects``; CR/LF/NUL never reach the
-wire through headers or URLs; proxy credentials appear in no log line, repr, pool name or error
-message; decompression bombs stop at ``max_decoded_size``; response heads are bounded; bodies stop at
-the opt-in ``max_body_size``.
+TLS verification is on by default and fails clearly (a self-signed leaf included); TLS 1.2 is
+the floor; redirects never carry credentials to another origin and stop at ``max_redirects``;
+CR/LF/NUL never reach the wire through headers or URLs; proxy credentials appear in no log line,
+repr, pool name or error message; decompression bombs stop at ``max_decoded_size``; response
+heads are bounded; bodies stop at the opt-in ``max_body_size``.
 """
 from __future__ import annotations
 
@@ -58,6 +58,73 @@ def test_tls_verification_by_default_through_request(nginx, tls, pool, which, ve
         r = greenpool.request("GET", nginx.https_url + "/", pool=pool, verify=tls.ca_bundle)
         assert r.status == 200
     assert_exact(pool)
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    """A self-signed leaf for localhost/127.0.0.1 (not a CA; issuer == subject), made with
+    ``cryptography`` (trustme only issues leaves from a CA): (cert path, key path)."""
+    pytest.importorskip("cryptography")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("self-signed")
+    cert_path, key_path = d / "cert.pem", d / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    assert cert.issuer == cert.subject
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("verify", ["default", "test-ca"])
+@pytest.mark.parametrize("http2", [False, True])
+def test_self_signed_leaf_is_rejected(self_signed, tls, pool, verify, http2):
+    """A server presenting a self-signed certificate fails the handshake with a TLSError,
+    by default and with a private CA; no request byte reaches it.  Trusting that very
+    certificate makes the same server answer: the failure was verification."""
+    from greenpool.http import client as client_mod
+    cert, key = self_signed
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    with HTTPFake(lambda r, s: ok(b"private"), ssl_context=ctx) as srv:
+        url = "https://127.0.0.1:%d/" % srv.port
+        kw = {} if verify == "default" else {"verify": tls.ca_bundle}
+        with pytest.raises(errors.TLSError, match="self[- ]signed") as info:
+            greenpool.request("GET", url, pool=pool, timeout=5, http2=http2, **kw)
+        assert "not trusted" in str(info.value) and "127.0.0.1" in str(info.value)
+        assert srv.accepted == 1 and srv.requests == []
+        r = greenpool.request("GET", url, pool=pool, timeout=5, http2=http2, verify=str(cert))
+        assert r.status == 200 and r.content == b"private"
+        assert len(srv.requests) == 1
+    pools = [pool] + list((client_mod._companions.get(pool) or {}).values())
+    assert pool.count() == 0    # every TLS connection here lives in a companion pool or none
+    for p in pools:
+        assert p.get_stats()["in_use_count"] == 0
+        assert_exact(p)
 
 
 def test_tls12_is_the_minimum(tls, pool):
