@@ -320,6 +320,72 @@ def test_raw_checkout_holders_killed_at_random_points(no_leaks):
         pool.close()
 
 
+@pytest.mark.parametrize("parser", ["python", "hiredis"])
+def test_redis_callers_killed_at_random_points(redis, parser, no_leaks):
+    """100 greenlets loop over commands, pipelines, transactions and noreply batches on
+    their own keys through 4 shared connections; each is killed at a random moment (kill()
+    or a Timeout thrown in).  A reply left behind by a dead caller is read and dropped:
+    nothing desynchronises, no connection is lost, and every later caller gets its own
+    replies."""
+    if parser == "hiredis":
+        pytest.importorskip("hiredis")
+    rng = random.Random(13)
+    prefix = "faults-redis-kill:%d:%d:" % (os.getpid(), time.monotonic_ns())
+    rp = greenpool.redis.RedisPool(pool_size=4, port=redis.port, parser=parser, timeout=5.0)
+    rounds = Counter()
+
+    def caller(i, n_max=None):
+        k = prefix + str(i)
+        n = 0
+        while n_max is None or n < n_max:
+            n += 1
+            v = ("%d:%d" % (i, n)).encode()
+            kind = n % 4
+            if kind == 0:
+                assert rp.command(["SET", k, v]) == b"OK"
+                assert rp.command(["GET", k]) == v
+            elif kind == 1:
+                assert rp.pipeline([["SET", k, v], ["GET", k], ["ECHO", v]]) == [b"OK", v, v]
+            elif kind == 2:
+                assert rp.transaction([["SET", k, v], ["GET", k]]) == [b"OK", v]
+            else:
+                rp.noreply_pipeline([["SET", k, v], ["APPEND", k, b"+"]])
+                assert rp.command(["GET", k]) == v + b"+"
+            rounds[i] += 1
+            if rng.random() < 0.2:
+                gevent.sleep(rng.random() * 0.002)
+
+    try:
+        gs = [gevent.spawn(caller, i) for i in range(100)]
+        killers = _kill_randomly(gs, rng, 0.3)
+        gevent.joinall(gs + killers, timeout=10)
+        assert all(g.dead for g in gs)
+        for g in gs:   # each ended by its kill, never by a wrong reply or an error
+            assert g.successful() or isinstance(g.exception, gevent.Timeout), g.exception
+        assert sum(1 for g in gs if isinstance(g.exception, gevent.Timeout)) >= 30
+        assert sum(1 for g in gs if g.successful()) >= 30
+        assert sum(rounds.values()) >= 200, "the callers should have been busy when killed"
+        # the replies of the dead callers arrive and are dropped
+        deadline = time.monotonic() + 5
+        while rp.info()["in_flight"] and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        info = rp.info()
+        assert info["in_flight"] == 0 and info["users"] == 0, info
+        assert info["active"] == 4 and info["closed_connections"] == 0 and rp.reconnects == 0, info
+        assert_exact(rp)
+        # new callers, on new keys and on the dead callers' keys: each gets its own replies
+        after = [gevent.spawn(caller, i, 8) for i in range(200)]
+        gevent.joinall(after, timeout=20, raise_error=True)
+        assert all(rounds[i] >= 8 for i in range(100, 200))
+        assert rp.info()["users"] == 0 and rp.info()["closed_connections"] == 0
+        assert_exact(rp)
+    finally:
+        keys = [prefix + str(i) for i in range(200)]
+        rp.command(["DEL"] + keys)
+        rp.stop()
+    assert rp.count() == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # resizing and stopping under load
 
