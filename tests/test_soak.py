@@ -16,6 +16,11 @@ import pytest
 
 SOAK = Path(__file__).resolve().parent.parent / "tools" / "soak.py"
 DURATION = 58
+#: RSS climbs for the first ~45 s of a run (the allocator's high-water mark: 10-12.5 MB between
+#: the first and last fifth after the warm-up, on a 2-core machine) and is flat after that (see
+#: the README's 10-minute soak); 20 MB between those fifths, ~150,000 requests apart, still
+#: catches a leak of ~150 bytes per request
+MAX_RSS_GROWTH_MB = 20
 
 
 def _redis_server():
@@ -37,7 +42,8 @@ def test_short_soak(tmp_path):
     redis_args = ["--redis-server", redis_server] if redis_server else ["--no-redis"]
     proc = subprocess.run(
         [sys.executable, str(SOAK), "--duration", str(DURATION), "--warmup", "10",
-         "--concurrency", "40", "--max-rss-growth-mb", "12", "--json", str(out)] + redis_args,
+         "--concurrency", "40", "--max-rss-growth-mb", str(MAX_RSS_GROWTH_MB), "--json", str(out)]
+        + redis_args,
         capture_output=True, text=True, timeout=DURATION + 90)
     assert out.exists(), proc.stdout + proc.stderr
     summary = json.loads(out.read_text())["summary"]
