@@ -28,6 +28,7 @@ import greenpool.redis
 from greenpool import net
 from greenpool.errors import (
     ConnectError,
+    ConnectionClosed,
     ConnectTimeout,
     DNSError,
     GreenPoolError,
@@ -320,6 +321,72 @@ def test_raw_checkout_holders_killed_at_random_points(no_leaks):
         pool.close()
 
 
+@pytest.mark.parametrize("parser", ["python", "hiredis"])
+def test_redis_callers_killed_at_random_points(redis, parser, no_leaks):
+    """100 greenlets loop over commands, pipelines, transactions and noreply batches on
+    their own keys through 4 shared connections; each is killed at a random moment (kill()
+    or a Timeout thrown in).  A reply left behind by a dead caller is read and dropped:
+    nothing desynchronises, no connection is lost, and every later caller gets its own
+    replies."""
+    if parser == "hiredis":
+        pytest.importorskip("hiredis")
+    rng = random.Random(13)
+    prefix = "faults-redis-kill:%d:%d:" % (os.getpid(), time.monotonic_ns())
+    rp = greenpool.redis.RedisPool(pool_size=4, port=redis.port, parser=parser, timeout=5.0)
+    rounds = Counter()
+
+    def caller(i, n_max=None):
+        k = prefix + str(i)
+        n = 0
+        while n_max is None or n < n_max:
+            n += 1
+            v = ("%d:%d" % (i, n)).encode()
+            kind = n % 4
+            if kind == 0:
+                assert rp.command(["SET", k, v]) == b"OK"
+                assert rp.command(["GET", k]) == v
+            elif kind == 1:
+                assert rp.pipeline([["SET", k, v], ["GET", k], ["ECHO", v]]) == [b"OK", v, v]
+            elif kind == 2:
+                assert rp.transaction([["SET", k, v], ["GET", k]]) == [b"OK", v]
+            else:
+                rp.noreply_pipeline([["SET", k, v], ["APPEND", k, b"+"]])
+                assert rp.command(["GET", k]) == v + b"+"
+            rounds[i] += 1
+            if rng.random() < 0.2:
+                gevent.sleep(rng.random() * 0.002)
+
+    try:
+        gs = [gevent.spawn(caller, i) for i in range(100)]
+        killers = _kill_randomly(gs, rng, 0.3)
+        gevent.joinall(gs + killers, timeout=10)
+        assert all(g.dead for g in gs)
+        for g in gs:   # each ended by its kill, never by a wrong reply or an error
+            assert g.successful() or isinstance(g.exception, gevent.Timeout), g.exception
+        assert sum(1 for g in gs if isinstance(g.exception, gevent.Timeout)) >= 30
+        assert sum(1 for g in gs if g.successful()) >= 30
+        assert sum(rounds.values()) >= 200, "the callers should have been busy when killed"
+        # the replies of the dead callers arrive and are dropped
+        deadline = time.monotonic() + 5
+        while rp.info()["in_flight"] and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        info = rp.info()
+        assert info["in_flight"] == 0 and info["users"] == 0, info
+        assert info["active"] == 4 and info["closed_connections"] == 0 and rp.reconnects == 0, info
+        assert_exact(rp)
+        # new callers, on new keys and on the dead callers' keys: each gets its own replies
+        after = [gevent.spawn(caller, i, 8) for i in range(200)]
+        gevent.joinall(after, timeout=20, raise_error=True)
+        assert all(rounds[i] >= 8 for i in range(100, 200))
+        assert rp.info()["users"] == 0 and rp.info()["closed_connections"] == 0
+        assert_exact(rp)
+    finally:
+        keys = [prefix + str(i) for i in range(200)]
+        rp.command(["DEL"] + keys)
+        rp.stop()
+    assert rp.count() == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # resizing and stopping under load
 
@@ -610,6 +677,108 @@ def test_fork_child_gets_fresh_unregistered_pool(no_leaks):
             assert conn.sock.recv(1) == b"c"
         assert_exact(pool)
         pool.close()
+
+
+def _redis_clients(rp, name):
+    """Local ports of the connections Redis lists under the client name ``name``."""
+    listing = rp.command(["CLIENT", "LIST"]).decode()
+    ports = set()
+    for line in listing.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("name") == name:
+            ports.add(int(fields["addr"].rsplit(":", 1)[1]))
+    return ports
+
+
+def test_fork_under_load_redis_pool(redis, no_leaks):
+    """A RedisPool used by 20 greenlets, then os.fork(): the child never touches the
+    parent's sockets (it opens its own connections, seen in CLIENT LIST with other local
+    ports; what was in flight fails there with ConnectionClosed), and the parent carries
+    on with the same connections, none lost, its in-flight command answered."""
+    name = "faults-fork-%d" % os.getpid()
+    prefix = "faults-fork-redis:%d:%d:" % (os.getpid(), time.monotonic_ns())
+    rp = greenpool.redis.RedisPool(pool_size=3, port=redis.port, client_name=name, timeout=5.0)
+    stop = gevent.event.Event()
+    counts = Counter()
+    parent = os.getpid()
+    inherited = []   # in the child: what the copies of the parent's callers got
+
+    def work(i):
+        k = prefix + str(i)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                assert rp.pipeline([["SET", k, n], ["GET", k]]) == [b"OK", b"%d" % n]
+            except ConnectionClosed as e:
+                if os.getpid() == parent:
+                    raise
+                inherited.append(str(e))
+                return
+            counts[i] += 1
+            gevent.sleep(0)
+
+    def ports(pool):
+        return {c.sock.getsockname()[1] for c in pool._h.shared if c.sock.fileno() >= 0}
+
+    try:
+        gs = [gevent.spawn(work, i) for i in range(20)]
+        gevent.sleep(0.3)
+        parent_ports = ports(rp)
+        assert len(parent_ports) == 3 and _redis_clients(rp, name) == parent_ports
+
+        def child():
+            report = {"count_before": rp.count()}
+            k = prefix + "child"
+            report["replies"] = [rp.command(["SET", k, "c"]).decode(),
+                                 rp.command(["GET", k]).decode(),
+                                 rp.command(["ECHO", "from the child"]).decode()]
+            report["ports"] = sorted(ports(rp))
+            report["listed"] = sorted(_redis_clients(rp, name))
+            deadline = time.monotonic() + 5
+            while rp.active() < 3 and time.monotonic() < deadline:
+                gevent.sleep(0.01)
+            report["active"] = rp.active()
+            gevent.wait([blocked], timeout=2)
+            report["blocked"] = repr(blocked.exception)
+            report["inherited"] = inherited
+            return report
+
+        # a command surely in flight at the fork: Redis answers BLPOP after 0.5 s
+        blocked = gevent.spawn(rp.command, ["BLPOP", prefix + "nothing", 0.5])
+        gevent.sleep(0.05)
+        assert not blocked.ready()
+        before = sum(counts.values())
+        report = _fork_and_report(child)
+        assert "error" not in report, report
+        assert report["count_before"] == 0 and report["active"] == 3, report
+        # the parent's commands in flight at the fork failed clearly in the child...
+        assert "ConnectionClosed" in report["blocked"], report
+        assert "belongs to the parent process" in report["blocked"], report
+        assert all("belongs to the parent process" in m for m in report["inherited"]), report
+        # ... and in the parent, the reply came on the very same socket
+        assert blocked.get(timeout=5) is None
+        assert report["replies"] == ["OK", "c", "from the child"], report
+        child_ports = set(report["ports"])
+        assert child_ports and not child_ports & parent_ports, report
+        # the child's connections were real ones, listed by Redis next to the parent's
+        assert child_ports <= set(report["listed"]) and parent_ports <= set(report["listed"])
+        gevent.sleep(0.3)
+        assert sum(counts.values()) > before, "the parent kept working"
+        assert ports(rp) == parent_ports and rp.reconnects == 0
+        assert rp.info()["closed_connections"] == 0
+        # the child exited: its connections are gone, the parent's are still there
+        deadline = time.monotonic() + 5
+        while _redis_clients(rp, name) != parent_ports and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert _redis_clients(rp, name) == parent_ports
+        stop.set()
+        gevent.joinall(gs, timeout=10, raise_error=True)
+        assert_exact(rp)
+    finally:
+        stop.set()
+        rp.command(["DEL"] + [prefix + str(i) for i in range(20)] + [prefix + "child"])
+        rp.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -270,6 +270,29 @@ def test_head_response_has_no_body(backend, feeding, framing):
     assert conn.keep_alive is True
 
 
+@pytest.mark.parametrize(
+    "method, response, expected",
+    [
+        (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", 1234),
+        (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0),
+        (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+        (b"GET", b"HTTP/1.1 200 OK\r\n\r\n", None),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", 0),
+        (b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 1234\r\n\r\n", 0),
+        (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n", 0),
+        (b"GET", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", 7),
+    ],
+    ids=["length", "zero", "chunked", "close", "head", "204", "304", "after-100"],
+)
+def test_body_length_is_what_the_final_head_announced(backend, method, response, expected):
+    conn = make_connection(backend)
+    conn.send_request(method, b"/", HOST, -1)
+    conn.receive_data(response)
+    while type(conn.next_event()) is not ResponseHead:
+        pass
+    assert conn.body_length == expected
+
+
 def test_head_after_informational(backend, feeding):
     events, conn = exchange(
         backend,

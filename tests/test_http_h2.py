@@ -565,6 +565,137 @@ def test_fault_trailers_over_our_limit_fail_that_stream_only(pool, no_leaks):
         pool.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# max_body_size: per stream, like the header limits
+
+LIMIT = 1000
+
+
+def sized_by_path(ctx, sid, headers, body):
+    """``/length/<n>``: n bytes with a content-length; ``/unknown/<n>``: n bytes without
+    one, in DATA frames of 400, 400 and the rest, written apart, then END_STREAM after a
+    pause; ``/announce/<n>``: a
+    content-length of n and no body; HEAD: a content-length of 5000 and no body."""
+    if header(headers, b":method") == b"HEAD":
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"5000")],
+                            end_stream=True)
+        ctx.flush()
+        return
+    path = header(headers, b":path").decode()
+    if path.startswith("/sleep/"):
+        return held_by_path(ctx, sid, headers, body)
+    _, kind, size = path.split("/")
+    data = b"d" * int(size)
+    if kind == "length":
+        ctx.respond(sid, 200, data)
+    elif kind == "announce":
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", size.encode())])
+        ctx.flush()
+        gevent.sleep(30)
+    else:
+        ctx.h2.send_headers(sid, [(b":status", b"200")])
+        ctx.flush()
+        for piece in (data[:400], data[400:800], data[800:]):
+            gevent.sleep(0.01)
+            ctx.h2.send_data(sid, piece)
+            ctx.flush()
+        gevent.sleep(0.05)   # still open when the client resets it: the server sees RST_STREAM
+        ctx.h2.end_stream(sid)
+        ctx.flush()
+
+
+def _wait_resets(srv, n=1):
+    deadline = time.monotonic() + 2
+    while len(srv.resets) < n and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    return srv.resets
+
+
+def test_max_body_size_content_length_over_the_limit_fails_at_the_head(pool, no_leaks):
+    """A content-length over the limit: LimitExceeded at once (no body byte awaited), that
+    stream reset; a stream in flight on the same connection is not disturbed."""
+    with H2FakeServer(sized_by_path) as srv:
+        other = gevent.spawn(lambda: get(pool, srv.url("/sleep/0.3")).read())
+        gevent.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(LimitExceeded) as info:
+            get(pool, srv.url("/announce/%d" % (LIMIT + 1)), timeout=Timeout(5, read=3),
+                max_body_size=LIMIT)
+        assert time.monotonic() - t0 < 1.0
+        text = str(info.value)
+        assert "max_body_size=%d" % LIMIT in text and "content-length: %d" % (LIMIT + 1) in text
+        assert "stream=True" in text
+        sid = next(s for _, s, hs in srv.requests if header(hs, b":path").startswith(b"/announce"))
+        assert _wait_resets(srv) == [(0, sid, 8)]      # CANCEL, that stream only
+        assert other.get(timeout=5) == b"slept"
+        stats = pool.get_stats()
+        assert len(srv.conns) == 1 and stats["open"] == 1 and stats["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_exceeded_while_reading_resets_that_stream_only(pool, stream, no_leaks):
+    with H2FakeServer(sized_by_path) as srv:
+        other = gevent.spawn(lambda: get(pool, srv.url("/sleep/0.3")).read())
+        got = []
+        with pytest.raises(LimitExceeded, match="max_body_size=%d .*received so far" % LIMIT):
+            r = get(pool, srv.url("/unknown/%d" % (LIMIT + 1)), stream=stream,
+                    max_body_size=LIMIT)
+            while True:
+                chunk = r.stream.read_chunk(300)
+                if not chunk:
+                    break
+                got.append(chunk)
+        if stream:   # what came before the frame over the limit was delivered, no more
+            assert b"".join(got) == b"d" * 800
+        sid = next(s for _, s, hs in srv.requests if header(hs, b":path").startswith(b"/unknown"))
+        assert _wait_resets(srv) == [(0, sid, 8)]
+        assert other.get(timeout=5) == b"slept"
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        # the connection carries on: the next request at the limit passes on it
+        assert get(pool, srv.url("/unknown/%d" % LIMIT), max_body_size=LIMIT).read() == b"d" * LIMIT
+        assert len(srv.conns) == 1 and pool.get_stats()["open"] == 1
+        assert_exact(pool)
+        pool.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_exactly_at_the_limit_passes(pool, stream, no_leaks):
+    with H2FakeServer(sized_by_path) as srv:
+        for kind in ("length", "unknown"):
+            r = get(pool, srv.url("/%s/%d" % (kind, LIMIT)), stream=stream, max_body_size=LIMIT)
+            assert r.read() == b"d" * LIMIT
+        assert get(pool, srv.url("/length/0"), max_body_size=0).read() == b""
+        assert srv.resets == []
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_max_body_size_through_the_client_and_validated(pool, no_leaks):
+    import greenpool
+    with H2FakeServer(sized_by_path) as srv:
+        c = greenpool.Client(pool=pool, http2=H2C, max_body_size=LIMIT)
+        assert c.get(srv.url("/unknown/%d" % LIMIT)).content == b"d" * LIMIT
+        with pytest.raises(LimitExceeded, match="max_body_size=%d" % LIMIT):
+            c.get(srv.url("/unknown/%d" % (LIMIT + 1)))
+        with pytest.raises(LimitExceeded, match="max_body_size=%d" % LIMIT):
+            c.get(srv.url("/length/%d" % (LIMIT + 1)), stream=True)
+        r = c.head(srv.url("/x"))       # a HEAD's content-length announces no body
+        assert r.http_version == "HTTP/2" and r.headers["content-length"] == "5000"
+        unlimited = greenpool.Client(pool=pool, http2=H2C)
+        assert unlimited.get(srv.url("/unknown/5000")).content == b"d" * 5000
+        for bad in (-1, 1.5, "10", True):
+            with pytest.raises(ValueError, match="max_body_size"):
+                get(pool, srv.url("/length/1"), max_body_size=bad)
+        assert len(srv.conns) == 1
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+
+
 def test_fault_malformed_frame_after_a_complete_response_in_the_same_read(pool, no_leaks):
     """Stream 1's complete response and a malformed frame arrive in one write: stream 1's caller
     gets its response (h2 is fed frame by frame), the others a clear RemoteProtocolError."""

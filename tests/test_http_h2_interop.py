@@ -296,6 +296,37 @@ def test_client_h2_decode_content_and_max_decoded_size_reach_http2(nginx, pool, 
     pool.close()
 
 
+@pytest.mark.parametrize("route", ["h2c", "h2-tls"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_h2_max_body_size_fails_that_stream_only(nginx, tls, pool, route, stream, no_leaks):
+    """Client(max_body_size=...) reaches HTTP/2: a content-length over it fails at the head,
+    a gzipped body (no content-length) over it while reading; the connection carries on."""
+    import greenpool
+    if route == "h2c":
+        base, kw = nginx.h2c_url, {"http2": "prior_knowledge"}
+    else:
+        base, kw = nginx.https_url, {"http2": True, "verify": tls.ca_bundle}
+    at = greenpool.Client(pool=pool, max_body_size=64 * 1024, **kw)
+    r = at.get(base + "/bytes/64k", stream=stream)
+    assert r.http_version == "HTTP/2" and r.read() == nginx.file_bytes("/bytes/64k")
+    with pytest.raises(LimitExceeded, match="max_body_size=65536 .*content-length: 1048576"):
+        at.get(base + "/bytes/1m", stream=stream).read()
+    tiny = greenpool.Client(pool=pool, max_body_size=10, **kw)
+    with pytest.raises(LimitExceeded, match="max_body_size=10 .*received so far"):
+        tiny.get(base + "/", stream=stream).read()
+    r = greenpool.Client(pool=pool, **kw).get(base + "/")
+    assert r.headers["content-encoding"] == "gzip" and "content-length" not in r.headers
+    assert r.content == SMALL_BODY
+    used = pool
+    if route == "h2-tls":   # verify=<CA>: a companion pool holds those connections
+        from greenpool.http import client as client_mod
+        used = next(iter(client_mod._companions[pool].values()))
+    stats = used.get_stats()
+    assert stats["shared_count"] == 1 and stats["shared_users"] == 0 and stats["open"] == 1
+    assert_exact(used)
+    pool.close()
+
+
 def test_client_h2_max_header_size_fails_that_request_only(hypercorn, pool, no_leaks):
     """Client(max_header_size=...) reaches HTTP/2: a response head over it fails that request
     with LimitExceeded and the shared connection carries on."""

@@ -59,6 +59,29 @@ def test_nginx_concurrency(no_leaks, nginx, client, pool):
     assert_exact(pool)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_nginx_max_body_size(no_leaks, nginx, pool, parser, stream):
+    """A Content-Length at the limit passes and one over it fails at the head; nginx's
+    gzipped answers are chunked: over the limit while reading.  Failed ones are closed."""
+    at = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=64 * 1024)
+    assert at.get(nginx.http_url + "/bytes/64k", stream=stream).read() == nginx.file_bytes("/bytes/64k")
+    under = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=64 * 1024 - 1)
+    with pytest.raises(errors.LimitExceeded, match="Content-Length: 65536"):
+        under.get(nginx.http_url + "/bytes/64k", stream=stream).read()
+    tiny = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=10)
+    r = tiny.get(nginx.http_url + "/", stream=True)
+    assert r.headers["transfer-encoding"] == "chunked" and r.headers["content-encoding"] == "gzip"
+    with pytest.raises(errors.LimitExceeded, match="max_body_size=10 .*received so far"):
+        r.read()
+    with pytest.raises(errors.LimitExceeded, match="max_body_size=10 .*received so far"):
+        tiny.get(nginx.http_url + "/", stream=stream).read()
+    assert pool.count() == 0   # each failure closed its connection (the first one's, reused)
+    assert_exact(pool)
+    assert at.get(nginx.http_url + "/bytes/64k").content == nginx.file_bytes("/bytes/64k")
+    assert pool.count() == 1 and pool.get_stats()["in_use_count"] == 0
+    assert_exact(pool)
+
+
 def test_nginx_statuses_head_close_upload(nginx, client, pool):
     assert client.get(nginx.http_url + "/status/404").status == 404
     assert client.get(nginx.http_url + "/status/204").content == b""

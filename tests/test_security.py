@@ -1,23 +1,28 @@
 """Security properties of the HTTP client, through ``greenpool.request``/``Client`` (issue 7).
 
-TLS verification is on by default and fails clearly; TLS 1.2 is the floor; redirects never
-carry credentials to another origin and stop at ``max_redirects``; CR/LF/NUL never reach the
-wire through headers or URLs; proxy credentials appear in no log line, repr, pool name or error
-message; decompression bombs stop at ``max_decoded_size``; response heads are bounded.
+TLS verification is on by default and fails clearly (a self-signed leaf included); TLS 1.2 is
+the floor; redirects never carry credentials to another origin and stop at ``max_redirects``;
+CR/LF/NUL never reach the wire through headers or URLs; proxy credentials appear in no log line,
+repr, pool name or error message; decompression bombs stop at ``max_decoded_size``; response
+heads are bounded; bodies stop at the opt-in ``max_body_size``.
 """
 from __future__ import annotations
 
 import base64
 import gzip
 import logging
+import os
 import ssl
+import time
 import zlib
 
+import gevent
 import pytest
-from httpfakes import HTTPFake, ok
+from httpfakes import CLOSE, HTTPFake, ok
 
 import greenpool
 from greenpool import errors, net
+from greenpool.http.models import Timeout
 
 from fakes import FakeServer, assert_exact, refused_port
 
@@ -53,6 +58,73 @@ def test_tls_verification_by_default_through_request(nginx, tls, pool, which, ve
         r = greenpool.request("GET", nginx.https_url + "/", pool=pool, verify=tls.ca_bundle)
         assert r.status == 200
     assert_exact(pool)
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    """A self-signed leaf for localhost/127.0.0.1 (not a CA; issuer == subject), made with
+    ``cryptography`` (trustme only issues leaves from a CA): (cert path, key path)."""
+    pytest.importorskip("cryptography")
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("self-signed")
+    cert_path, key_path = d / "cert.pem", d / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    assert cert.issuer == cert.subject
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("verify", ["default", "test-ca"])
+@pytest.mark.parametrize("http2", [False, True])
+def test_self_signed_leaf_is_rejected(self_signed, tls, pool, verify, http2):
+    """A server presenting a self-signed certificate fails the handshake with a TLSError,
+    by default and with a private CA; no request byte reaches it.  Trusting that very
+    certificate makes the same server answer: the failure was verification."""
+    from greenpool.http import client as client_mod
+    cert, key = self_signed
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    with HTTPFake(lambda r, s: ok(b"private"), ssl_context=ctx) as srv:
+        url = "https://127.0.0.1:%d/" % srv.port
+        kw = {} if verify == "default" else {"verify": tls.ca_bundle}
+        with pytest.raises(errors.TLSError, match="self[- ]signed") as info:
+            greenpool.request("GET", url, pool=pool, timeout=5, http2=http2, **kw)
+        assert "not trusted" in str(info.value) and "127.0.0.1" in str(info.value)
+        assert srv.accepted == 1 and srv.requests == []
+        r = greenpool.request("GET", url, pool=pool, timeout=5, http2=http2, verify=str(cert))
+        assert r.status == 200 and r.content == b"private"
+        assert len(srv.requests) == 1
+    pools = [pool] + list((client_mod._companions.get(pool) or {}).values())
+    assert pool.count() == 0    # every TLS connection here lives in a companion pool or none
+    for p in pools:
+        assert p.get_stats()["in_use_count"] == 0
+        assert_exact(p)
 
 
 def test_tls12_is_the_minimum(tls, pool):
@@ -254,3 +326,170 @@ def test_response_head_limits(pool, parser):
             small.get(srv.url + "/many")
     assert pool.get_stats()["in_use_count"] == 0
     assert_exact(pool)
+
+
+
+# -- response body size limit (max_body_size) ----------------------------------------------
+
+LIMIT = 1000
+PARSERS = ["h11", "httptools"]
+
+
+def _framed(body, framing):
+    """A 200 response carrying ``body`` with a Content-Length, chunked (300-byte chunks)
+    or delimited by close."""
+    if framing == "length":
+        return ok(body)
+    if framing == "chunked":
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 300]), body[i:i + 300])
+                          for i in range(0, len(body), 300))
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    return b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+
+
+def _sized(req, sock):
+    """``/<framing>/<size>``: a body of that many bytes in that framing."""
+    _, framing, size = req.target.split("/")
+    out = _framed(b"b" * int(size), framing)
+    if framing == "close":
+        sock.sendall(out)
+        return CLOSE
+    return out
+
+
+def _read(client, url, stream, got):
+    """The body of ``url``, read whole or as a stream; ``got`` collects what arrived."""
+    r = client.get(url, stream=stream)
+    if stream:
+        for chunk in r.iter_raw(256):
+            got.append(chunk)
+    else:
+        got.append(r.content)
+    return b"".join(got)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_content_length_over_the_limit_fails_at_the_head(pool, parser, stream):
+    """The head announces LIMIT + 1 bytes and no body byte follows: the request fails at
+    once (reading the body would wait for the read timeout); the connection is closed."""
+    def respond(req, sock):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 1))
+        gevent.sleep(5)
+
+    with HTTPFake(respond) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT,
+                                  timeout=Timeout(5, read=3))
+        t0 = time.monotonic()
+        with pytest.raises(errors.LimitExceeded) as info:
+            client.get(srv.url + "/", stream=stream)
+        assert time.monotonic() - t0 < 1.0
+        text = str(info.value)
+        assert "max_body_size=%d" % LIMIT in text and "Content-Length: %d" % (LIMIT + 1) in text
+        assert "raise max_body_size" in text and "stream=True" in text
+        assert pool.count() == 0 and pool.get_stats()["in_use_count"] == 0
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_exceeded_while_reading(pool, parser, framing, stream):
+    """A body of unknown length fails as soon as it grows past the limit; a streaming
+    caller gets at most LIMIT bytes first.  The connection is closed, never pooled."""
+    with HTTPFake(_sized) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT)
+        got = []
+        with pytest.raises(errors.LimitExceeded, match="max_body_size=%d" % LIMIT) as info:
+            _read(client, "%s/%s/%d" % (srv.url, framing, LIMIT + 1), stream, got)
+        assert "received so far" in str(info.value)
+        assert sum(map(len, got)) <= LIMIT
+        if stream and framing == "chunked":
+            assert sum(map(len, got)) == 900   # the chunks before the one over the limit
+        assert pool.count() == 0 and pool.get_stats()["in_use_count"] == 0
+        assert_exact(pool)
+        # the next request runs on a new connection
+        accepted = srv.accepted
+        assert _read(client, "%s/%s/%d" % (srv.url, framing, LIMIT), stream, []) == b"b" * LIMIT
+        assert srv.accepted == accepted + 1
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_body_size_exactly_at_the_limit_passes(pool, parser, framing, stream):
+    with HTTPFake(_sized) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT)
+        for _ in range(3):
+            assert _read(client, "%s/%s/%d" % (srv.url, framing, LIMIT), stream, []) == b"b" * LIMIT
+        # keep-alive responses read to the end (not cut by the limit) reuse their connection
+        assert srv.accepted == (3 if framing == "close" else 1)
+        assert pool.get_stats()["in_use_count"] == 0
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_max_body_size_counts_bytes_as_received_before_decoding(pool, parser):
+    """A small gzip body that decodes to 20 times the limit passes; a gzip body over the
+    limit fails even though it is compressed."""
+    small = gzip.compress(b"\0" * (20 * LIMIT))
+    large = gzip.compress(os.urandom(2 * LIMIT))
+    assert len(small) < LIMIT < len(large)
+
+    def respond(req, sock):
+        return ok(small if req.target == "/small" else large, "Content-Encoding: gzip")
+
+    with HTTPFake(respond) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=LIMIT)
+        assert client.get(srv.url + "/small").content == b"\0" * (20 * LIMIT)
+        with pytest.raises(errors.LimitExceeded, match="Content-Length: %d" % len(large)):
+            client.get(srv.url + "/large")
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_max_body_size_zero_allows_bodiless_responses_only(pool, parser):
+    """HEAD, 204 and 304 announce a Content-Length without sending a body: not over 0."""
+    def respond(req, sock):
+        if req.target == "/204":
+            return b"HTTP/1.1 204 No Content\r\nContent-Length: 5000\r\n\r\n"
+        if req.target == "/304":
+            return b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n"
+        if req.method == "HEAD":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"
+        return _sized(req, sock)
+
+    with HTTPFake(respond) as srv:
+        client = greenpool.Client(pool=pool, http1_parser=parser, max_body_size=0)
+        assert client.head(srv.url + "/x").headers["content-length"] == "5000"
+        assert client.get(srv.url + "/204").status == 204
+        assert client.get(srv.url + "/304").status == 304
+        assert client.get(srv.url + "/length/0").content == b""
+        assert client.get(srv.url + "/chunked/0").content == b""
+        assert srv.accepted == 1
+        with pytest.raises(errors.LimitExceeded, match="max_body_size=0"):
+            client.get(srv.url + "/chunked/1")
+        assert pool.count() == 0
+        assert_exact(pool)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1000", True, False, [1]])
+def test_max_body_size_is_validated(pool, bad):
+    with pytest.raises(ValueError, match="max_body_size"):
+        greenpool.Client(pool=pool, max_body_size=bad)
+    with pytest.raises(ValueError, match="max_body_size"):
+        greenpool.request("GET", "http://127.0.0.1:1/", pool=pool, max_body_size=bad)
+    assert pool.count() == 0
+
+
+def test_max_body_size_through_module_level_request(pool):
+    with HTTPFake(_sized) as srv:
+        assert greenpool.request("GET", srv.url + "/chunked/10", pool=pool,
+                                 max_body_size=10).content == b"b" * 10
+        with pytest.raises(errors.LimitExceeded):
+            greenpool.request("GET", srv.url + "/chunked/11", pool=pool, max_body_size=10)
+        assert greenpool.request("GET", srv.url + "/chunked/5000", pool=pool,
+                                 max_body_size=None).content == b"b" * 5000
+        assert greenpool.Client(pool=pool).h1_options.max_body_size is None   # the default
+        assert_exact(pool)

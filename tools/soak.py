@@ -5,11 +5,11 @@
 
 What it does: starts an HTTP/1.1 server and an HTTP/2 (h2c, prior knowledge) server in this
 process (gevent, the ``h2`` package) and a ``redis-server`` child process when the binary is
-on PATH (``--no-redis`` to skip); then ``--concurrency`` greenlets loop over: GETs through
-HTTP/1.1 (plain and streamed-then-closed-early), GETs over one multiplexed HTTP/2 pool, Redis
-SET/GET/INCR and pipelines, and now and then a request whose greenlet is killed mid-flight or
-that times out.  Every second it records RSS, open fds and live greenlets (a JSON line with
-``--verbose``).
+on PATH or given by ``--redis-server`` (``--no-redis`` to skip); then ``--concurrency``
+greenlets loop over: GETs through HTTP/1.1 (plain and streamed-then-closed-early), GETs over
+one multiplexed HTTP/2 pool, Redis SET/GET/INCR and pipelines, and now and then a request
+whose greenlet is killed mid-flight or that times out.  Every second it records RSS, open
+fds and live greenlets (a JSON line with ``--verbose``).
 
 Pass/fail: after ``--warmup`` seconds, the median of the last 20% of samples minus the median
 of the first 20% must stay under ``--max-rss-growth-mb``, ``--max-fd-growth`` and
@@ -105,8 +105,8 @@ def _free_port() -> int:
     return port
 
 
-def _start_redis() -> Optional[Any]:
-    binary = shutil.which("redis-server")
+def _start_redis(binary: Optional[str] = None) -> Optional[Any]:
+    binary = binary or shutil.which("redis-server")
     if binary is None:
         return None
     port = _free_port()
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     h2_srv = StreamServer(("127.0.0.1", 0), _h2_handler, backlog=1024)
     h1_srv.start()
     h2_srv.start()
-    redis_proc = None if args.no_redis else _start_redis()
+    redis_proc = None if args.no_redis else _start_redis(args.redis_server)
     h1_pool = greenpool.GreenPool("soak-h1", max_connections=args.pool_size)
     h2_pool = greenpool.GreenPool("soak-h2", max_connections=4)
     h1 = greenpool.Client(pool=h1_pool, timeout=10)
@@ -318,6 +318,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--max-error-ratio", type=float, default=0.001,
                     help="greenpool errors allowed per request (default 0.001)")
     ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--redis-server", help="the redis-server binary (default: from PATH)")
     ap.add_argument("--json", help="write the summary and every sample here")
     ap.add_argument("--verbose", action="store_true", help="print each sample")
     args = ap.parse_args(argv)

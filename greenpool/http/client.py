@@ -435,6 +435,11 @@ class Client:
     ``proxy``/``trust_env``: see the module docstring.
     ``decode_content``: undo gzip/deflate/br (default True; Accept-Encoding sent).
     ``max_decoded_size``: cap on a decoded body (default 64 MiB; None: no cap).
+    ``max_body_size``: cap on a response body as received, before decoding (default
+    None: no cap).  A ``Content-Length`` over it fails at the head, a body growing
+    past it fails then (with ``stream=True`` too), with
+    :class:`~greenpool.errors.LimitExceeded`; its connection is closed (HTTP/1.1)
+    or its stream reset (HTTP/2), never reused half-read.
     ``expect_continue``: send ``Expect: 100-continue`` before request bodies.
     ``max_header_size``/``max_headers``: response head limits (64 KiB, 256 fields).
     ``user_agent``: the User-Agent header (default ``greenpool/<version>``).
@@ -447,7 +452,8 @@ class Client:
                  proxy: Any = None, trust_env: bool = False, decode_content: bool = True,
                  max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
                  expect_continue: bool = False, max_header_size: int = 65536,
-                 max_headers: int = 256, user_agent: Optional[str] = None) -> None:
+                 max_headers: int = 256, user_agent: Optional[str] = None,
+                 max_body_size: Optional[int] = None) -> None:
         if not (pool is None or isinstance(pool, (str, GreenPool))):
             raise TypeError("pool must be a pool name or a GreenPool, not %s" % type(pool).__name__)
         if http2 not in (False, True, "prior_knowledge"):
@@ -470,7 +476,7 @@ class Client:
         self.h1_options = h1transport.H1Options(
             http1_parser, max_header_size=max_header_size, max_headers=max_headers,
             expect_continue=expect_continue, max_decoded_size=max_decoded_size,
-            decode_content=decode_content)
+            decode_content=decode_content, max_body_size=max_body_size)
         defaults = [(b"User-Agent", _b(user_agent or _user_agent(), "user_agent")),
                     (b"Accept", b"*/*")]
         if decode_content:
@@ -651,7 +657,8 @@ class Client:
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
                                         stream=stream, decode_content=opts.decode_content,
                                         max_decoded_size=opts.max_decoded_size,
-                                        max_header_size=opts.max_header_size)
+                                        max_header_size=opts.max_header_size,
+                                        max_body_size=opts.max_body_size)
             if isinstance(result, Response):
                 if not stream:
                     result.read()
@@ -780,7 +787,8 @@ def _sleep(seconds: float, deadline: Optional[float], error: Optional[BaseExcept
 
 _CLIENT_OPTIONS = frozenset(("base_url", "verify", "cert", "http2", "http1_parser", "proxy",
                              "trust_env", "decode_content", "max_decoded_size",
-                             "expect_continue", "max_header_size", "max_headers", "user_agent"))
+                             "expect_continue", "max_header_size", "max_headers", "user_agent",
+                             "max_body_size"))
 _default_client: Optional[Client] = None
 
 

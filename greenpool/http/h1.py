@@ -73,6 +73,11 @@ Promises, identical for both backends (the tests feed every case to both):
 
 * ``keep_alive_timeout`` is the ``timeout=N`` of the final response's
   ``Keep-Alive`` header (seconds, a float), else None.
+
+* ``body_length``, once the final :class:`ResponseHead` was returned, is the
+  number of body bytes the head announced: its ``Content-Length``, ``0`` when
+  the response has no body (HEAD, 204, 304), ``None`` when the length is not
+  known in advance (chunked, or delimited by close).
 """
 
 from __future__ import annotations
@@ -658,6 +663,16 @@ class H1Connection:
                 "received %d bytes of an unfinished chunked body" % (self._body_received,)
             )
         )
+
+    @property
+    def body_length(self) -> Optional[int]:
+        """The final response's announced body length (see the module docstring)."""
+        framing = self._framing
+        if framing == _F_LENGTH:
+            return self._length
+        if framing == _F_NONE:
+            return 0
+        return None
 
     def _check_next_cycle(self) -> None:
         if self._rstate != _R_DONE:

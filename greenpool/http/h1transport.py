@@ -38,6 +38,12 @@ Rules:
 5. **Header checks first.**  The adapter validates the request (CR/LF/NUL in
    names or values, a bad method or target) before any byte is written; the
    untouched connection goes back to the pool.
+6. **Body size limit** (``H1Options.max_body_size``, None by default): body
+   bytes as framed on the wire (dechunked, before Content-Encoding decoding)
+   are counted; a ``Content-Length`` over the limit fails at the head, before
+   any body byte is read, and a body that grows past it fails as soon as it
+   does (:class:`~greenpool.errors.LimitExceeded`).  Either way the connection
+   is closed, never checked in half-read.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http import h1 as _h1
+from greenpool.http import models as _models
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.models import Headers, Request, Response, Timeout
 from greenpool.net import send_all
@@ -88,12 +95,12 @@ class H1Options:
     """HTTP/1.1 settings of a client (immutable after creation)."""
 
     __slots__ = ("parser", "max_header_size", "max_headers", "expect_continue",
-                 "max_decoded_size", "decode_content")
+                 "max_decoded_size", "decode_content", "max_body_size")
 
     def __init__(self, parser: str = "auto", max_header_size: int = 65536, max_headers: int = 256,
                  expect_continue: bool = False,
                  max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-                 decode_content: bool = True) -> None:
+                 decode_content: bool = True, max_body_size: Optional[int] = None) -> None:
         if parser not in ("auto", "h11", "httptools"):
             raise ValueError("http1_parser must be 'auto', 'httptools' or 'h11', not %r" % (parser,))
         if parser == "auto":
@@ -112,12 +119,14 @@ class H1Options:
                                              or not isinstance(max_decoded_size, int)
                                              or max_decoded_size < 0):
             raise ValueError("max_decoded_size must be an int >= 0 or None, not %r" % (max_decoded_size,))
+        _models.check_max_body_size(max_body_size)
         self.parser = parser
         self.max_header_size = max_header_size
         self.max_headers = max_headers
         self.expect_continue = bool(expect_continue)
         self.max_decoded_size = max_decoded_size
         self.decode_content = bool(decode_content)
+        self.max_body_size = max_body_size
         _h1.make_connection(parser, max_header_size=max_header_size, max_headers=max_headers)
 
     def replace(self, **kw: Any) -> "H1Options":
@@ -386,17 +395,27 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 if k == b"content-encoding":
                     decoder = make_decoder(v.decode("latin-1"), opts.max_decoded_size)
         headers = Headers.from_raw(hdrs)
+        limit = opts.max_body_size
+        if limit is not None:
+            declared = h1.body_length
+            if declared is not None and declared > limit:
+                raise _models.body_too_large(limit, "Content-Length: %d" % declared)
         if stream:
-            body_stream = H1Body(c, st, timeout.read)
+            body_stream = H1Body(c, st, timeout.read, limit)
             resp = Response(ev.status, headers, reason=ev.reason.decode("latin-1"),
                             http_version=ev.http_version, url=request.url, request=request,
                             stream=body_stream, decoder=decoder)
             return resp
         chunks: List[bytes] = []
+        received = 0
         while True:
             ev = h1.next_event()
             cls = ev.__class__
             if cls is _Data:
+                if limit is not None:
+                    received += len(ev.data)
+                    if received > limit:
+                        raise _models.body_too_large(limit, "%d bytes received so far" % received)
                 chunks.append(ev.data)
             elif ev is NEED_DATA:
                 if deadline is not None:
@@ -484,14 +503,18 @@ def _send_body(sock: Any, st: _State, h1: Any, body: Any, timeout: Timeout,
 class H1Body:
     """The body stream of one HTTP/1.1 response (see ``models`` for the seam)."""
 
-    __slots__ = ("conn", "state", "read_timeout", "pending", "trailers", "__weakref__")
+    __slots__ = ("conn", "state", "read_timeout", "pending", "trailers", "limit", "received",
+                 "__weakref__")
 
-    def __init__(self, conn: Any, state: _State, read_timeout: Optional[float]) -> None:
+    def __init__(self, conn: Any, state: _State, read_timeout: Optional[float],
+                 limit: Optional[int] = None) -> None:
         self.conn = conn
         self.state = state
         self.read_timeout = read_timeout
         self.pending = b""
         self.trailers: Optional[Headers] = None
+        self.limit = limit          # max_body_size (None: no limit)
+        self.received = 0           # body bytes taken from the adapter so far
 
     @property
     def done(self) -> bool:
@@ -520,6 +543,11 @@ class H1Body:
                     data = ev.data
                     if not data:
                         continue
+                    if self.limit is not None:
+                        self.received += len(data)
+                        if self.received > self.limit:
+                            raise _models.body_too_large(
+                                self.limit, "%d bytes received so far" % self.received)
                     if len(data) > max_bytes:
                         self.pending = data[max_bytes:]
                         return data[:max_bytes]

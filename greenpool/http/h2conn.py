@@ -49,6 +49,11 @@ Rules and invariants:
   skipped); the request's limit (``Stream.max_header_list``) is checked after
   decoding, and a stream over it gets RST_STREAM and :class:`LimitExceeded`
   while the connection and the other streams carry on.
+* **Body limits are ours, per stream.**  A stream opened with ``max_body``
+  counts the DATA it receives (padding excluded); the frame that takes it past
+  the limit is dropped (its window given back), the stream gets RST_STREAM and
+  its caller :class:`LimitExceeded` once it has read what came before; the
+  connection and the other streams carry on.
 * **Capacity raised.**  A SETTINGS raising MAX_CONCURRENT_STREAMS after the
   handshake calls ``pool.capacity_changed(conn)`` so queued waiters run now.
 """
@@ -147,11 +152,14 @@ class Stream:
     """One request/response exchange on a connection: what the reader delivered so far."""
 
     __slots__ = ("id", "head", "chunks", "buffered", "ended", "trailers", "error", "waiter",
-                 "sending", "released", "max_header_list")
+                 "sending", "released", "max_header_list", "max_body", "received")
 
-    def __init__(self, stream_id: int, max_header_list: int = 65536) -> None:
+    def __init__(self, stream_id: int, max_header_list: int = 65536,
+                 max_body: Optional[int] = None) -> None:
         self.id = stream_id
         self.max_header_list = max_header_list    # our limit on each header block it receives
+        self.max_body = max_body                  # our limit on its body (None: no limit)
+        self.received = 0                         # body bytes received (padding excluded)
         self.head: Optional[List[Any]] = None     # response headers (raw, pseudo included)
         self.chunks: Deque[bytes] = deque()       # body data not yet consumed
         self.buffered = 0
@@ -418,6 +426,10 @@ class H2Protocol:
                 if st is None or st.released or (st.error is not None and st.head is None):
                     self.h2.acknowledge_received_data(n, ev.stream_id)
                     continue
+                if st.max_body is not None and self._body_over(st, len(data)):
+                    self.h2.acknowledge_received_data(n, ev.stream_id)
+                    touched.append(st)
+                    continue
                 if n > len(data):   # padding: give it back now
                     self.h2.acknowledge_received_data(n - len(data), ev.stream_id)
                 if data:
@@ -513,6 +525,26 @@ class H2Protocol:
         except h2.exceptions.ProtocolError:
             pass    # already closed both ways
         return False
+
+    def _body_over(self, st: Stream, size: int) -> bool:
+        """Count ``size`` more body bytes of ``st``; True when it is over its ``max_body``.
+
+        The first time: :class:`LimitExceeded` for its caller and RST_STREAM for this
+        stream only (see "Body limits" in the module docstring).  No yield.
+        """
+        st.received += size
+        limit = st.max_body
+        if limit is None or st.received <= limit:
+            return False
+        if st.error is None:
+            from greenpool.http.models import body_too_large  # (the error path only)
+            st.error = body_too_large(limit, "%d bytes received so far on HTTP/2 stream %d"
+                                      % (st.received, st.id))
+            try:
+                self.h2.reset_stream(st.id, ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                pass    # already closed both ways
+        return True
 
     def _reset_error(self, ev: Any) -> BaseException:
         code = ev.error_code
@@ -664,11 +696,13 @@ class H2Protocol:
             self._blocked.discard(st)
 
     def open_stream(self, headers: List[Any], end_stream: bool,
-                    max_header_list: Optional[int] = None) -> Stream:
+                    max_header_list: Optional[int] = None,
+                    max_body: Optional[int] = None) -> Stream:
         """Send HEADERS on a new stream.  No yield; raises :class:`Refused` if it cannot.
 
         ``max_header_list``: the largest header block this stream accepts (default
-        ``H2Config.max_header_list_size`` of the connection).
+        ``H2Config.max_header_list_size`` of the connection).  ``max_body``: the
+        most body bytes it accepts (None: no limit).
         """
         if self.closed or self.error is not None or self.goaway is not None:
             raise Refused("the HTTP/2 connection no longer takes new streams")
@@ -681,7 +715,7 @@ class H2Protocol:
         except h2.exceptions.ProtocolError as e:
             raise Refused("cannot open an HTTP/2 stream: %s" % (e,)) from None
         st = self.streams[sid] = Stream(sid, max_header_list if max_header_list is not None
-                                        else self.config.max_header_list_size)
+                                        else self.config.max_header_list_size, max_body)
         return st
 
     def release(self, st: Stream, reset: bool) -> None:

@@ -29,6 +29,9 @@ Promises:
   connection broke (EOF, reset, failed write) before any response byte when its
   method is idempotent or its stream is above a GOAWAY's last_stream_id (a
   failed write first reads what the server sent before closing, for its GOAWAY).
+* ``max_body_size`` (None: no limit): a ``content-length`` over it fails at the
+  head, a body growing past it fails then; either way with
+  :class:`~greenpool.errors.LimitExceeded` and RST_STREAM for that stream only.
 * Timeouts (:class:`~greenpool.http.models.Timeout`): ``pool`` for a stream
   slot, ``read`` for each wait for the head or body data, ``write`` for each
   wait for flow-control window or socket, all capped by ``deadline``.
@@ -60,7 +63,7 @@ from greenpool.errors import (
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.h2conn import H2Config, H2Protocol, Refused, Stream, _copy_error
-from greenpool.http.models import Headers, Request, Response, Timeout
+from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 
 if TYPE_CHECKING:
     from greenpool.pool import GreenPool
@@ -150,7 +153,7 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
            connect_opts: Dict[str, Any], http2: Any, config: Optional[H2Config] = None, *,
            stream: bool = True, decode_content: bool = True,
            max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-           max_header_size: Optional[int] = None) -> Any:
+           max_header_size: Optional[int] = None, max_body_size: Optional[int] = None) -> Any:
     """Send ``request`` over HTTP/2; see the module docstring for what comes back.
 
     ``config``: settings for connections this call opens (default :data:`DEFAULT_CONFIG`).
@@ -161,8 +164,11 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     this request accepts, in HTTP/2 terms (RFC 9113 6.5.2: name + value + 32 per
     field); default ``config.max_header_list_size``.  A stream over it is reset
     and fails with :class:`~greenpool.errors.LimitExceeded`; the connection and
-    its other streams carry on.
+    its other streams carry on.  ``max_body_size``: the most body bytes (as
+    received, before decoding) this request accepts (None: no limit), see the
+    module docstring.
     """
+    check_max_body_size(max_body_size)
     url = request.url
     if url.scheme == "https":
         tls = True
@@ -202,7 +208,7 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
             return conn                    # the server chose HTTP/1.1 by ALPN
         try:
             response = _exchange(pool, conn, request, headers, body, timeout, deadline, stale_retry,
-                                 decode_content, max_decoded_size, header_limit)
+                                 decode_content, max_decoded_size, header_limit, max_body_size)
         except Refused as e:
             retries += 1
             if retries > MAX_RETRIES or not _rewind(body, start_pos, getattr(e, "body_started", True)):
@@ -353,12 +359,13 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
               body: Any, timeout: Timeout, deadline: Optional[float], stale_retry: bool,
               decode_content: bool = True,
               max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-              header_limit: Optional[int] = None) -> Response:
+              header_limit: Optional[int] = None, max_body_size: Optional[int] = None) -> Response:
     proto: H2Protocol = conn.proto
     st: Optional[Stream] = None
     body_started = False
     try:
-        st = proto.open_stream(headers, end_stream=body is None, max_header_list=header_limit)
+        st = proto.open_stream(headers, end_stream=body is None, max_header_list=header_limit,
+                               max_body=max_body_size)
         proto.flush()
         if body is not None:
             body_started = True
@@ -374,6 +381,10 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
                                   % (conn.host, conn.port, st.id, _remaining(read, deadline) if
                                      deadline is None else "the read/total timeout"))
         status, resp_headers = _parse_head(st.head)
+        if max_body_size is not None and request.method != "HEAD" and status not in (204, 304):
+            declared = resp_headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > max_body_size:
+                raise body_too_large(max_body_size, "content-length: %s" % declared)
     except BaseException as e:
         if st is not None:
             proto.release(st, reset=not proto.stream_closed(st))

@@ -15,6 +15,10 @@ A transport (``h1transport`` / ``h2transport``) returns a Response whose
 Promises: the connection goes back to its pool exactly once, when the body
 has been read to the end, or when ``close()`` is called before the end
 (never a half-read socket back in the pool); ``content`` is cached.
+
+Both transports enforce the opt-in ``max_body_size`` (body bytes as framed on
+the wire, before Content-Encoding decoding) with the same validation
+(:func:`check_max_body_size`) and the same error (:func:`body_too_large`).
 """
 from __future__ import annotations
 
@@ -23,9 +27,24 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from greenpool.errors import HTTPStatusError, InvalidURL, StreamConsumed
+from greenpool.errors import HTTPStatusError, InvalidURL, LimitExceeded, StreamConsumed
 
 _UNSET: Any = object()
+
+
+def check_max_body_size(value: Any) -> Optional[int]:
+    """``max_body_size`` as given, if valid (an int >= 0, or None: no limit); else ValueError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError("max_body_size must be an int >= 0 (bytes) or None (no limit), not %r"
+                         % (value,))
+    return value
+
+
+def body_too_large(limit: int, what: str) -> LimitExceeded:
+    """The error for a response body over ``max_body_size``; ``what`` says how we know."""
+    return LimitExceeded("the response body is larger than max_body_size=%d bytes (%s): raise "
+                         "max_body_size, or set it to None and read the body piece by piece "
+                         "with stream=True" % (limit, what))
 
 
 class Timeout:

@@ -30,6 +30,12 @@ Rules:
    SELECT, AUTH, HELLO, SUBSCRIBE, MONITOR, CLIENT REPLY, ...) are refused by
    ``command``/``pipeline``: the connection is shared with other greenlets.
    Use ``transaction()``, ``noreply_*()`` and the ``db=``/``password=`` options.
+5. After ``os.fork()`` the child never touches the parent's sockets: it drops
+   them without a byte sent (as every pool does, see :mod:`greenpool.registry`),
+   fails the commands it inherited in flight with
+   :class:`~greenpool.errors.ConnectionClosed`, and opens its own ``pool_size``
+   connections in the background, as ``start="degraded"`` does; its commands
+   wait for them within their timeout.  The parent carries on untouched.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ from gevent.hub import Waiter
 
 from greenpool.connection import Connection
 from greenpool.errors import (
+    ConnectionClosed,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -302,6 +309,26 @@ class RedisPool(GreenPool):
         finally:
             if self._replacer is gevent.getcurrent():
                 self._replacer = None
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's connections, then open our own (rule 5)."""
+        protos = [c.proto for h in self._hosts.values() for c in list(h.shared) + list(h.retired)
+                  if c.proto is not None]
+        super()._after_fork_in_child()
+        for proto in protos:
+            # the callers copied from the parent fail now rather than at their timeout; the
+            # reader and writer copies stop (the sockets were already dropped, unused)
+            proto.abort(ConnectionClosed, ("the Redis connection to %s belongs to the parent "
+                                           "process (os.fork()); the command may or may not "
+                                           "have run there" % (self._where,),))
+            proto.close()
+        g, self._replacer = self._replacer, None
+        if g is not None and not g.dead:
+            g.kill(block=False)     # the parent's replacer (it counts the parent's host)
+        if self._closed:
+            return
+        self._h = self._new_host(self.host, self.port, self.transport, {}, prewarm=False)
+        self._replacer = gevent.spawn(self._replace)
 
     def _connection_closed(self, conn: Connection, reason: str) -> None:
         if self._closed:
