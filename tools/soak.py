@@ -204,6 +204,7 @@ def worker(n: int, stop: Any, stats: Stats, h1: Any, h2: Any, rp: Any, h1_url: s
                 c = h1 if rng.random() < 0.5 else h2
                 url = (h1_url if c is h1 else h2_url) + tag
                 g = gevent.spawn(_swallow_kill, c.get, url)
+                gevent.sleep(0)   # let it start: killed before it ran, it would never reach greenpool
                 gevent.sleep(rng.random() * 0.002)
                 g.kill(gevent.Timeout(0) if rng.random() < 0.5 else gevent.GreenletExit)
                 stats.ok["killed"] += 1
