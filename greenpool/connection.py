@@ -191,7 +191,9 @@ class Connector:
     and hands them out exclusively.  A protocol that multiplexes one
     connection among many greenlets (Redis) sets ``shared = True`` and returns
     a Connection whose ``proto`` implements ``max_users()``, ``is_alive()`` and
-    ``close()``.
+    ``close()``; optionally ``abandon_in_child()``, called in a forked child
+    before the inherited socket is dropped (fail the callers copied from the
+    parent, stop the copied reader, write nothing).
     """
 
     #: transports this connector accepts

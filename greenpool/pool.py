@@ -1069,6 +1069,15 @@ class GreenPool:
 
 
 def _drop_in_child(conn: Connection) -> None:
+    proto = conn.proto
+    abandon = getattr(proto, "abandon_in_child", None)
+    if abandon is not None:
+        # a multiplexing protocol fails the callers copied from the parent and stops its
+        # copied reader, writing nothing
+        try:
+            abandon()
+        except Exception:  # noqa: BLE001 - the child goes on without it either way
+            log.debug("abandon_in_child of %r failed", conn, exc_info=True)
     conn.state = CLOSED
     io, conn._io = conn._io, None
     timer, conn._timer = conn._timer, None

@@ -913,3 +913,52 @@ def test_rest_of_proxy_faults_through_the_client(no_leaks):
             client.get(px.url + "/refused")
         assert_exact(pool)
         pool.close()
+
+
+def test_fork_with_http2_streams_in_flight(hypercorn, tls, no_leaks):
+    """HTTP/2 requests in flight at os.fork().  In the child the copied callers never use
+    the parent's connection (its copied reader is stopped, nothing is written): a POST
+    fails at once with ConnectionClosed, an idempotent GET is sent again on the child's
+    own connection.  In the parent both complete on the connection they started on."""
+    from greenpool.http import client as client_mod
+
+    pool = greenpool.start_pool("faults-fork-h2", max_connections=4)
+    c = greenpool.Client(pool="faults-fork-h2", http2=True, verify=tls.ca_bundle)
+    try:
+        assert c.get(hypercorn.https_url + "/").http_version == "HTTP/2"
+        pools = [pool] + list((client_mod._companions.get(pool) or {}).values())
+
+        def ports():
+            return set().union(*(_local_ports(p) for p in pools))
+
+        parent_ports = ports()
+        assert parent_ports
+        slow = hypercorn.https_url + "/slow/0.6"
+        get = gevent.spawn(c.get, slow)
+        post = gevent.spawn(c.post, slow, b"not to be sent twice")
+        gevent.sleep(0.2)   # both streams are open, waiting for their answers
+
+        def child():
+            started = time.monotonic()
+            try:
+                post.get(timeout=5)
+                posted = "answered"
+            except greenpool.ConnectionClosed as e:
+                posted = "ConnectionClosed: %s" % e
+            waited = time.monotonic() - started
+            r = get.get(timeout=5)
+            return {"posted": posted, "waited": waited, "get": r.json(), "ports": sorted(ports())}
+
+        report = _fork_and_report(child)
+        assert "error" not in report, report
+        assert report["posted"].startswith("ConnectionClosed") and "parent process" in report["posted"]
+        assert report["waited"] < 0.3, report            # at once, not after the answer
+        assert report["get"] == {"slept": 0.6}, report
+        assert report["ports"] and not set(report["ports"]) & parent_ports, report
+        assert get.get(timeout=5).json() == {"slept": 0.6}   # the parent's own answers
+        assert post.get(timeout=5).json() == {"slept": 0.6}
+        assert ports() == parent_ports                       # on the same connection
+        for p in pools:
+            assert_exact(p)
+    finally:
+        greenpool.stop_pool("faults-fork-h2")

@@ -253,6 +253,20 @@ class H2Protocol:
         if reader is not None and reader is not getcurrent() and not reader.dead:
             reader.kill(block=False)
 
+    def abandon_in_child(self) -> None:
+        """After ``os.fork()``, in the child: this connection is the parent's.
+
+        The streams copied from the parent fail now with
+        :class:`~greenpool.errors.ConnectionClosed` (rather than waiting for a
+        reader that will never read) and the copied reader stops; nothing is
+        written to the socket, which the pool then drops.  Never yields.
+        """
+        if self.error is None:
+            self.error = ConnectionClosed(
+                "the HTTP/2 connection to %s:%s belongs to the parent process (os.fork()); "
+                "the request may or may not have been processed there" % self.conn.key[:2])
+        self.close()
+
     def ping(self, timeout: Optional[float]) -> None:
         """Send a PING and wait for its ACK (the pool's idle health check)."""
         if self.error is not None or self.closed:
