@@ -380,11 +380,11 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
                 raise ReadTimeout("no response head from %s:%s on HTTP/2 stream %d within %ss"
                                   % (conn.host, conn.port, st.id, _remaining(read, deadline) if
                                      deadline is None else "the read/total timeout"))
-        status, resp_headers = _parse_head(st.head)
+        status, resp_headers, coding, declared = _parse_head(st.head)
         if max_body_size is not None and request.method != "HEAD" and status not in (204, 304):
-            declared = resp_headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > max_body_size:
-                raise body_too_large(max_body_size, "content-length: %s" % declared)
+                raise body_too_large(max_body_size, "content-length: %s"
+                                     % declared.decode("latin-1"))
     except BaseException as e:
         if st is not None:
             proto.release(st, reset=not proto.stream_closed(st))
@@ -412,26 +412,34 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
     if st.ended and not st.chunks and st.error is None:
         stream._finish()
     decoder = None
-    coding = resp_headers.get("content-encoding")
     if coding and decode_content:
         decoder = make_decoder(coding, max_decoded_size)
     return Response(status, resp_headers, reason=_REASONS.get(status, ""), http_version="HTTP/2",
                     url=request.url, request=request, stream=stream, decoder=decoder)
 
 
-def _parse_head(raw: List[Tuple[bytes, bytes]]) -> Tuple[int, Headers]:
+def _parse_head(raw: List[Tuple[bytes, bytes]]) -> Tuple[int, Headers, Optional[str], Optional[bytes]]:
+    """(status, headers, Content-Encoding as one str or None, the last Content-Length or None),
+    read off the bytes: the Headers object decodes its fields only if someone looks."""
     status = None
     fields = []
+    codings: List[bytes] = []
+    length = None
     for k, v in raw:
         if k[:1] == b":":
             if k == b":status" and status is None:
                 status = v
                 continue
             raise RemoteProtocolError("unexpected pseudo-header %r in an HTTP/2 response" % (k,))
+        if k == b"content-encoding":
+            codings.append(v)
+        elif k == b"content-length":
+            length = v
         fields.append((k, v))
     if status is None or len(status) != 3 or not status.isdigit():
         raise RemoteProtocolError("invalid or missing :status %r in an HTTP/2 response" % (status,))
-    return int(status), Headers.from_raw(fields)
+    coding = b", ".join(codings).decode("latin-1") if codings else None
+    return int(status), Headers.from_raw(fields), coding, length
 
 
 def _chunks(body: Any) -> Iterator[bytes]:
