@@ -397,13 +397,11 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     break
         # -- the response -------------------------------------------------------------
         head = ev
-        hdrs = ev.headers
         decoder = None
         if opts.decode_content:
-            for k, v in hdrs:
-                if k == b"content-encoding":
-                    decoder = make_decoder(v.decode("latin-1"), opts.max_decoded_size)
-        headers = Headers.from_raw(hdrs)
+            for v in h1.content_encodings:
+                decoder = make_decoder(v.decode("latin-1"), opts.max_decoded_size)
+        headers = Headers.from_raw(ev.headers)
         limit = opts.max_body_size
         if limit is not None:
             declared = h1.body_length
