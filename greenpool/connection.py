@@ -175,11 +175,10 @@ class Connection:
     def _watch(self, due: Optional[float], now: float, on_readable: Any, on_timer: Any) -> None:
         """Start the idle watchers (hub callbacks; ``ref=False``); the timer fires
         by ``due`` (monotonic; None: no timer), see the module docstring."""
-        loop = get_hub().loop
         if on_readable is not None:
             io = self._io
             if io is None:
-                io = self._io = loop.io(self.sock.fileno(), 1, ref=False)
+                io = self._io = get_hub().loop.io(self.sock.fileno(), 1, ref=False)
             io.start(on_readable, self)
         timer = self._timer
         if timer is not None:
@@ -188,7 +187,7 @@ class Connection:
             self._timer = None
             timer.close()
         if due is not None:
-            timer = self._timer = loop.timer(max(due - now, 0.0), ref=False)
+            timer = self._timer = get_hub().loop.timer(max(due - now, 0.0), ref=False)
             self._timer_due = due
             timer.start(on_timer, self)
 
