@@ -11,13 +11,18 @@ What this owns:
   and close its connections (TCP/TLS by default; Redis supplies its own).
 
 Self-expiry.  While a connection is idle in its pool it owns two hub
-watchers, started at checkin and stopped at checkout (no greenlet is spawned
-on the per-request path):
+watchers (no greenlet is spawned on the per-request path):
 
-* an I/O watcher on its socket: the peer closing, resetting or writing to an
-  idle connection makes it close itself and leave the pool at once;
+* an I/O watcher on its socket, started at checkin and stopped at checkout:
+  the peer closing, resetting or writing to an idle connection makes it close
+  itself and leave the pool at once;
 * a timer: the idle ``timeout``, ``max_lifetime`` or the next health ping
-  (``idle_interval``, with jitter), whichever comes first.
+  (``idle_interval``, with jitter), whichever comes first.  It is not stopped
+  at checkout: a checkin keeps the running timer when it fires no later than
+  the new deadline (a busy connection's deadline only moves later), and the
+  pool's callback ignores a busy connection and re-arms an idle one that is
+  not due yet.  So the timer costs a wakeup per idle timeout at most, not a
+  new timer per request.  Closing the connection stops it.
 
 A shared connection (HTTP/2, Redis) runs its own reader greenlet, which sees
 the peer's close while busy or idle; only the timer is used for it.
@@ -54,7 +59,8 @@ class Connection:
 
     __slots__ = (
         "key", "sock", "proto", "id", "created_at", "expires_at", "last_used", "uses",
-        "state", "holder", "users", "pool", "_host", "_io", "_timer", "_ping_at", "__weakref__",
+        "state", "holder", "users", "pool", "_host", "_io", "_timer", "_timer_due", "_ping_at",
+        "__weakref__",
         "proto_state", "idle_timeout", "_probe",
     )
 
@@ -77,6 +83,7 @@ class Connection:
         self._host: Any = None
         self._io: Any = None
         self._timer: Any = None
+        self._timer_due = 0.0  # when the running timer fires (monotonic)
         self._ping_at: Optional[float] = None
         #: protocol state of an exclusive connection (e.g. the HTTP/1.1 parser kept
         #: across requests); the pool never looks at it; dropped at close
@@ -149,6 +156,9 @@ class Connection:
         self.proto_state = None
         self._probe = None
         self._unwatch()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
         io, self._io = self._io, None
         if io is not None:
             io.close()
@@ -162,26 +172,30 @@ class Connection:
             except OSError:
                 pass
 
-    def _watch(self, seconds: Optional[float], on_readable: Any, on_timer: Any) -> None:
-        """Start the idle watchers (hub callbacks; ``ref=False``)."""
-        loop = get_hub().loop
+    def _watch(self, due: Optional[float], now: float, on_readable: Any, on_timer: Any) -> None:
+        """Start the idle watchers (hub callbacks; ``ref=False``); the timer fires
+        by ``due`` (monotonic; None: no timer), see the module docstring."""
         if on_readable is not None:
             io = self._io
             if io is None:
-                io = self._io = loop.io(self.sock.fileno(), 1, ref=False)
+                io = self._io = get_hub().loop.io(self.sock.fileno(), 1, ref=False)
             io.start(on_readable, self)
-        if seconds is not None:
-            timer = self._timer = loop.timer(max(seconds, 0.0), ref=False)
+        timer = self._timer
+        if timer is not None:
+            if due is not None and timer.active and self._timer_due <= due:
+                return
+            self._timer = None
+            timer.close()
+        if due is not None:
+            timer = self._timer = get_hub().loop.timer(max(due - now, 0.0), ref=False)
+            self._timer_due = due
             timer.start(on_timer, self)
 
     def _unwatch(self) -> None:
+        """Stop the I/O watcher (the timer runs on: see the module docstring)."""
         io = self._io
         if io is not None and io.active:
             io.stop()
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            timer.close()
 
 
 class Connector:

@@ -868,7 +868,7 @@ class GreenPool:
             if due is None or conn._ping_at < due:
                 due = conn._ping_at
         watch = self._on_readable if self.connector.watch_socket(conn) else None
-        conn._watch(None if due is None else due - now, watch, self._on_timer)
+        conn._watch(due, now, watch, self._on_timer)
 
     def _idle_timeout(self, conn: Connection) -> Optional[float]:
         """The pool's idle timeout, lowered by the connection's own (``conn.idle_timeout``)."""

@@ -505,6 +505,14 @@ class Client:
                 follow_redirects: Any = _UNSET, max_redirects: Any = _UNSET,
                 retries: Any = _UNSET, stream: bool = False, pool: Any = _UNSET) -> Response:
         """Send one request; returns the :class:`Response` (read unless ``stream=True``)."""
+        return self._request(method, url, params, headers, body, json, timeout, follow_redirects,
+                             max_redirects, retries, stream, pool)
+
+    def _request(self, method: str, url: Union[str, URL], params: Any, headers: Any, body: Any,
+                 json: Any, timeout: Any, follow_redirects: Any, max_redirects: Any,
+                 retries: Any, stream: bool, pool: Any) -> Response:
+        # request() with its arguments in order: the module-level functions call it
+        # positionally (matching a dozen keywords costs more than the call)
         if self._closed:
             raise HTTPError("this Client was closed")
         base = self.base_url
@@ -512,11 +520,15 @@ class Client:
             u = base.join(url) if not params else URL(str(base.join(url)), params)
         else:
             u = _url(url, params)
-        t = self.timeout if timeout is _UNSET else _coerce_timeout(timeout)
+        t = self.timeout if timeout is _UNSET else \
+            _NO_TIMEOUT if timeout is None else _coerce_timeout(timeout)
         total = t.total
         deadline = None if total is None else _monotonic() + total
         gp = self._pool(pool)
-        data, length, ctype = _encode_body(body, json)
+        if body is None and json is None:
+            data, length, ctype = None, 0, None
+        else:
+            data, length, ctype = _encode_body(body, json)
         raw_override = _raw_list(headers) if headers is not None else None
         if length < 0 and raw_override:
             for k, v in raw_override:
@@ -836,9 +848,8 @@ def request(method: str, url: Union[str, URL], *, pool: Any = "default", params:
         client = _default_client
         if client is None:
             client = _default_client = Client(pool=None)
-    return client.request(method, url, params=params, headers=headers, body=body, json=json,
-                          timeout=timeout, follow_redirects=follow_redirects,
-                          max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+    return client._request(method, url, params, headers, body, json, timeout, follow_redirects,
+                           max_redirects, retries, stream, pool)
 
 
 def get(url: Union[str, URL], **kw: Any) -> Response:

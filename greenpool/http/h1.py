@@ -74,6 +74,10 @@ Promises, identical for both backends (the tests feed every case to both):
 * ``keep_alive_timeout`` is the ``timeout=N`` of the final response's
   ``Keep-Alive`` header (seconds, a float), else None.
 
+* ``content_encodings``, once the final :class:`ResponseHead` was returned, is
+  the values of its ``Content-Encoding`` fields, in order (a tuple of bytes,
+  empty when there are none); the adapter does not decode the body.
+
 * ``body_length``, once the final :class:`ResponseHead` was returned, is the
   number of body bytes the head announced: its ``Content-Length``, ``0`` when
   the response has no body (HEAD, 204, 304), ``None`` when the length is not
@@ -324,7 +328,8 @@ _VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", b"1.1": "HTTP/1.1", b"1.0": "
 # reason-phrase = *( HTAB / SP / VCHAR / obs-text ): h11 enforces it, llhttp lets NUL and
 # other controls through, so the rule is applied here for both
 _REASON_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_SPECIAL_RESP = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive"))
+_SPECIAL_RESP = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+                           b"content-encoding"))
 _MAX_CONTENT_LENGTH = 2**63 - 1
 _digits_re = re.compile(rb"[0-9]+")
 UPGRADE_REFUSED = "unexpected 101 Switching Protocols: protocol upgrades are not supported"
@@ -354,6 +359,7 @@ class H1Connection:
     __slots__ = (
         "keep_alive",
         "keep_alive_timeout",
+        "content_encodings",
         "_max_header_size",
         "_max_headers",
         "_method",
@@ -386,6 +392,7 @@ class H1Connection:
     def _reset(self) -> None:
         self.keep_alive = False
         self.keep_alive_timeout: Optional[float] = None
+        self.content_encodings: Tuple[bytes, ...] = ()
         self._method = b""
         self._is_head = False
         self._send = _S_IDLE
@@ -515,6 +522,7 @@ class H1Connection:
         close = self._close_requested
         keep_alive_header = False
         ka_timeout = None
+        encodings: Tuple[bytes, ...] = ()
         for name, value in specials:
             if name == b"content-length":
                 if length >= 0:
@@ -539,8 +547,10 @@ class H1Connection:
                         close = True
                     elif token == b"keep-alive":
                         keep_alive_header = True
-            else:  # keep-alive
+            elif name == b"keep-alive":
                 ka_timeout = _keep_alive_timeout(value)
+            else:  # content-encoding
+                encodings += (value,)
         if chunked and length >= 0:
             raise RemoteProtocolError(
                 "a response must not carry both Content-Length and Transfer-Encoding"
@@ -559,6 +569,7 @@ class H1Connection:
             not close and framing != _F_CLOSE and (http_version == "HTTP/1.1" or keep_alive_header)
         )
         self.keep_alive_timeout = ka_timeout
+        self.content_encodings = encodings
         self._rstate = _R_BODY
         return ResponseHead(status, reason, http_version, headers)
 

@@ -192,6 +192,15 @@ def _settimeout(sock: Any, st: _State, seconds: Optional[float]) -> None:
         st.timeout = seconds
 
 
+def _phase_timeout(sock: Any, st: _State, seconds: Optional[float], deadline: Optional[float],
+                   exc: Any) -> None:
+    """The socket timeout for one phase: ``seconds`` lowered to the total deadline."""
+    if deadline is not None:
+        seconds = _left(seconds, deadline, exc)
+    if st.timeout != seconds:
+        _settimeout(sock, st, seconds)
+
+
 def _is_reset(e: BaseException) -> bool:
     if isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return True
@@ -271,7 +280,7 @@ def handle(pool: Any, request: Request, timeout: Timeout, deadline: Optional[flo
     method = request.method
     tries = 0
     body = request.body
-    rewind = _rewind_point(body)
+    rewind = None if body is None else _rewind_point(body)
     while True:
         if conn is None:
             c = _checkout(pool, key, timeout, deadline, connect_opts)
@@ -329,7 +338,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     if expect:
         raw = raw + [(b"Expect", b"100-continue")]
     try:
-        head = h1.send_request(_method_bytes(method), target, raw,
+        head = h1.send_request(_METHOD_BYTES.get(method) or _method_bytes(method), target, raw,
                                length if body is not None else 0)
     except BaseException:
         # nothing was written and the adapter is untouched: the connection is still good
@@ -339,7 +348,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     ev: Any = None
     try:
         # -- write the request ------------------------------------------------------
-        _settimeout(sock, st, _left(timeout.write, deadline, WriteTimeout))
+        _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
         try:
             if body is None or length == 0:
                 send_all(sock, head)
@@ -353,7 +362,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 written = True
                 if expect:
                     ev = _await_continue(sock, st, h1, timeout, deadline)
-                    _settimeout(sock, st, _left(timeout.write, deadline, WriteTimeout))
+                    _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
                 if ev is None or ev.__class__ is not _ResponseHead:
                     ev = None
                     _send_body(sock, st, h1, body, timeout, deadline)
@@ -364,7 +373,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             raise err from e
         # -- read the response head ---------------------------------------------------
         if ev is None:
-            _settimeout(sock, st, _left(timeout.read, deadline, ReadTimeout))
+            _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
             got = False
             while True:
                 try:
@@ -373,7 +382,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     raise _Stale(e, True) from None
                 if ev is NEED_DATA:
                     if deadline is not None:
-                        _settimeout(sock, st, _left(timeout.read, deadline, ReadTimeout))
+                        _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
                     try:
                         data = _recv(sock, st)
                     except OSError as e:
@@ -388,13 +397,11 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     break
         # -- the response -------------------------------------------------------------
         head = ev
-        hdrs = ev.headers
         decoder = None
         if opts.decode_content:
-            for k, v in hdrs:
-                if k == b"content-encoding":
-                    decoder = make_decoder(v.decode("latin-1"), opts.max_decoded_size)
-        headers = Headers.from_raw(hdrs)
+            for v in h1.content_encodings:
+                decoder = make_decoder(v.decode("latin-1"), opts.max_decoded_size)
+        headers = Headers.from_raw(ev.headers)
         limit = opts.max_body_size
         if limit is not None:
             declared = h1.body_length
@@ -419,7 +426,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 chunks.append(ev.data)
             elif ev is NEED_DATA:
                 if deadline is not None:
-                    _settimeout(sock, st, _left(timeout.read, deadline, ReadTimeout))
+                    _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
                 try:
                     data = _recv(sock, st)
                 except OSError as e:
@@ -482,7 +489,7 @@ def _send_body(sock: Any, st: _State, h1: Any, body: Any, timeout: Timeout,
             if isinstance(chunk, str):
                 chunk = chunk.encode("utf-8")
             if deadline is not None:
-                _settimeout(sock, st, _left(timeout.write, deadline, WriteTimeout))
+                _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
             send(h1.send_data(chunk))
     else:
         for chunk in body:
@@ -493,7 +500,7 @@ def _send_body(sock: Any, st: _State, h1: Any, body: Any, timeout: Timeout,
             if not chunk:
                 continue
             if deadline is not None:
-                _settimeout(sock, st, _left(timeout.write, deadline, WriteTimeout))
+                _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
             send(h1.send_data(chunk))
     end = h1.send_end()
     if end:
