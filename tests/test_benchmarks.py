@@ -57,3 +57,20 @@ def test_harness_quick_one_client(tmp_path: Path) -> None:
     assert row["cpu_per_1k"] > 0 and row["peak_rss_mb"] > 0
     if importlib.util.find_spec("matplotlib") is not None:
         assert chart.stat().st_size > 1000
+
+
+def test_instruction_counts_one_client() -> None:
+    """benchmarks.instructions: the worker under callgrind twice, a positive count per request."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind not installed")
+    if shutil.which("nginx") is None and shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is required under CI")
+        pytest.skip("nginx not installed")
+    proc = _run(["benchmarks.instructions", "raw-httptools", "--concurrency", "2",
+                 "--small", "20", "--large", "60"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("raw-httptools")]
+    assert line and "instructions/request" in line[0], proc.stdout
+    count = float(line[0].split()[-2])
+    assert 1_000 < count < 10_000_000, line   # a bare httptools exchange: tens of thousands

@@ -1,0 +1,93 @@
+"""Instructions per request, counted by callgrind: a measure that does not move with the load.
+
+    python -m benchmarks.instructions greenpool-h11 raw-h11 [--concurrency 50] [--workload get-100B]
+
+Timings on a shared 2-core machine move by 20-50% from run to run, which hides changes of a
+few microseconds per request.  This starts the suite's servers (:mod:`benchmarks.servers`),
+then runs each client's benchmark worker (:mod:`benchmarks.worker`, the same code the timed
+suite runs) under ``valgrind --tool=callgrind`` twice, with ``--small`` and ``--large``
+requests and a fixed warm-up, and prints ``(Ir(large) - Ir(small)) / (large - small)``: what
+one more request costs, start-up and warm-up cancelled out.  The count is the same from run to
+run within about 1% (``PYTHONHASHSEED=0``, as the suite sets).  It counts instructions, not
+cycles: cache misses and the kernel's share are not in it.  Needs valgrind (Debian package
+``valgrind``); each client takes about a minute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, WORKLOADS
+from benchmarks.run import ROOT, _env
+from benchmarks.servers import Servers
+
+WARMUP = 200
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def collected(spec: Dict[str, Any], timeout: float = 900.0) -> Optional[int]:
+    """Instructions the worker executed for ``spec`` (None: the run failed)."""
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+           sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    m = _COLLECTED.search(proc.stderr)
+    if m is None or '"status": "ok"' not in proc.stdout:
+        return None
+    return int(m.group(1))
+
+
+def per_request(client: str, workload: str, concurrency: int, targets: Dict[str, Any],
+                small: int, large: int) -> Optional[float]:
+    def spec(n: int) -> Dict[str, Any]:
+        return {"client": client, "workload": WORKLOADS[workload].spec(),
+                "concurrency": concurrency, "targets": targets, "requests": n,
+                "max_seconds": 600, "warmup": WARMUP}
+    a = collected(spec(small))
+    b = collected(spec(large))
+    if a is None or b is None:
+        return None
+    return (b - a) / (large - small)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("clients", nargs="+", help="client names (python -m benchmarks --list)")
+    ap.add_argument("--workload", default="get-100B", choices=sorted(WORKLOADS))
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--small", type=int, default=300, help="requests in the short run (300)")
+    ap.add_argument("--large", type=int, default=1300, help="requests in the long run (1300)")
+    args = ap.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
+        return 2
+    unknown = [c for c in args.clients if c not in CLIENTS or CLIENTS[c].kind == "ceiling"]
+    if unknown or args.large <= args.small:
+        ap.error("unknown (or C ceiling) clients: %s" % ", ".join(unknown) if unknown
+                 else "--large must be more than --small")
+    redis = WORKLOADS[args.workload].protocol == "redis"
+    with tempfile.TemporaryDirectory(prefix="greenpool-instr-") as d, \
+            Servers(Path(d), need_http=not redis, need_redis=redis) as servers:
+        if servers.problems:
+            print("servers: %s" % servers.problems, file=sys.stderr)
+            return 2
+        servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
+        for client in args.clients:
+            n = per_request(client, args.workload, args.concurrency, servers.targets,
+                            args.small, args.large)
+            shown = "failed (run the worker by hand to see why)" if n is None else "%9.0f" % n
+            print("%-22s %s C=%-4d %s instructions/request" % (
+                client, args.workload, args.concurrency, shown), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
