@@ -144,6 +144,15 @@ class RedisProtocol:
             if g is not None and g is not current and not g.dead:
                 g.kill(block=False)
 
+    def abandon_in_child(self) -> None:
+        """After ``os.fork()``, in the child (the pool calls it before dropping the socket):
+        the callers copied from the parent fail now rather than at their timeout, and the
+        copied reader and writer stop; nothing is written."""
+        self.abort(ConnectionClosed, ("the Redis connection to %s belongs to the parent process "
+                                      "(os.fork()); the command may or may not have run there"
+                                      % self.where,))
+        self.close()
+
     # -- callers --
 
     def submit(self, data: bytes, slot: Any, replies: int) -> None:

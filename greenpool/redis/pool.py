@@ -50,7 +50,6 @@ from gevent.hub import Waiter
 
 from greenpool.connection import Connection
 from greenpool.errors import (
-    ConnectionClosed,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -311,17 +310,9 @@ class RedisPool(GreenPool):
                 self._replacer = None
 
     def _after_fork_in_child(self) -> None:
-        """In a forked child: forget the parent's connections, then open our own (rule 5)."""
-        protos = [c.proto for h in self._hosts.values() for c in list(h.shared) + list(h.retired)
-                  if c.proto is not None]
+        """In a forked child: forget the parent's connections (each protocol's
+        ``abandon_in_child`` fails its copied callers), then open our own (rule 5)."""
         super()._after_fork_in_child()
-        for proto in protos:
-            # the callers copied from the parent fail now rather than at their timeout; the
-            # reader and writer copies stop (the sockets were already dropped, unused)
-            proto.abort(ConnectionClosed, ("the Redis connection to %s belongs to the parent "
-                                           "process (os.fork()); the command may or may not "
-                                           "have run there" % (self._where,),))
-            proto.close()
         g, self._replacer = self._replacer, None
         if g is not None and not g.dead:
             g.kill(block=False)     # the parent's replacer (it counts the parent's host)
