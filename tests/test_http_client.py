@@ -5,6 +5,7 @@ Every fault test ends with ``assert_exact(pool)`` and runs under ``no_leaks``.
 from __future__ import annotations
 
 import gzip
+import zlib
 import io
 import json
 import socket
@@ -542,6 +543,18 @@ def test_gzip_response_and_cap(pool, parser, no_leaks):
             small.get(srv.url)
         with pytest.raises(errors.DecodingError):
             small.get(srv.url, stream=True).read()
+        assert_exact(pool)
+
+
+def test_content_encoding_over_several_fields(pool, parser, no_leaks):
+    # RFC 9110 5.3: two Content-Encoding fields mean one list, in order (as HTTP/2 reads them)
+    payload = b"greenpool " * 500
+    z = zlib.compress(gzip.compress(payload))     # gzip applied first, then deflate
+    with HTTPFake(lambda r, s: ok(z, "Content-Encoding: gzip", "Content-Encoding: deflate")) as srv:
+        c = greenpool.Client(pool=pool, http1_parser=parser)
+        assert c.get(srv.url).content == payload
+        assert b"".join(c.get(srv.url, stream=True).iter_bytes(100)) == payload
+        assert c.get(srv.url).headers["content-encoding"] == "gzip, deflate"
         assert_exact(pool)
 
 

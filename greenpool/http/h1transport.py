@@ -398,9 +398,10 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
         # -- the response -------------------------------------------------------------
         head = ev
         decoder = None
-        if opts.decode_content:
-            for v in h1.content_encodings:
-                decoder = make_decoder(v.decode("latin-1"), opts.max_decoded_size)
+        codings = h1.content_encodings
+        if codings and opts.decode_content:
+            # several fields are one list, in order (RFC 9110 5.3), as HTTP/2 reads them
+            decoder = make_decoder(b", ".join(codings).decode("latin-1"), opts.max_decoded_size)
         headers = Headers.from_raw(ev.headers)
         limit = opts.max_body_size
         if limit is not None:
