@@ -5,11 +5,11 @@ Every fault test ends with ``assert_exact(pool)`` and runs under ``no_leaks``.
 from __future__ import annotations
 
 import gzip
-import zlib
 import io
 import json
 import socket
 import struct
+import zlib
 
 import gevent
 import pytest
