@@ -87,6 +87,7 @@ from greenpool.errors import (
     RemoteProtocolError,
     WriteError,
 )
+from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
 
 log = logging.getLogger("greenpool.http.h2")
@@ -548,10 +549,10 @@ class H2Protocol:
         """
         st.received += size
         limit = st.max_body
-        if limit is None or st.received <= limit:
+        assert limit is not None, "called only for a stream with a body limit"
+        if st.received <= limit:
             return False
         if st.error is None:
-            from greenpool.http.models import body_too_large  # (the error path only)
             st.error = body_too_large(limit, "%d bytes received so far on HTTP/2 stream %d"
                                       % (st.received, st.id))
             try:
