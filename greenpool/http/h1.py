@@ -87,7 +87,7 @@ Promises, identical for both backends (the tests feed every case to both):
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from greenpool.errors import (
     ConnectionClosed,
@@ -300,6 +300,14 @@ def _check_request(
 _CONTENT_LENGTH_0: Headers = [(b"Content-Length", b"0")]
 _NO_FRAMING: Headers = []
 
+# Requests already checked, keyed by (method, target, body_length, header tuple): a
+# client sends the same request again and again, so the checks above and the
+# backend's serialization run once per distinct request.  An entry is
+# [framing headers, send state, close requested, head bytes (httptools), h11 event
+# (h11)]; nothing in it is reachable by callers.  Bounded: cleared when full.
+_checked: Dict[Tuple[Any, ...], List[Any]] = {}
+_CHECKED_MAX = 1024
+
 
 def serialize_head(method: bytes, target: bytes, headers: Headers) -> bytes:
     """The request head, byte for byte what h11 writes for the same event."""
@@ -424,19 +432,32 @@ class H1Connection:
 
     def _begin_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
-    ) -> Headers:
+    ) -> List[Any]:
+        """Check the request and start the send side; returns its :data:`_checked` entry."""
         if self._send != _S_IDLE or self._rstate != _R_HEAD or self._received_any:
             raise LocalProtocolError(
                 "a request is already in progress on this connection: finish the response and "
                 "call start_next_cycle() (or use a new connection)"
             )
-        framing, state, close = _check_request(method, target, headers, body_length)
+        try:
+            key: Any = (method, target, body_length, tuple(headers))
+            entry = _checked.get(key)
+        except TypeError:  # an unhashable header: checked (and refused) below, never kept
+            key = entry = None
+        if entry is None:
+            framing, state, close = _check_request(method, target, headers, body_length)
+            entry = [framing, state, close, None, None]
+            if key is not None:
+                if len(_checked) >= _CHECKED_MAX:
+                    _checked.clear()
+                _checked[key] = entry
+        state = entry[1]
         self._method = method
         self._is_head = method == b"HEAD"
         self._send = state
         self._send_left = body_length if state == _S_LENGTH else 0  # type: ignore[assignment]
-        self._close_requested = close
-        return framing
+        self._close_requested = entry[2]
+        return entry
 
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]

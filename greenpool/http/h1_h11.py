@@ -18,7 +18,7 @@ h11: the shared rules in ``h1.py`` decide what it means.
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Tuple, Union
+from typing import Optional, Union
 
 import h11
 
@@ -50,25 +50,21 @@ _H11_NEED_DATA = h11.NEED_DATA
 _H11Headers = h11._headers.Headers
 _EOM = h11.EndOfMessage()  # immutable: one instance serves every request
 
-# Request heads as h11 events, keyed by the header list.  _check_request (h1.py)
-# has validated every name, value, method and target before h11 sees them, so
-# h11 is handed them as already parsed (``_parsed=True`` and its own Headers
-# type): it still runs its state machine and writes the bytes, without
-# validating the same fields a second time.  Clients send the same few header
-# lists again and again, so the (raw, lowercased, value) triples are kept.
-_h11_headers: Dict[Tuple[Tuple[bytes, bytes], ...], "h11._headers.Headers"] = {}
-_H11_HEADERS_MAX = 1024
+# Request heads as h11 events, one per distinct request (kept in h1's _checked
+# entry).  _check_request (h1.py) has validated every name, value, method and
+# target before h11 sees them, so h11 is handed them as already parsed
+# (``_parsed=True`` and its own Headers type, of (raw, lowercased, value)
+# triples): it still runs its state machine and writes the bytes, without
+# validating the same fields a second time.
 
 
-def _as_h11_headers(headers: Headers) -> "h11._headers.Headers":
-    key = tuple(headers)
-    hh = _h11_headers.get(key)
-    if hh is None:
-        hh = _H11Headers([(name, name.lower(), value) for name, value in headers])
-        if len(_h11_headers) >= _H11_HEADERS_MAX:
-            _h11_headers.clear()
-        _h11_headers[key] = hh
-    return hh
+def _h11_request(method: bytes, target: bytes, headers: Headers) -> h11.Request:
+    return h11.Request(
+        method=method,
+        target=target,
+        headers=_H11Headers([(name, name.lower(), value) for name, value in headers]),
+        _parsed=True,
+    )
 
 
 class H11Connection(H1Connection):
@@ -93,14 +89,12 @@ class H11Connection(H1Connection):
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
     ) -> bytes:
-        framing = self._begin_request(method, target, headers, body_length)
+        entry = self._begin_request(method, target, headers, body_length)
+        event = entry[4]
+        if event is None:
+            framing = entry[0]
+            event = entry[4] = _h11_request(method, target, headers + framing if framing else headers)
         try:
-            event = h11.Request(
-                method=method,
-                target=target,
-                headers=_as_h11_headers(headers + framing if framing else headers),
-                _parsed=True,
-            )
             out = self._h11.send(event)
             if self._send == _S_DONE:
                 self._h11.send(_EOM)

@@ -57,10 +57,6 @@ class HttptoolsConnection(H1Connection):
         "_events",
         "_reason",
         "_hdrs",
-        "_hsize",
-        "_specials",
-        "_tcount",
-        "_tsize",
         "_cb_error",
         "_tail",
         "_dirty",
@@ -72,11 +68,7 @@ class HttptoolsConnection(H1Connection):
         super().__init__(max_header_size=max_header_size, max_headers=max_headers)
         self._events: Deque[Event] = deque()
         self._reason = b""
-        self._hdrs: Headers = []
-        self._hsize = 0
-        self._specials: Headers = []
-        self._tcount = 0
-        self._tsize = 0
+        self._hdrs: Headers = []  # the head's raw fields as parsed, then the trailers
         self._cb_error: Optional[Exception] = None
         self._tail = b""
         self._dirty = False
@@ -92,8 +84,12 @@ class HttptoolsConnection(H1Connection):
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
     ) -> bytes:
-        framing = self._begin_request(method, target, headers, body_length)
-        return serialize_head(method, target, headers + framing if framing else headers)
+        entry = self._begin_request(method, target, headers, body_length)
+        head: Optional[bytes] = entry[3]
+        if head is None:
+            framing = entry[0]
+            head = entry[3] = serialize_head(method, target, headers + framing if framing else headers)
+        return head
 
     # -- receiving -------------------------------------------------------------------
 
@@ -119,6 +115,13 @@ class HttptoolsConnection(H1Connection):
             if err is None:
                 err = RemoteProtocolError("malformed response: %s" % (e,))
             self._fail(err)
+            return
+        if self._hdrs and self._rstate == _R_BODY:  # a trailer section in progress
+            try:
+                self._check_trailers()
+            except RemoteProtocolError as e:
+                self._cb_error = None
+                self._fail(e)
 
     def _feed_heads_only(self, data: bytes) -> None:
         # A response to HEAD: feed each head up to its blank line and no further.
@@ -163,44 +166,42 @@ class HttptoolsConnection(H1Connection):
             raise _StopParsing()
         self._reason = b""
         self._hdrs = []
-        self._hsize = 0
-        self._specials = []
-        self._tcount = 0
-        self._tsize = 0
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._rstate != _R_HEAD:  # a trailer: counted, then dropped
-            self._tcount += 1
-            self._tsize += len(name) + len(value) + 4
-            if self._tcount > self._max_headers or self._tsize > self._max_header_size:
-                raise self._store(self._trailers_too_large())
-            return
-        name = name.lower()
-        value = value.rstrip(b" \t")
-        if name in _SPECIAL_RESP:
-            if name == b"transfer-encoding":
-                value = value.lower()  # as h11 reports it
-            self._specials.append((name, value))
+        # one call per field: keep it to an append; the head's fields are checked and
+        # normalised together in on_headers_complete, trailers in _check_trailers.  What
+        # an endless head can make us keep is bounded per feed: the rules in h1.py fail
+        # the head once its raw bytes pass max_header_size.
         self._hdrs.append((name, value))
-        # the count is checked once the head is complete (_head); this size check
-        # bounds what a head that never ends can make us keep
-        size = self._hsize = self._hsize + len(name) + len(value) + 4
-        if size + len(self._reason) + 15 > self._max_header_size:
-            raise self._store(self._head_too_large())
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        raw = self._hdrs
+        hdrs: Headers = []
+        specials: Headers = []
+        size = 4 * len(raw)
+        append = hdrs.append
+        for name, value in raw:
+            name = name.lower()
+            value = value.rstrip(b" \t")
+            size += len(name) + len(value)
+            if name in _SPECIAL_RESP:
+                if name == b"transfer-encoding":
+                    value = value.lower()  # as h11 reports it
+                specials.append((name, value))
+            append((name, value))
+        self._hdrs = []  # trailers, if any, go here
         try:
             event = self._head(
                 parser.get_status_code(),
                 self._reason,
                 parser.get_http_version(),
-                self._hdrs,
-                self._hsize,
-                self._specials,
+                hdrs,
+                size,
+                specials,
             )
         except RemoteProtocolError as e:
             raise self._store(e) from None
@@ -208,12 +209,22 @@ class HttptoolsConnection(H1Connection):
         if self._is_head and event.__class__ is ResponseHead:
             self._events.append(self._end(False))
 
+    def _check_trailers(self) -> None:
+        trailers = self._hdrs
+        size = 4 * len(trailers)
+        for name, value in trailers:
+            size += len(name) + len(value)
+        if len(trailers) > self._max_headers or size > self._max_header_size:
+            raise self._store(self._trailers_too_large())
+
     def on_body(self, body: bytes) -> None:
         self._body_received += len(body)
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
         if self._rstate == _R_BODY:
+            if self._hdrs:
+                self._check_trailers()
             self._events.append(self._end(False))
 
 
