@@ -714,6 +714,42 @@ def test_request_framing(backend, method, body_length, framing):
     assert out == method + b" / HTTP/1.1\r\nHost: example.org\r\n" + framing + b"\r\n"
 
 
+def test_repeated_requests_are_checked_once_and_stay_exact(backend):
+    # the check and the head bytes are kept per distinct request (h1._checked): the same
+    # request again gives the same bytes, a changed list is a new request, a refused one
+    # is refused every time, and an unhashable header pair is checked without being kept
+    from greenpool.http import h1
+
+    headers = HOST + [(b"Accept", b"*/*")]
+    first = []
+    for _ in range(3):
+        conn = make_connection(backend)
+        first.append(conn.send_request(b"POST", b"/x", headers, 2))
+        assert conn.send_data(b"ok") == b"ok"
+        assert conn.send_end() == b""
+    assert first[0] == first[1] == first[2] == (
+        b"POST /x HTTP/1.1\r\nHost: example.org\r\nAccept: */*\r\nContent-Length: 2\r\n\r\n")
+    headers.append((b"X-More", b"1"))  # the caller's list changed: a different request
+    out = make_connection(backend).send_request(b"POST", b"/x", headers, 2)
+    assert b"X-More: 1\r\n" in out
+    bad = HOST + [(b"X", b"a\rb")]
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            make_connection(backend).send_request(b"GET", b"/", bad, -1)
+    before = len(h1._checked)
+    listed = [[b"Host", b"example.org"], (b"Y", b"2")]
+    out = make_connection(backend).send_request(b"GET", b"/y", listed, -1)
+    assert out == b"GET /y HTTP/1.1\r\nHost: example.org\r\nY: 2\r\n\r\n"
+    assert len(h1._checked) <= before  # not kept (it may have been cleared when full)
+    for _ in range(2):  # the second time "close requested" comes from the kept entry
+        conn = make_connection(backend)
+        conn.send_request(b"GET", b"/", HOST + [(b"Connection", b"close")], -1)
+        conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert type(conn.next_event()) is ResponseHead
+        assert type(conn.next_event()) is EndOfMessage
+        assert conn.keep_alive is False
+
+
 def test_content_length_body_sending(backend):
     conn = make_connection(backend)
     conn.send_request(b"PUT", b"/", HOST, 5)
