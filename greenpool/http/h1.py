@@ -355,6 +355,59 @@ def _keep_alive_timeout(value: bytes) -> Optional[float]:
     return None
 
 
+def _read_framing(
+    specials: Headers,
+) -> Tuple[int, bool, bool, bool, Optional[float], Tuple[bytes, ...]]:
+    """What a final head's framing fields say: (Content-Length or -1, chunked,
+    the server said close, it said keep-alive, Keep-Alive timeout, Content-Encodings)."""
+    length = -1
+    chunked = False
+    close = False
+    keep_alive_header = False
+    ka_timeout = None
+    encodings: Tuple[bytes, ...] = ()
+    for name, value in specials:
+        if name == b"content-length":
+            if length >= 0:
+                raise RemoteProtocolError("duplicate Content-Length headers")
+            if not _digits_re.fullmatch(value):
+                raise RemoteProtocolError("invalid Content-Length %r" % (value,))
+            length = int(value)
+            if length > _MAX_CONTENT_LENGTH:
+                raise RemoteProtocolError("Content-Length %r is too large" % (value,))
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise RemoteProtocolError("multiple Transfer-Encoding headers")
+            if value.lower() != b"chunked":
+                raise RemoteProtocolError(
+                    "unsupported Transfer-Encoding %r: only 'chunked' is supported" % (value,)
+                )
+            chunked = True
+        elif name == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close":
+                    close = True
+                elif token == b"keep-alive":
+                    keep_alive_header = True
+        elif name == b"keep-alive":
+            ka_timeout = _keep_alive_timeout(value)
+        else:  # content-encoding
+            encodings += (value,)
+    if chunked and length >= 0:
+        raise RemoteProtocolError(
+            "a response must not carry both Content-Length and Transfer-Encoding"
+        )
+    return length, chunked, close, keep_alive_header, ka_timeout, encodings
+
+
+# What _read_framing made of a head's framing fields, keyed by their tuple: servers
+# send the same few (Content-Length, Connection, Keep-Alive, Content-Encoding)
+# combinations again and again.  Only heads that passed are kept; bounded.
+_framing_fields: Dict[Tuple[Tuple[bytes, bytes], ...], Any] = {}
+_FRAMING_FIELDS_MAX = 512
+
+
 class H1Connection:
     """Client side of one HTTP/1.1 connection; see the module docstring.
 
@@ -538,44 +591,15 @@ class H1Connection:
             if status == 101:
                 raise RemoteProtocolError(UPGRADE_REFUSED)
             return Informational(status, reason, http_version, headers)
-        length = -1
-        chunked = False
-        close = self._close_requested
-        keep_alive_header = False
-        ka_timeout = None
-        encodings: Tuple[bytes, ...] = ()
-        for name, value in specials:
-            if name == b"content-length":
-                if length >= 0:
-                    raise RemoteProtocolError("duplicate Content-Length headers")
-                if not _digits_re.fullmatch(value):
-                    raise RemoteProtocolError("invalid Content-Length %r" % (value,))
-                length = int(value)
-                if length > _MAX_CONTENT_LENGTH:
-                    raise RemoteProtocolError("Content-Length %r is too large" % (value,))
-            elif name == b"transfer-encoding":
-                if chunked:
-                    raise RemoteProtocolError("multiple Transfer-Encoding headers")
-                if value.lower() != b"chunked":
-                    raise RemoteProtocolError(
-                        "unsupported Transfer-Encoding %r: only 'chunked' is supported" % (value,)
-                    )
-                chunked = True
-            elif name == b"connection":
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token == b"close":
-                        close = True
-                    elif token == b"keep-alive":
-                        keep_alive_header = True
-            elif name == b"keep-alive":
-                ka_timeout = _keep_alive_timeout(value)
-            else:  # content-encoding
-                encodings += (value,)
-        if chunked and length >= 0:
-            raise RemoteProtocolError(
-                "a response must not carry both Content-Length and Transfer-Encoding"
-            )
+        key = tuple(specials)  # the backends give (bytes, bytes) pairs
+        fields = _framing_fields.get(key)
+        if fields is None:
+            fields = _read_framing(specials)
+            if len(_framing_fields) >= _FRAMING_FIELDS_MAX:
+                _framing_fields.clear()
+            _framing_fields[key] = fields
+        length, chunked, close, keep_alive_header, ka_timeout, encodings = fields
+        close = close or self._close_requested
         if self._is_head or status == 204 or status == 304:
             framing = _F_NONE
         elif chunked:
