@@ -144,11 +144,12 @@ DEFAULT_OPTIONS = H1Options()
 class _State:
     """What a connection keeps between requests (``conn.proto_state``)."""
 
-    __slots__ = ("h1", "key", "buf", "view", "timeout", "cycles")
+    __slots__ = ("h1", "opts", "key", "buf", "view", "timeout", "cycles")
 
     def __init__(self, opts: H1Options) -> None:
         self.h1 = _h1.make_connection(opts.parser, max_header_size=opts.max_header_size,
                                       max_headers=opts.max_headers)
+        self.opts = opts  # the options it was last used with (usually one Client's)
         self.key = (opts.parser, opts.max_header_size, opts.max_headers)
         self.buf = bytearray(RECV_SIZE)
         self.view = memoryview(self.buf)
@@ -283,7 +284,8 @@ def handle(pool: Any, request: Request, timeout: Timeout, deadline: Optional[flo
     rewind = None if body is None else _rewind_point(body)
     while True:
         if conn is None:
-            c = _checkout(pool, key, timeout, deadline, connect_opts)
+            c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts) \
+                if deadline is None else _checkout(pool, key, timeout, deadline, connect_opts)
         else:
             c, conn = conn, None
         st = c.proto_state
@@ -327,9 +329,10 @@ def _rewind(body: Any, point: Any) -> bool:
 def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Timeout,
               deadline: Optional[float], stream: bool, opts: H1Options, body: Any) -> Response:
     st = c.proto_state
-    if st is None or st.key[0] != opts.parser or st.key[1] != opts.max_header_size \
-            or st.key[2] != opts.max_headers:
-        st = c.proto_state = _State(opts)
+    if st is None or st.opts is not opts:
+        if st is None or st.key != (opts.parser, opts.max_header_size, opts.max_headers):
+            st = c.proto_state = _State(opts)
+        st.opts = opts
     h1 = st.h1
     sock = c.sock
     length = request.content_length
@@ -348,7 +351,9 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     ev: Any = None
     try:
         # -- write the request ------------------------------------------------------
-        _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
+        t = timeout.write if deadline is None else _left(timeout.write, deadline, WriteTimeout)
+        if st.timeout != t:
+            _settimeout(sock, st, t)
         try:
             if body is None or length == 0:
                 send_all(sock, head)
@@ -373,7 +378,9 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             raise err from e
         # -- read the response head ---------------------------------------------------
         if ev is None:
-            _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
+            t = timeout.read if deadline is None else _left(timeout.read, deadline, ReadTimeout)
+            if st.timeout != t:
+                _settimeout(sock, st, t)
             got = False
             while True:
                 try:
