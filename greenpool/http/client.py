@@ -646,8 +646,7 @@ class Client:
             raw = _merge(raw, [h for h in override if h[0].lower() not in _FRAMING])
         if route.proxy_headers:
             raw = raw + route.proxy_headers
-        req = Request(method, u, body=data, content_length=length if length >= 0 else None,
-                      raw_headers=raw)
+        req = Request(method, u, None, data, length if length >= 0 else None, raw)
         req.extensions["route"] = route
         return req
 

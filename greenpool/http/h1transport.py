@@ -417,9 +417,8 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 raise _models.body_too_large(limit, "Content-Length: %d" % declared)
         if stream:
             body_stream = H1Body(c, st, timeout.read, limit)
-            resp = Response(ev.status, headers, reason=ev.reason.decode("latin-1"),
-                            http_version=ev.http_version, url=request.url, request=request,
-                            stream=body_stream, decoder=decoder)
+            resp = Response(ev.status, headers, ev.reason.decode("latin-1"), ev.http_version,
+                            request.url, request, body_stream, decoder)
             return resp
         chunks: List[bytes] = []
         received = 0
@@ -452,8 +451,8 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if decoder is not None and content:
         content = decoder.decode(content) + decoder.flush()
-    resp = Response(head.status, headers, reason=head.reason.decode("latin-1"),
-                    http_version=head.http_version, url=request.url, request=request)
+    resp = Response(head.status, headers, head.reason.decode("latin-1"), head.http_version,
+                    request.url, request)
     resp._content = content
     resp._consumed = True
     return resp

@@ -432,8 +432,8 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
     decoder = None
     if coding and decode_content:
         decoder = make_decoder(coding, max_decoded_size)
-    return Response(status, resp_headers, reason=_REASONS.get(status, ""), http_version="HTTP/2",
-                    url=request.url, request=request, stream=stream, decoder=decoder)
+    return Response(status, resp_headers, _REASONS.get(status, ""), "HTTP/2", request.url,
+                    request, stream, decoder)
 
 
 def _parse_head(raw: List[Tuple[bytes, bytes]]) -> Tuple[int, Headers, Optional[str], Optional[bytes]]:

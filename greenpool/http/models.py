@@ -370,8 +370,9 @@ class Request:
     __slots__ = ("method", "url", "_headers", "_raw", "body", "content_length", "extensions")
 
     def __init__(self, method: str, url: Union[str, URL], headers: HeaderInput = None,
-                 body: Any = None, content_length: Optional[int] = None, *,
+                 body: Any = None, content_length: Optional[int] = None,
                  raw_headers: Optional[List[Tuple[bytes, bytes]]] = None) -> None:
+        # positional or keyword: the client passes them in order (cheaper per request)
         if not isinstance(method, str) or not method:
             raise ValueError("method must be a non-empty str, not %r" % (method,))
         self.method = method.upper()
@@ -419,9 +420,10 @@ class Response:
     is already back in its pool.
     """
 
-    def __init__(self, status: int, headers: Headers, *, reason: str = "", http_version: str = "HTTP/1.1",
+    def __init__(self, status: int, headers: Headers, reason: str = "", http_version: str = "HTTP/1.1",
                  url: Union[str, URL] = "", request: Optional[Request] = None, stream: Any = None,
                  decoder: Any = None) -> None:
+        # positional or keyword: the transports pass them in order (cheaper per request)
         self.status = status
         self.reason = reason
         self.http_version = http_version
