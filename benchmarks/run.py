@@ -6,7 +6,11 @@ What it does, in order:
    (:mod:`benchmarks.servers`, which reuses tests/servers.py);
 2. for each repetition, for each workload and concurrency, runs every client once, each in
    its own process (:mod:`benchmarks.worker`, monkey-patched first) or as a C tool
-   (:mod:`benchmarks.ceilings`) -- so repetitions interleave: A, B, C, A, B, C, ...;
+   (:mod:`benchmarks.ceilings`) -- so repetitions interleave: A, B, C, B, C, A, ... (the
+   order turns by one each repetition, so no client always runs after the same one).
+   The cells the targets compare (``catalog.TARGETS``: C=50) get ``--target-reps``
+   repetitions (default 7 in a full run), the others ``--reps``: on a shared machine one
+   run's throughput moves by 20-40% from the next, and a median of 3 does not settle that;
 3. runs the pool micro-benchmarks (:mod:`benchmarks.micro`) in their own process;
 4. prints the table of medians and the targets, writes the JSON (``--out``) and the chart.
 
@@ -25,10 +29,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks import report
-from benchmarks.catalog import CLIENTS, WORKLOADS, Workload, clients_for
+from benchmarks.catalog import CLIENTS, TARGETS, WORKLOADS, Workload, clients_for
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -61,6 +65,30 @@ def run_worker(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
             return json.loads(line[len(RESULT_MARK):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return dict(base, status="error", error="worker exited %s: %s" % (proc.returncode, " | ".join(tail)))
+
+
+def schedule(plan: List[Tuple[str, int, List[str]]], reps: int,
+             target_reps: int) -> List[Tuple[int, int, str]]:
+    """The runs in order, as (repetition, index into ``plan``, client).
+
+    Repetition by repetition, cell by cell; within a cell every client once, the order
+    turned by one each repetition.  Cells a target compares get ``target_reps``
+    repetitions, the others ``reps``.
+    """
+    cell_reps = [target_reps if _target_cell(wl, c, cl) else reps for wl, c, cl in plan]
+    out: List[Tuple[int, int, str]] = []
+    for rep in range(max(cell_reps, default=0)):
+        for i, ((_wl, _c, clients), cr) in enumerate(zip(plan, cell_reps)):
+            if rep < cr and clients:
+                turn = rep % len(clients)
+                out += [(rep, i, name) for name in clients[turn:] + clients[:turn]]
+    return out
+
+
+def _target_cell(workload: str, c: int, clients: List[str]) -> bool:
+    """Does a target compare two of ``clients`` at this workload and concurrency?"""
+    return any(workload == wl and c == tc and gp in clients and peer in clients
+               for _label, gp, peer, wl, tc, _minimum in TARGETS)
 
 
 def _names(selection: Optional[str]) -> List[str]:
@@ -112,6 +140,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, help="N requests per run (default: per workload)")
     ap.add_argument("--seconds", type=float, help="stop a run after this long (default: 2 quick, 6 full)")
     ap.add_argument("--reps", type=int, help="repetitions, interleaved (default: 1 quick, 3 full)")
+    ap.add_argument("--target-reps", type=int,
+                    help="repetitions of the cells the targets compare (default: 7 full, "
+                         "else --reps; never fewer than --reps)")
     ap.add_argument("--redis-pool-size", type=int, default=1,
                     help="greenpool RedisPool pool_size (default 1: one multiplexed connection)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results (default: %(default)s)")
@@ -144,6 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     workloads: List[Workload] = [WORKLOADS[w.strip()] for w in args.workloads.split(",")] \
         if args.workloads else list(WORKLOADS.values())
     reps = args.reps or (1 if quick else 3)
+    target_reps = max(reps, args.target_reps or (reps if quick or args.reps else 7))
     seconds = args.seconds or (2.0 if quick else 6.0)
     cs_override = [int(x) for x in args.concurrency.split(",")] if args.concurrency else None
 
@@ -180,32 +212,32 @@ def main(argv: Optional[List[str]] = None) -> int:
                 check_upload(targets["http"])
             servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
             unavailable: Dict[str, str] = {}
-            total = sum(len(cl) for _, _, cl in plan) * reps
+            order = schedule([(wl.name, c, cl) for wl, c, cl in plan], reps, target_reps)
+            total = len(order)
             done = 0
-            for rep in range(reps):
-                for wl, c, clients in plan:
-                    n = args.requests or (wl.quick_requests if quick else wl.requests)
-                    for name in clients:
-                        done += 1
-                        info = CLIENTS[name]
-                        base = {"client": name, "workload": wl.name, "concurrency": c, "rep": rep}
-                        fam_server = "redis" if info.family == "redis" else "http"
-                        if fam_server in problems:
-                            res = dict(base, status="unavailable", error=problems[fam_server])
-                        elif name in unavailable:
-                            res = dict(base, status="unavailable", error=unavailable[name])
-                        elif info.kind == "ceiling":
-                            res = run_ceiling(name, wl, c, n, seconds, targets)
-                        else:
-                            spec = {"client": name, "workload": wl.spec(), "concurrency": c,
-                                    "requests": n, "max_seconds": seconds, "targets": targets,
-                                    "redis_pool_size": args.redis_pool_size}
-                            res = run_worker(spec, timeout=seconds + 45)
-                        res.setdefault("rep", rep)
-                        if res.get("status") == "unavailable":
-                            unavailable.setdefault(name, res.get("error", ""))
-                        runs.append(res)
-                        _progress(done, total, res)
+            for rep, i, name in order:
+                wl, c, _clients = plan[i]
+                n = args.requests or (wl.quick_requests if quick else wl.requests)
+                done += 1
+                info = CLIENTS[name]
+                base = {"client": name, "workload": wl.name, "concurrency": c, "rep": rep}
+                fam_server = "redis" if info.family == "redis" else "http"
+                if fam_server in problems:
+                    res = dict(base, status="unavailable", error=problems[fam_server])
+                elif name in unavailable:
+                    res = dict(base, status="unavailable", error=unavailable[name])
+                elif info.kind == "ceiling":
+                    res = run_ceiling(name, wl, c, n, seconds, targets)
+                else:
+                    spec = {"client": name, "workload": wl.spec(), "concurrency": c,
+                            "requests": n, "max_seconds": seconds, "targets": targets,
+                            "redis_pool_size": args.redis_pool_size}
+                    res = run_worker(spec, timeout=seconds + 45)
+                res.setdefault("rep", rep)
+                if res.get("status") == "unavailable":
+                    unavailable.setdefault(name, res.get("error", ""))
+                runs.append(res)
+                _progress(done, total, res)
         finally:
             servers.stop()
 
@@ -230,15 +262,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.no_chart and rows:
         chart_path = Path(args.chart) if args.chart else (
             COMMITTED_CHART if full_run else out.with_suffix(".png"))
-        title = "greenpool benchmarks (%s, %d reps, %s, %s)" % (
-            "quick" if quick else "full", reps, platform.python_implementation()
+        title = "greenpool benchmarks (%s, %s reps, %s, %s)" % (
+            "quick" if quick else "full",
+            reps if target_reps == reps else "%d-%d" % (reps, target_reps),
+            platform.python_implementation()
             + " " + platform.python_version(), datetime.date.today().isoformat())
         err = report.chart(rows, str(chart_path), title)
         if err:
             print("chart: %s" % err, file=sys.stderr)
             chart_path = None
     doc = {
-        "meta": _meta(args, quick, reps, seconds, time.monotonic() - started),
+        "meta": dict(_meta(args, quick, reps, seconds, time.monotonic() - started),
+                     target_reps=target_reps),
         "summary": rows, "targets": ts, "micro": micro, "runs": runs,
         "server_problems": problems, "chart": str(chart_path) if chart_path else None,
     }

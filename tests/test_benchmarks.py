@@ -74,3 +74,26 @@ def test_instruction_counts_one_client() -> None:
     assert line and "instructions/request" in line[0], proc.stdout
     count = float(line[0].split()[-2])
     assert 1_000 < count < 10_000_000, line   # a bare httptools exchange: tens of thousands
+
+
+def test_schedule_turns_the_order_and_repeats_target_cells() -> None:
+    """Each repetition runs a cell's clients once, starting one further along; the cells a
+    target compares (C=50 here) get target_reps repetitions, the rest reps."""
+    from benchmarks.run import schedule
+
+    plan = [("get-100B", 50, ["greenpool-h11", "raw-h11", "urllib3"]),
+            ("get-100B", 1, ["greenpool-h11", "raw-h11"])]
+    order = schedule(plan, reps=2, target_reps=4)
+    target_runs = [(rep, name) for rep, i, name in order if i == 0]
+    other_runs = [(rep, name) for rep, i, name in order if i == 1]
+    assert [name for rep, name in target_runs if rep == 0] == ["greenpool-h11", "raw-h11", "urllib3"]
+    assert [name for rep, name in target_runs if rep == 1] == ["raw-h11", "urllib3", "greenpool-h11"]
+    assert [name for rep, name in target_runs if rep == 2] == ["urllib3", "greenpool-h11", "raw-h11"]
+    assert [name for rep, name in target_runs if rep == 3] == ["greenpool-h11", "raw-h11", "urllib3"]
+    assert len(target_runs) == 3 * 4 and len(other_runs) == 2 * 2
+    assert {rep for rep, _ in other_runs} == {0, 1}
+    # repetitions interleave: all of repetition 0 before any of repetition 1
+    reps_in_order = [rep for rep, _, _ in order]
+    assert reps_in_order == sorted(reps_in_order)
+    # a cell with only one side of a target is not a target cell
+    assert len(schedule([("get-100B", 50, ["greenpool-h11"])], reps=1, target_reps=5)) == 1
