@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, WORKLOADS
+from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
 from benchmarks.run import ROOT, _env
 from benchmarks.servers import Servers
 
@@ -80,13 +80,31 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("servers: %s" % servers.problems, file=sys.stderr)
             return 2
         servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
+        counts: Dict[str, float] = {}
         for client in args.clients:
             n = per_request(client, args.workload, args.concurrency, servers.targets,
                             args.small, args.large)
             shown = "failed (run the worker by hand to see why)" if n is None else "%9.0f" % n
             print("%-22s %s C=%-4d %s instructions/request" % (
                 client, args.workload, args.concurrency, shown), flush=True)
+            if n is not None:
+                counts[client] = n
+    for line in target_lines(counts, args.workload, args.concurrency):
+        print(line)
     return 0
+
+
+def target_lines(counts: Dict[str, float], workload: str, concurrency: int) -> List[str]:
+    """The throughput targets (``catalog.TARGETS``) whose two clients were both counted,
+    as instruction ratios: the peer's count over greenpool's (fewer instructions per
+    request, more requests per second of CPU)."""
+    out = []
+    for label, gp, peer, wl, c, minimum in TARGETS:
+        if wl == workload and c == concurrency and counts.get(gp) and counts.get(peer):
+            ratio = counts[peer] / counts[gp]
+            out.append("  %-44s %s %.2fx in instructions" % (
+                label, "met" if ratio >= minimum else "NOT met", ratio))
+    return (["Targets, counted in instructions:"] + out) if out else []
 
 
 if __name__ == "__main__":

@@ -97,3 +97,16 @@ def test_schedule_turns_the_order_and_repeats_target_cells() -> None:
     assert reps_in_order == sorted(reps_in_order)
     # a cell with only one side of a target is not a target cell
     assert len(schedule([("get-100B", 50, ["greenpool-h11"])], reps=1, target_reps=5)) == 1
+
+
+def test_instruction_target_lines() -> None:
+    """A target whose two clients were counted is shown as the peer's count over greenpool's."""
+    from benchmarks.instructions import target_lines
+
+    lines = target_lines({"greenpool-h11": 500_000.0, "raw-h11": 450_000.0, "urllib3": 900_000.0},
+                         "get-100B", 50)
+    assert lines[0].startswith("Targets")
+    assert any("raw h11" in ln and "met 0.90x" in ln for ln in lines), lines
+    assert any("urllib3" in ln and "NOT met 1.80x" in ln for ln in lines), lines
+    assert target_lines({"greenpool-h11": 500_000.0}, "get-100B", 50) == []
+    assert target_lines({"greenpool-h11": 5.0, "raw-h11": 5.0}, "get-100B", 1) == []
