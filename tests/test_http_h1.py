@@ -972,3 +972,29 @@ def test_split_points_do_not_matter(resp, data):
     for backend in ALL_BACKENDS:
         assert _feed_split(backend, method, wire, []) == reference
         assert _feed_split(backend, method, wire, cuts) == reference
+
+
+@pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
+def test_httptools_field_cache_gives_the_same_heads():
+    # fields are normalised once per distinct (name, value) and kept if short and not
+    # Set-Cookie; a second response with the same fields must give the same event
+    from greenpool.http import h1_httptools
+
+    long_value = b"v" * 300
+    resp = (b"HTTP/1.1 200 OK\r\nServer: X  \r\nTransfer-Encoding: Chunked\r\n"
+            b"Set-Cookie: sid=secret\r\nX-Long: " + long_value + b"\r\n\r\n0\r\n\r\n")
+    heads = []
+    for _ in range(2):
+        conn = make_connection("httptools")
+        conn.send_request(b"GET", b"/", HOST, -1)
+        conn.receive_data(resp)
+        events = []
+        assert drain(conn, events)
+        heads.append(events[0])
+    assert heads[0] == heads[1]
+    assert heads[0].headers == [(b"server", b"X"), (b"transfer-encoding", b"chunked"),
+                                (b"set-cookie", b"sid=secret"), (b"x-long", long_value)]
+    kept = h1_httptools._fields
+    assert (b"Server", b"X  ") in kept and (b"Transfer-Encoding", b"Chunked") in kept
+    assert (b"Set-Cookie", b"sid=secret") not in kept
+    assert (b"X-Long", long_value) not in kept

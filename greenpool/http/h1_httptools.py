@@ -23,7 +23,7 @@ next cycle.  llhttp never sees EOF either: ``h1.py`` decides what EOF means.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Optional
+from typing import Deque, Dict, Optional, Tuple
 
 import httptools
 
@@ -43,6 +43,32 @@ from greenpool.http.h1 import (
 
 _ParserError = httptools.HttpParserError
 _ParserUpgrade = httptools.HttpParserUpgrade
+
+
+# A response field as llhttp gives it -> (the field as we report it: name lowercased,
+# value without trailing blanks; its size, "name: value\r\n"; is it a framing field).
+# Servers repeat most of their fields from one response to the next (Server,
+# Content-Type, Connection, ...), so each distinct one is normalised once.  Only short
+# fields are kept, never Set-Cookie (its values are one-off and may be secrets); at
+# most _FIELDS_MAX of them (cleared when full).
+_fields: Dict[Tuple[bytes, bytes], Tuple[Tuple[bytes, bytes], int, bool]] = {}
+_FIELDS_MAX = 2048
+_FIELD_KEPT_SIZE = 256
+
+
+def _field(pair: Tuple[bytes, bytes]) -> Tuple[Tuple[bytes, bytes], int, bool]:
+    name = pair[0].lower()
+    value = pair[1].rstrip(b" \t")
+    special = name in _SPECIAL_RESP
+    if special and name == b"transfer-encoding":
+        value = value.lower()  # as h11 reports it
+    size = len(name) + len(value) + 4
+    f = ((name, value), size, special)
+    if size <= _FIELD_KEPT_SIZE and name != b"set-cookie":
+        if len(_fields) >= _FIELDS_MAX:
+            _fields.clear()
+        _fields[pair] = f
+    return f
 
 
 class _StopParsing(Exception):
@@ -179,20 +205,19 @@ class HttptoolsConnection(H1Connection):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        raw = self._hdrs
         hdrs: Headers = []
         specials: Headers = []
-        size = 4 * len(raw)
-        append = hdrs.append
-        for name, value in raw:
-            name = name.lower()
-            value = value.rstrip(b" \t")
-            size += len(name) + len(value)
-            if name in _SPECIAL_RESP:
-                if name == b"transfer-encoding":
-                    value = value.lower()  # as h11 reports it
-                specials.append((name, value))
-            append((name, value))
+        size = 0
+        fields = _fields
+        for pair in self._hdrs:
+            f = fields.get(pair)
+            if f is None:
+                f = _field(pair)
+            field = f[0]
+            size += f[1]
+            hdrs.append(field)
+            if f[2]:
+                specials.append(field)
         self._hdrs = []  # trailers, if any, go here
         try:
             event = self._head(
