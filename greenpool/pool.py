@@ -551,8 +551,7 @@ class GreenPool:
         idle = h.idle
         while idle:
             conn = idle[-1]
-            probe = conn._probe
-            if probe.dropped() if probe is not None else conn.peer_dropped():
+            if conn.peer_dropped():
                 self.counters["dropped"] += 1
                 self._close(conn, "peer closed while idle")  # takes it out of idle
                 continue
@@ -858,10 +857,7 @@ class GreenPool:
     def _arm(self, conn: Connection, now: float) -> None:
         """Start an idle connection's self-expiry watchers."""
         due = None
-        timeout = self._timeout  # lowered by the connection's own, as _idle_timeout does
-        own = conn.idle_timeout
-        if own is not None and (timeout is None or own < timeout):
-            timeout = own
+        timeout = self._idle_timeout(conn)
         if timeout is not None:
             due = conn.last_used + timeout
         if conn.expires_at is not None and (due is None or conn.expires_at < due):

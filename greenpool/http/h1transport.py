@@ -144,17 +144,22 @@ DEFAULT_OPTIONS = H1Options()
 class _State:
     """What a connection keeps between requests (``conn.proto_state``)."""
 
-    __slots__ = ("h1", "opts", "key", "buf", "view", "timeout", "cycles")
+    __slots__ = ("h1", "opts", "buf", "view", "timeout", "cycles")
 
     def __init__(self, opts: H1Options) -> None:
         self.h1 = _h1.make_connection(opts.parser, max_header_size=opts.max_header_size,
                                       max_headers=opts.max_headers)
         self.opts = opts  # the options it was last used with (usually one Client's)
-        self.key = (opts.parser, opts.max_header_size, opts.max_headers)
         self.buf = bytearray(RECV_SIZE)
         self.view = memoryview(self.buf)
         self.timeout: Any = _UNSET  # what sock.settimeout was last given
         self.cycles = 0             # responses completed on this connection
+
+
+def _same_parser(a: H1Options, b: H1Options) -> bool:
+    """Can a parser made for options ``a`` serve a request under ``b``?"""
+    return (a.parser == b.parser and a.max_header_size == b.max_header_size
+            and a.max_headers == b.max_headers)
 
 
 class _Stale(Exception):
@@ -284,8 +289,7 @@ def handle(pool: Any, request: Request, timeout: Timeout, deadline: Optional[flo
     rewind = None if body is None else _rewind_point(body)
     while True:
         if conn is None:
-            c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts) \
-                if deadline is None else _checkout(pool, key, timeout, deadline, connect_opts)
+            c = _checkout(pool, key, timeout, deadline, connect_opts)
         else:
             c, conn = conn, None
         st = c.proto_state
@@ -330,7 +334,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
               deadline: Optional[float], stream: bool, opts: H1Options, body: Any) -> Response:
     st = c.proto_state
     if st is None or st.opts is not opts:
-        if st is None or st.key != (opts.parser, opts.max_header_size, opts.max_headers):
+        if st is None or not _same_parser(st.opts, opts):
             st = c.proto_state = _State(opts)
         st.opts = opts
     h1 = st.h1
@@ -341,7 +345,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     if expect:
         raw = raw + [(b"Expect", b"100-continue")]
     try:
-        head = h1.send_request(_METHOD_BYTES.get(method) or _method_bytes(method), target, raw,
+        head = h1.send_request(_method_bytes(method), target, raw,
                                length if body is not None else 0)
     except BaseException:
         # nothing was written and the adapter is untouched: the connection is still good
@@ -351,9 +355,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     ev: Any = None
     try:
         # -- write the request ------------------------------------------------------
-        t = timeout.write if deadline is None else _left(timeout.write, deadline, WriteTimeout)
-        if st.timeout != t:
-            _settimeout(sock, st, t)
+        _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
         try:
             if body is None or length == 0:
                 send_all(sock, head)
@@ -378,9 +380,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             raise err from e
         # -- read the response head ---------------------------------------------------
         if ev is None:
-            t = timeout.read if deadline is None else _left(timeout.read, deadline, ReadTimeout)
-            if st.timeout != t:
-                _settimeout(sock, st, t)
+            _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
             got = False
             while True:
                 try:
