@@ -300,12 +300,29 @@ def _check_request(
 _CONTENT_LENGTH_0: Headers = [(b"Content-Length", b"0")]
 _NO_FRAMING: Headers = []
 
+class CheckedRequest:
+    """A request head that passed :func:`_check_request`, kept in :data:`_checked`.
+
+    ``fields``: the caller's headers then the framing header (a copy: nothing in it is
+    reachable by callers); ``state``/``close``: the send state it starts in and whether
+    it asked for ``Connection: close``; ``head`` and ``h11_event``: what the httptools
+    and h11 backends made of it, filled by them on first use.
+    """
+
+    __slots__ = ("fields", "state", "close", "head", "h11_event")
+
+    def __init__(self, fields: Headers, state: int, close: bool) -> None:
+        self.fields = fields
+        self.state = state
+        self.close = close
+        self.head: Optional[bytes] = None
+        self.h11_event: Any = None
+
+
 # Requests already checked, keyed by (method, target, body_length, header tuple): a
 # client sends the same request again and again, so the checks above and the
-# backend's serialization run once per distinct request.  An entry is
-# [framing headers, send state, close requested, head bytes (httptools), h11 event
-# (h11)]; nothing in it is reachable by callers.  Bounded: cleared when full.
-_checked: Dict[Tuple[Any, ...], List[Any]] = {}
+# backend's serialization run once per distinct request.  Bounded: cleared when full.
+_checked: Dict[Tuple[Any, ...], CheckedRequest] = {}
 _CHECKED_MAX = 1024
 
 
@@ -485,8 +502,8 @@ class H1Connection:
 
     def _begin_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
-    ) -> List[Any]:
-        """Check the request and start the send side; returns its :data:`_checked` entry."""
+    ) -> CheckedRequest:
+        """Check the request and start the send side (the check is kept: :data:`_checked`)."""
         if self._send != _S_IDLE or self._rstate != _R_HEAD or self._received_any:
             raise LocalProtocolError(
                 "a request is already in progress on this connection: finish the response and "
@@ -494,23 +511,23 @@ class H1Connection:
             )
         try:
             key: Any = (method, target, body_length, tuple(headers))
-            entry = _checked.get(key)
-        except TypeError:  # an unhashable header: checked (and refused) below, never kept
-            key = entry = None
-        if entry is None:
+            checked = _checked.get(key)
+        except TypeError:  # an unhashable header (e.g. a list pair): checked, not kept
+            key = checked = None
+        if checked is None:
             framing, state, close = _check_request(method, target, headers, body_length)
-            entry = [framing, state, close, None, None]
+            checked = CheckedRequest(list(headers) + framing, state, close)
             if key is not None:
                 if len(_checked) >= _CHECKED_MAX:
                     _checked.clear()
-                _checked[key] = entry
-        state = entry[1]
+                _checked[key] = checked
+        state = checked.state
         self._method = method
         self._is_head = method == b"HEAD"
         self._send = state
         self._send_left = body_length if state == _S_LENGTH else 0  # type: ignore[assignment]
-        self._close_requested = entry[2]
-        return entry
+        self._close_requested = checked.close
+        return checked
 
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]

@@ -50,8 +50,8 @@ _H11_NEED_DATA = h11.NEED_DATA
 _H11Headers = h11._headers.Headers
 _EOM = h11.EndOfMessage()  # immutable: one instance serves every request
 
-# Request heads as h11 events, one per distinct request (kept in h1's _checked
-# entry).  _check_request (h1.py) has validated every name, value, method and
+# Request heads as h11 events, one per distinct request (kept in its
+# h1.CheckedRequest).  _check_request (h1.py) has validated every name, value, method and
 # target before h11 sees them, so h11 is handed them as already parsed
 # (``_parsed=True`` and its own Headers type, of (raw, lowercased, value)
 # triples): it still runs its state machine and writes the bytes, without
@@ -89,11 +89,10 @@ class H11Connection(H1Connection):
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
     ) -> bytes:
-        entry = self._begin_request(method, target, headers, body_length)
-        event = entry[4]
+        checked = self._begin_request(method, target, headers, body_length)
+        event = checked.h11_event
         if event is None:
-            framing = entry[0]
-            event = entry[4] = _h11_request(method, target, headers + framing if framing else headers)
+            event = checked.h11_event = _h11_request(method, target, checked.fields)
         try:
             out = self._h11.send(event)
             if self._send == _S_DONE:

@@ -110,11 +110,10 @@ class HttptoolsConnection(H1Connection):
     def send_request(
         self, method: bytes, target: bytes, headers: Headers, body_length: Optional[int]
     ) -> bytes:
-        entry = self._begin_request(method, target, headers, body_length)
-        head: Optional[bytes] = entry[3]
+        checked = self._begin_request(method, target, headers, body_length)
+        head = checked.head
         if head is None:
-            framing = entry[0]
-            head = entry[3] = serialize_head(method, target, headers + framing if framing else headers)
+            head = checked.head = serialize_head(method, target, checked.fields)
         return head
 
     # -- receiving -------------------------------------------------------------------
@@ -143,11 +142,9 @@ class HttptoolsConnection(H1Connection):
             self._fail(err)
             return
         if self._hdrs and self._rstate == _R_BODY:  # a trailer section in progress
-            try:
-                self._check_trailers()
-            except RemoteProtocolError as e:
-                self._cb_error = None
-                self._fail(e)
+            err = self._trailers_over()
+            if err is not None:
+                self._fail(err)
 
     def _feed_heads_only(self, data: bytes) -> None:
         # A response to HEAD: feed each head up to its blank line and no further.
@@ -198,7 +195,7 @@ class HttptoolsConnection(H1Connection):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # one call per field: keep it to an append; the head's fields are checked and
-        # normalised together in on_headers_complete, trailers in _check_trailers.  What
+        # normalised together in on_headers_complete, trailers in _trailers_over.  What
         # an endless head can make us keep is bounded per feed: the rules in h1.py fail
         # the head once its raw bytes pass max_header_size.
         self._hdrs.append((name, value))
@@ -234,13 +231,15 @@ class HttptoolsConnection(H1Connection):
         if self._is_head and event.__class__ is ResponseHead:
             self._events.append(self._end(False))
 
-    def _check_trailers(self) -> None:
+    def _trailers_over(self) -> Optional[RemoteProtocolError]:
+        """The error if the trailers collected so far pass the head's limits, else None."""
         trailers = self._hdrs
         size = 4 * len(trailers)
         for name, value in trailers:
             size += len(name) + len(value)
         if len(trailers) > self._max_headers or size > self._max_header_size:
-            raise self._store(self._trailers_too_large())
+            return self._trailers_too_large()
+        return None
 
     def on_body(self, body: bytes) -> None:
         self._body_received += len(body)
@@ -248,8 +247,9 @@ class HttptoolsConnection(H1Connection):
 
     def on_message_complete(self) -> None:
         if self._rstate == _R_BODY:
-            if self._hdrs:
-                self._check_trailers()
+            err = self._trailers_over() if self._hdrs else None
+            if err is not None:
+                raise self._store(err)
             self._events.append(self._end(False))
 
 
