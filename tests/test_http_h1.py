@@ -998,3 +998,36 @@ def test_httptools_field_cache_gives_the_same_heads():
     assert (b"Server", b"X  ") in kept and (b"Transfer-Encoding", b"Chunked") in kept
     assert (b"Set-Cookie", b"sid=secret") not in kept
     assert (b"X-Long", long_value) not in kept
+    # a head with a field that is not kept is not kept whole either
+    assert not any(raw for raw in h1_httptools._heads if (b"Set-Cookie", b"sid=secret") in raw)
+
+
+@pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
+def test_httptools_head_cache_gives_fresh_equal_heads():
+    # a head seen before is normalised once; each event still gets its own list, and a
+    # cached head is checked by the rules again (the limits of this connection apply)
+    from greenpool.http import h1_httptools
+
+    resp = (b"HTTP/1.1 200 OK\r\nServer: X  \r\nContent-Length: 2\r\n"
+            b"Content-Encoding: gzip\r\n\r\nok")
+    heads = []
+    for _ in range(3):
+        conn = make_connection("httptools")
+        conn.send_request(b"GET", b"/", HOST, -1)
+        conn.receive_data(resp)
+        events = []
+        assert drain(conn, events)
+        assert conn.content_encodings == (b"gzip",) and conn.body_length == 2
+        heads.append(events[0])
+    assert ((b"Server", b"X  "), (b"Content-Length", b"2"),
+            (b"Content-Encoding", b"gzip")) in h1_httptools._heads
+    assert heads[0] == heads[1] == heads[2]
+    assert heads[0].headers == [(b"server", b"X"), (b"content-length", b"2"),
+                                (b"content-encoding", b"gzip")]
+    heads[0].headers.append((b"x", b"y"))
+    assert heads[1].headers is not heads[2].headers and len(heads[1].headers) == 3
+    small = make_connection("httptools", max_headers=2)
+    small.send_request(b"GET", b"/", HOST, -1)
+    small.receive_data(resp)
+    with pytest.raises(LimitExceeded):
+        drain(small, [])

@@ -87,7 +87,7 @@ Promises, identical for both backends (the tests feed every case to both):
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from greenpool.errors import (
     ConnectionClosed,
@@ -373,7 +373,7 @@ def _keep_alive_timeout(value: bytes) -> Optional[float]:
 
 
 def _read_framing(
-    specials: Headers,
+    specials: Sequence[Tuple[bytes, bytes]],
 ) -> Tuple[int, bool, bool, bool, Optional[float], Tuple[bytes, ...]]:
     """What a final head's framing fields say: (Content-Length or -1, chunked,
     the server said close, it said keep-alive, Keep-Alive timeout, Content-Encodings)."""
@@ -586,7 +586,7 @@ class H1Connection:
         version: Union[str, bytes],
         headers: Headers,
         size: int,
-        specials: Headers,
+        specials: Sequence[Tuple[bytes, bytes]],
     ) -> Union[Informational, ResponseHead]:
         """Apply the response-head rules; return the event (or raise)."""
         http_version = _VERSIONS.get(version)

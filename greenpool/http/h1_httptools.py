@@ -71,6 +71,43 @@ def _field(pair: Tuple[bytes, bytes]) -> Tuple[Tuple[bytes, bytes], int, bool]:
     return f
 
 
+# A head's fields as llhttp gives them -> (the fields as we report them, their size, the
+# framing fields among them).  From one response to the next a server mostly repeats
+# its whole head (only Date moves, once a second), so each distinct head is normalised
+# once; only heads made of kept fields (see above), at most _HEADS_MAX (cleared when full).
+_heads: Dict[Tuple[Tuple[bytes, bytes], ...], Tuple[Tuple[Tuple[bytes, bytes], ...], int,
+                                                  Tuple[Tuple[bytes, bytes], ...]]] = {}
+_HEADS_MAX = 256
+_HEAD_KEPT_FIELDS = 32
+
+
+def _head_fields(
+    raw: Tuple[Tuple[bytes, bytes], ...]
+) -> Tuple[Tuple[Tuple[bytes, bytes], ...], int, Tuple[Tuple[bytes, bytes], ...]]:
+    hdrs = []
+    specials = []
+    size = 0
+    keep = len(raw) <= _HEAD_KEPT_FIELDS
+    fields = _fields
+    for pair in raw:
+        f = fields.get(pair)
+        if f is None:
+            f = _field(pair)
+            if keep and pair not in fields:
+                keep = False
+        field = f[0]
+        size += f[1]
+        hdrs.append(field)
+        if f[2]:
+            specials.append(field)
+    head = (tuple(hdrs), size, tuple(specials))
+    if keep:
+        if len(_heads) >= _HEADS_MAX:
+            _heads.clear()
+        _heads[raw] = head
+    return head
+
+
 class _StopParsing(Exception):
     """Raised in a callback when bytes follow the complete final response."""
 
@@ -202,28 +239,19 @@ class HttptoolsConnection(H1Connection):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        hdrs: Headers = []
-        specials: Headers = []
-        size = 0
-        fields = _fields
-        for pair in self._hdrs:
-            f = fields.get(pair)
-            if f is None:
-                f = _field(pair)
-            field = f[0]
-            size += f[1]
-            hdrs.append(field)
-            if f[2]:
-                specials.append(field)
+        raw = tuple(self._hdrs)
         self._hdrs = []  # trailers, if any, go here
+        head = _heads.get(raw)
+        if head is None:
+            head = _head_fields(raw)
         try:
             event = self._head(
                 parser.get_status_code(),
                 self._reason,
                 parser.get_http_version(),
-                hdrs,
-                size,
-                specials,
+                list(head[0]),
+                head[1],
+                head[2],
             )
         except RemoteProtocolError as e:
             raise self._store(e) from None
