@@ -1002,6 +1002,46 @@ def test_httptools_field_cache_gives_the_same_heads():
     assert not any(raw for raw in h1_httptools._heads if (b"Set-Cookie", b"sid=secret") in raw)
 
 
+def test_h11_head_cache_checks_each_distinct_head_once():
+    # h11 backend: a head's raw bytes are checked once and kept (not with Set-Cookie);
+    # a refused head is refused every time and never kept; each event gets its own list
+    from greenpool.http import h1_h11
+
+    head = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\n\r\n"
+    heads = []
+    for _ in range(3):
+        conn = make_connection("h11")
+        conn.send_request(b"GET", b"/", HOST, -1)
+        conn.receive_data(head + b"ok")
+        events = []
+        assert drain(conn, events)
+        assert conn.body_length == 2
+        heads.append(events[0])
+    assert head in h1_h11._heads
+    assert heads[0] == heads[1] == heads[2]
+    assert heads[1].headers is not heads[2].headers
+    heads[0].headers.append((b"x", b"y"))
+    assert heads[2].headers == [(b"server", b"X"), (b"content-length", b"2")]
+    cookie = b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=secret\r\nContent-Length: 0\r\n\r\n"
+    bad = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n"
+    for _ in range(2):
+        conn = make_connection("h11")
+        conn.send_request(b"GET", b"/", HOST, -1)
+        conn.receive_data(cookie)
+        assert drain(conn, [])
+        conn = make_connection("h11")
+        conn.send_request(b"GET", b"/", HOST, -1)
+        conn.receive_data(bad + b"ok")
+        with pytest.raises(RemoteProtocolError, match="Content-Length"):
+            drain(conn, [])
+    assert cookie not in h1_h11._heads and bad not in h1_h11._heads
+    small = make_connection("h11", max_headers=1)
+    small.send_request(b"GET", b"/", HOST, -1)
+    small.receive_data(head + b"ok")
+    with pytest.raises(LimitExceeded):
+        drain(small, [])
+
+
 @pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
 def test_httptools_head_cache_gives_fresh_equal_heads():
     # a head seen before is normalised once; each event still gets its own list, and a

@@ -18,7 +18,7 @@ h11: the shared rules in ``h1.py`` decide what it means.
 from __future__ import annotations
 
 import re
-from typing import Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import h11
 
@@ -65,6 +65,54 @@ def _h11_request(method: bytes, target: bytes, headers: Headers) -> h11.Request:
         headers=_H11Headers([(name, name.lower(), value) for name, value in headers]),
         _parsed=True,
     )
+
+
+# A response head's bytes -> what _check_head made of them (the fields, their size, the
+# framing fields).  h11 parses the same bytes to the same event every time, and from one
+# response to the next a server mostly repeats its whole head (only Date moves, once a
+# second): each distinct head is checked once.  Heads with Set-Cookie (one-off values,
+# possibly secrets) or over _HEAD_KEPT_SIZE bytes are not kept; at most _HEADS_MAX
+# (cleared when full).
+_heads: Dict[bytes, Tuple[Tuple[Tuple[bytes, bytes], ...], int, Tuple[Tuple[bytes, bytes], ...]]] = {}
+_HEADS_MAX = 256
+_HEAD_KEPT_SIZE = 4096
+
+
+def _check_head(
+    region: bytes, ev: Union[h11.Response, h11.InformationalResponse]
+) -> Tuple[Tuple[Tuple[bytes, bytes], ...], int, Tuple[Tuple[bytes, bytes], ...]]:
+    """What h11 lets through but the shared rules do not (see the module docstring),
+    checked on the head's raw bytes; returns its fields, their size and framing fields."""
+    if region.count(b"\n") != region.count(b"\r\n"):
+        raise RemoteProtocolError("malformed response: bare LF line ending in the response head")
+    lines = region[region.find(b"\n") + 1 :]
+    if b"\n " in lines or b"\n\t" in lines:
+        raise RemoteProtocolError("malformed response: obsolete line folding in a header")
+    if _ctl_re.search(lines) is not None:
+        raise RemoteProtocolError("malformed response: control character in a header")
+    # h11's Headers keeps (raw name, lowercased name, value) triples
+    headers = tuple([(name, value) for _raw, name, value in ev.headers._full_items])
+    size = 4 * len(headers)
+    specials = []
+    keep = len(region) <= _HEAD_KEPT_SIZE
+    for name, value in headers:
+        size += len(name) + len(value)
+        if name in _SPECIAL_RESP:
+            specials.append((name, value))
+            if name == b"content-length":
+                found = _cl_line_re.findall(region)
+                if len(found) != 1 or b"," in found[0]:
+                    raise RemoteProtocolError(
+                        "malformed response: duplicate or invalid Content-Length"
+                    )
+        elif name == b"set-cookie":
+            keep = False
+    head = (headers, size, tuple(specials))
+    if keep:
+        if len(_heads) >= _HEADS_MAX:
+            _heads.clear()
+        _heads[region] = head
+    return head
 
 
 class H11Connection(H1Connection):
@@ -166,30 +214,12 @@ class H11Connection(H1Connection):
         m = _blank_line_re.search(raw)
         end = m.end() if m is not None else len(raw)
         region = bytes(raw[:end])
-        if region.count(b"\n") != region.count(b"\r\n"):
-            raise RemoteProtocolError(
-                "malformed response: bare LF line ending in the response head"
-            )
-        lines = region[region.find(b"\n") + 1 :]
-        if b"\n " in lines or b"\n\t" in lines:
-            raise RemoteProtocolError("malformed response: obsolete line folding in a header")
-        if _ctl_re.search(lines) is not None:
-            raise RemoteProtocolError("malformed response: control character in a header")
-        # h11's Headers keeps (raw name, lowercased name, value) triples
-        headers = [(name, value) for _raw, name, value in ev.headers._full_items]
-        size = 4 * len(headers)
-        specials = []
-        for name, value in headers:
-            size += len(name) + len(value)
-            if name in _SPECIAL_RESP:
-                specials.append((name, value))
-                if name == b"content-length":
-                    found = _cl_line_re.findall(region)
-                    if len(found) != 1 or b"," in found[0]:
-                        raise RemoteProtocolError(
-                            "malformed response: duplicate or invalid Content-Length"
-                        )
-        event = self._head(ev.status_code, ev.reason, ev.http_version, headers, size, specials)
+        head = _heads.get(region)
+        if head is None:
+            head = _check_head(region, ev)
+        event = self._head(
+            ev.status_code, ev.reason, ev.http_version, list(head[0]), head[1], head[2]
+        )
         if self._rstate == _R_BODY:
             raw.clear()
         else:
