@@ -76,6 +76,165 @@ def test_instruction_counts_one_client() -> None:
     assert 1_000 < count < 10_000_000, line   # a bare httptools exchange: tens of thousands
 
 
+def test_cpu_split_one_client() -> None:
+    """benchmarks.cpusplit: the worker under perf twice, a table of CPU per request by category."""
+    from benchmarks.cpusplit import perf_problem
+
+    problem = perf_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    if shutil.which("nginx") is None and shutil.which("nginx", path="/usr/sbin:/usr/local/sbin") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is required under CI")
+        pytest.skip("nginx not installed")
+    # start-up varies by a few hundred samples from run to run: the long run must outweigh it
+    proc = _run(["benchmarks.cpusplit", "raw-httptools", "--concurrency", "2",
+                 "--small", "200", "--large", "20200"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "failed" not in proc.stdout, proc.stdout
+    lines = proc.stdout.splitlines()
+    head = [i for i, ln in enumerate(lines) if ln.startswith("µs of CPU per request")]
+    assert head and lines[head[0]].split()[-1] == "raw-httptools", proc.stdout
+    rows = {ln[8:38].strip(): ln[38:] for ln in lines[head[0] + 1:]}
+    for label in ("python", "send", "of which waking the reader", "recv", "wait", "user", "kernel"):
+        assert label in rows, proc.stdout
+    total = float(rows["total"].split()[0])   # the last row, labelled "total" twice
+    assert 1 < total < 10_000, proc.stdout   # a bare httptools exchange: tens of microseconds
+
+
+_PERF_SCRIPT = """
+\tffffffff81b2c3d0 _raw_spin_unlock_irqrestore ([kernel.kallsyms])
+\tffffffff81a01234 __wake_up_sync_key ([kernel.kallsyms])
+\tffffffff81c41000 sock_def_readable ([kernel.kallsyms])
+\tffffffff81c52000 tcp_data_queue ([kernel.kallsyms])
+\tffffffff81c60000 tcp_v4_rcv ([kernel.kallsyms])
+\tffffffff81c31000 __dev_queue_xmit ([kernel.kallsyms])
+\tffffffff81c70000 tcp_sendmsg ([kernel.kallsyms])
+\tffffffff81c10000 __sys_sendto ([kernel.kallsyms])
+\tffffffff81c10100 __x64_sys_sendto ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          1177a0 __send (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t    7f0000001234 [unknown] ([unknown])
+
+python 12949\x20
+\tffffffff81c71000 tcp_sendmsg_locked ([kernel.kallsyms])
+\tffffffff81c70000 tcp_sendmsg ([kernel.kallsyms])
+\tffffffff81c10100 __x64_sys_sendto ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          1177a0 __send (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\tffffffff81400000 finish_task_switch.isra.0 ([kernel.kallsyms])
+\tffffffff82260000 __schedule ([kernel.kallsyms])
+\tffffffff82260100 schedule ([kernel.kallsyms])
+\tffffffff81300000 exit_to_user_mode_loop ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          1177a0 __send (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+
+\tffffffff81d00000 _copy_to_iter ([kernel.kallsyms])
+\tffffffff81c80000 tcp_recvmsg ([kernel.kallsyms])
+\tffffffff81c11000 __sys_recvfrom ([kernel.kallsyms])
+\tffffffff81c11100 __x64_sys_recvfrom ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          117500 __libc_recv (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\tffffffff81700000 filemap_read ([kernel.kallsyms])
+\tffffffff81701000 vfs_read ([kernel.kallsyms])
+\tffffffff81702000 ksys_read ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          1a0000 read (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\tffffffff81800000 ep_poll ([kernel.kallsyms])
+\tffffffff81801000 do_epoll_wait ([kernel.kallsyms])
+\tffffffff81802000 __x64_sys_epoll_wait ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t          120000 epoll_wait (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\tffffffff8223bdc8 mas_empty_area_rev ([kernel.kallsyms])
+\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])
+\tffffffff81000130 entry_SYSCALL_64_after_hwframe ([kernel.kallsyms])
+\t           20ca3 mmap64 (/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2)
+
+\tffffffff81604ac0 __handle_mm_fault ([kernel.kallsyms])
+\tffffffff81605a20 handle_mm_fault ([kernel.kallsyms])
+\tffffffff822605c6 exc_page_fault ([kernel.kallsyms])
+\tffffffff81000c82 asm_exc_page_fault ([kernel.kallsyms])
+\t          13a34 _PyObject_Malloc (/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0)
+
+\tffffffff81900000 handle_softirqs ([kernel.kallsyms])
+\tffffffff81901000 __irq_exit_rcu ([kernel.kallsyms])
+\tffffffff81902000 sysvec_apic_timer_interrupt ([kernel.kallsyms])
+\tffffffff81000c00 asm_sysvec_apic_timer_interrupt ([kernel.kallsyms])
+\t          200000 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
+
+\t          200000 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
+\t    7f0000001234 [unknown] ([unknown])
+
+\t          200100 PyObject_GetAttr (/usr/lib/libpython3.11.so.1.0)
+
+\t            9a10 parser_execute (/venv/site-packages/httptools/parser/parser.cpython-311-x86_64-linux-gnu.so)
+
+\t            4000 EVP_DecryptUpdate (/usr/lib/x86_64-linux-gnu/libcrypto.so.3)
+
+\t          165b5d __memmove_avx_unaligned_erms (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\t    7ffd505a8bad [unknown] ([unknown])
+"""
+
+
+def test_cpu_split_classifies_perf_samples() -> None:
+    """Each sample is counted once: a kernel one under the system call it is in (its outermost
+    __x64_sys_ frame, else ksys_/__sys_, else the libc wrapper it came from), a user one by
+    the dso of its leaf frame."""
+    from benchmarks.cpusplit import KERNEL, USER, classify
+
+    counts = classify(_PERF_SCRIPT)
+    assert dict(counts) == {
+        "send": 3, "waking the reader": 1, "recv": 2, "wait": 1, "other syscalls": 1,
+        "page faults": 1, "interrupts and other kernel": 1,
+        "python": 2, "C extensions": 2, "libc": 1, "other user": 1}
+    assert sum(counts[c] for c in USER + KERNEL) == 15
+    assert classify("") == {}
+
+
+def test_cpu_split_table_and_target_lines() -> None:
+    """The slope between the two runs, per category, in microseconds per request; a target
+    whose two clients were measured as the peer's CPU per request over greenpool's."""
+    from collections import Counter
+
+    from benchmarks.cpusplit import per_request, table, target_lines
+
+    # 1000 more requests, at 2000 samples a second: 2 more samples are 1 us per request
+    small = Counter({"python": 100, "send": 10, "waking the reader": 4, "recv": 5})
+    large = Counter({"python": 140, "send": 30, "waking the reader": 8, "recv": 15, "libc": 2})
+    gp = per_request(small, large, 2000, 3000, 4000)
+    assert gp["python"] == 20.0 and gp["libc"] == 1.0 and gp["send"] == 10.0
+    assert gp["waking the reader"] == 2.0 and gp["wait"] == 0.0
+    assert (gp["user"], gp["kernel"], gp["total"]) == (21.0, 15.0, 36.0)
+    peer = dict(gp, user=42.0, kernel=22.5, total=64.5)
+    results = {"greenpool-httptools": gp, "geventhttpclient": peer}
+    lines = table(results, "get-100B", 50)
+    assert "greenpool-httptools" in lines[0] and "geventhttpclient" in lines[0]
+    assert lines[1].split() == ["user", "python", "20.0", "20.0"]
+    assert [ln.split()[:-2] for ln in lines[5:7]] == [["kernel", "send"], ["of", "which", "waking", "the", "reader"]]
+    assert [ln.split() for ln in lines[-3:]] == [["total", "user", "21.0", "42.0"], ["kernel", "15.0", "22.5"],
+                                                 ["total", "36.0", "64.5"]]
+    assert target_lines(results, "get-100B", 50) == [
+        "Targets, in CPU per request (the peer's over greenpool's):",
+        "  HTTP/1.1 speedups >= 1.5x geventhttpclient: user 2.00x, kernel 1.50x, total 1.79x (target 1.5x)"]
+    assert target_lines(results, "get-100B", 1) == []
+    assert target_lines({"greenpool-httptools": gp}, "get-100B", 50) == []
+    zero = dict(gp, kernel=0.0)
+    assert "kernel n/a" in target_lines({"greenpool-httptools": zero, "geventhttpclient": peer},
+                                        "get-100B", 50)[1]
+
+
 def test_schedule_turns_the_order_and_repeats_target_cells() -> None:
     """Each repetition runs a cell's clients once, starting one further along; the cells a
     target compares (C=50 here) get target_reps repetitions, the rest reps."""
