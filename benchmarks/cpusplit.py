@@ -6,14 +6,15 @@ Timings on the shared 2-core machine move by 20-50% from run to run, and callgri
 instruction counts (:mod:`benchmarks.instructions`) leave out the kernel and the cycles per
 instruction.  This shows where the CPU time goes: it starts the suite's servers
 (:mod:`benchmarks.servers`), runs each client's benchmark worker (:mod:`benchmarks.worker`)
-under ``perf record -e cpu-clock -g`` twice, with ``--small`` and ``--large`` requests, sorts
-every sample by where it landed (the interpreter, C extensions, libc; in the kernel, the
-outermost system call it is under: send, recv, wait, ...) and prints, per category, the CPU
-microseconds one more request costs, start-up and warm-up cancelled out.  cpu-clock is a
-software event, so it works inside VMs without hardware counters; it is sampled, so repeat
-runs differ by several per cent, and CPU time moves with the machine's load (by tens of per
-cent on a busy 2-core machine): compare the columns of one run.  Needs perf (Debian package
-``linux-perf``); each client takes a few seconds.
+under ``perf record -e cpu-clock -g -k CLOCK_MONOTONIC``, keeps the samples taken during the
+worker's measured phase (it reports that phase's start and end on the same clock), sorts
+each by where it landed (the interpreter, C extensions, libc; in the kernel, the outermost
+system call it is under: send, recv, wait, ...) and prints, per category, the CPU
+microseconds per request: the median of ``--reps`` runs, the clients interleaved.
+cpu-clock is a software event, so it works inside VMs without hardware counters; it is
+sampled, and CPU time moves with the machine's load (by tens of per cent on a busy 2-core
+machine): compare the columns of one run.  Needs perf (Debian package ``linux-perf``); each
+run takes a few seconds.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
-from benchmarks.instructions import WARMUP
 from benchmarks.run import ROOT, _env
 from benchmarks.servers import Servers
 
@@ -52,24 +53,31 @@ _KERNEL_SPACE = 0xFFFF800000000000  # x86-64: addresses above this are the kerne
 _LIBC = ("libc.so", "libc-", "libm.so", "libm-", "ld-linux")
 
 
-def _stacks(text: str) -> List[List[Tuple[int, str, str]]]:
-    """``perf script -F ip,sym,dso`` output as call stacks of (address, symbol, dso), leaf
-    first.  Stacks are separated by blank lines; a line that is not indented (the
-    ``comm tid`` header when those fields are asked for) starts a new one."""
-    stacks: List[List[Tuple[int, str, str]]] = []
+_TIME = re.compile(r"\s*(\d+\.\d+):\s*$")
+
+
+def _samples(text: str) -> List[Tuple[Optional[float], List[Tuple[int, str, str]]]]:
+    """``perf script -F [time,]ip,sym,dso`` output as (time or None, call stack of (address,
+    symbol, dso), leaf first).  Stacks are separated by blank lines; a line that is not
+    indented, or is a time (the sample's header: ``comm tid``, or its time, which perf may
+    pad with blanks), starts a new one."""
+    samples: List[Tuple[Optional[float], List[Tuple[int, str, str]]]] = []
+    when: Optional[float] = None
     current: List[Tuple[int, str, str]] = []
     for line in text.splitlines():
-        if not line.strip() or not line[0].isspace():
+        m = _TIME.match(line)
+        if not line.strip() or not line[0].isspace() or m is not None:
             if current:
-                stacks.append(current)
+                samples.append((when, current))
             current = []
+            when = float(m.group(1)) if m is not None else None
             continue
         m = _FRAME.match(line.strip())
         if m is not None:
             current.append((int(m.group(1), 16), m.group(2), m.group(3)))
     if current:
-        stacks.append(current)
-    return stacks
+        samples.append((when, current))
+    return samples
 
 
 def _user_category(dso: str) -> str:
@@ -131,15 +139,18 @@ def _kernel_category(stack: List[Tuple[int, str, str]]) -> Tuple[str, bool]:
     return "interrupts and other kernel", False
 
 
-def classify(perf_script_text: str) -> Counter[str]:
+def classify(perf_script_text: str, phase: Optional[Tuple[float, float]] = None) -> Counter[str]:
     """Samples per category (:data:`USER`, :data:`KERNEL` and :data:`WAKING`) in the output of
-    ``perf script -F ip,sym,dso`` for a ``perf record -g`` run.  A sample is the kernel's
-    when its leaf frame is (dso ``[kernel.kallsyms]`` or a kernel address), and is then
-    counted under the system call it is in (:func:`_syscall`), else as a page fault
-    (``asm_exc_page_fault`` in its stack), else as an interrupt or other kernel work; a user
-    sample goes by the dso of its leaf frame."""
+    ``perf script -F time,ip,sym,dso`` for a ``perf record -g`` run; with ``phase`` (start,
+    end), only the samples taken in it.  A sample is the kernel's when its leaf frame is (dso
+    ``[kernel.kallsyms]`` or a kernel address), and is then counted under the system call it
+    is in (:func:`_syscall`), else as a page fault (``asm_exc_page_fault`` in its stack),
+    else as an interrupt or other kernel work; a user sample goes by the dso of its leaf
+    frame."""
     counts: Counter[str] = Counter()
-    for stack in _stacks(perf_script_text):
+    for when, stack in _samples(perf_script_text):
+        if phase is not None and (when is None or not phase[0] <= when <= phase[1]):
+            continue
         ip, _, dso = stack[0]
         if dso == "[kernel.kallsyms]" or ip >= _KERNEL_SPACE:
             cat, waking = _kernel_category(stack)
@@ -151,17 +162,19 @@ def classify(perf_script_text: str) -> Counter[str]:
     return counts
 
 
-def per_request(small_counts: Counter[str], large_counts: Counter[str], frequency: int,
-                small: int, large: int) -> Dict[str, float]:
+def per_request(counts: Counter[str], frequency: int, requests: int) -> Dict[str, float]:
     """CPU microseconds per request in each category (and the totals ``user``, ``kernel``,
-    ``total``): the slope between the two runs, one sample being 1/frequency seconds."""
-    def slope(a: float, b: float) -> float:
-        return (b - a) / frequency / (large - small) * 1e6
-    out = {cat: slope(small_counts[cat], large_counts[cat]) for cat in USER + KERNEL + (WAKING,)}
+    ``total``), one sample being 1/frequency seconds."""
+    out = {cat: counts[cat] / frequency / requests * 1e6 for cat in USER + KERNEL + (WAKING,)}
     out["user"] = sum(out[c] for c in USER)
     out["kernel"] = sum(out[c] for c in KERNEL)
     out["total"] = out["user"] + out["kernel"]
     return out
+
+
+def median_split(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    """The median of each category over runs (the totals are the medians of the totals)."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 #: (group shown on its first row, label, key in :func:`per_request`'s result)
@@ -221,34 +234,46 @@ def perf_problem() -> Optional[str]:
     return None
 
 
-def sampled(spec: Dict[str, Any], frequency: int, timeout: float = 900.0) -> Optional[Counter[str]]:
-    """Samples per category of the worker run for ``spec`` (None: the run failed)."""
+def sampled(spec: Dict[str, Any], frequency: int,
+            timeout: float = 900.0) -> Optional[Dict[str, float]]:
+    """CPU microseconds per request by category in the worker's measured phase for ``spec``
+    (None: the run failed)."""
     with tempfile.TemporaryDirectory(prefix="greenpool-perf-") as d:
         data = str(Path(d) / "perf.data")
-        cmd = ["perf", "record", "-e", "cpu-clock", "-F", str(frequency), "-g", "-o", data, "--",
+        cmd = ["perf", "record", "-e", "cpu-clock", "-F", str(frequency), "-g",
+               "-k", "CLOCK_MONOTONIC", "-o", data, "--",
                sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
         proc = subprocess.run(cmd, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
                               timeout=timeout)
-        if '"status": "ok"' not in proc.stdout:
+        result = _result(proc.stdout)
+        if result is None or result.get("status") != "ok" or not result.get("requests") \
+                or not result.get("phase"):
             return None
-        script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,dso"], cwd=str(ROOT),
-                                capture_output=True, text=True, errors="replace", timeout=timeout)
+        script = subprocess.run(["perf", "script", "-i", data, "-F", "time,ip,sym,dso"],
+                                cwd=str(ROOT), capture_output=True, text=True, errors="replace",
+                                timeout=timeout)
         if script.returncode != 0:
             return None
-        return classify(script.stdout)
+        start, end = result["phase"]
+        return per_request(classify(script.stdout, (start, end)), frequency, result["requests"])
 
 
-def measure(client: str, workload: str, concurrency: int, targets: Dict[str, Any],
-            small: int, large: int, frequency: int) -> Optional[Dict[str, float]]:
-    def spec(n: int) -> Dict[str, Any]:
-        return {"client": client, "workload": WORKLOADS[workload].spec(),
-                "concurrency": concurrency, "targets": targets, "requests": n,
-                "max_seconds": 600, "warmup": WARMUP}
-    a = sampled(spec(small), frequency)
-    b = sampled(spec(large), frequency) if a is not None else None
-    if a is None or b is None:
-        return None
-    return per_request(a, b, frequency, small, large)
+def _result(stdout: str) -> Optional[Dict[str, Any]]:
+    """The worker's JSON result line (see :mod:`benchmarks.worker`)."""
+    for line in stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            try:
+                return json.loads(line[len("@@RESULT@@"):])  # type: ignore[no-any-return]
+            except ValueError:
+                return None
+    return None
+
+
+def spec_for(client: str, workload: str, concurrency: int, targets: Dict[str, Any],
+             requests: int) -> Dict[str, Any]:
+    return {"client": client, "workload": WORKLOADS[workload].spec(),
+            "concurrency": concurrency, "targets": targets, "requests": requests,
+            "max_seconds": 600}  # the worker's own warm-up, as in the timed suite
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -257,15 +282,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("clients", nargs="+", help="client names (python -m benchmarks --list)")
     ap.add_argument("--workload", default="get-100B", choices=sorted(WORKLOADS))
     ap.add_argument("--concurrency", type=int, default=50)
-    ap.add_argument("--small", type=int, default=3000, help="requests in the short run (3000)")
-    ap.add_argument("--large", type=int, default=13000, help="requests in the long run (13000)")
+    ap.add_argument("--requests", type=int, default=20000,
+                    help="requests in each run's measured phase (20000)")
+    ap.add_argument("--reps", type=int, default=3, help="runs per client, interleaved (3)")
     ap.add_argument("--frequency", type=int, default=2000, help="samples per CPU second (2000)")
     args = ap.parse_args(argv)
     unknown = [c for c in args.clients if c not in CLIENTS or CLIENTS[c].kind == "ceiling"]
-    if unknown or args.large <= args.small or args.frequency <= 0:
+    if unknown or args.requests <= 0 or args.reps <= 0 or args.frequency <= 0:
         ap.error("unknown (or C ceiling) clients: %s" % ", ".join(unknown) if unknown
-                 else "--large must be more than --small" if args.large <= args.small
-                 else "--frequency must be positive")
+                 else "--requests, --reps and --frequency must be positive")
     problem = perf_problem()
     if problem is not None:
         print(problem, file=sys.stderr)
@@ -278,14 +303,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("servers: %s" % servers.problems, file=sys.stderr)
             return 2
         servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
+        runs: Dict[str, List[Dict[str, float]]] = {c: [] for c in args.clients}
+        failed = set()
+        for _ in range(args.reps):
+            for client in args.clients:
+                if client in failed:
+                    continue
+                split = sampled(spec_for(client, args.workload, args.concurrency,
+                                         servers.targets, args.requests), args.frequency)
+                if split is None:
+                    failed.add(client)
+                else:
+                    runs[client].append(split)
         for client in args.clients:
-            split = measure(client, args.workload, args.concurrency, servers.targets,
-                            args.small, args.large, args.frequency)
-            shown = ("failed (run the worker by hand to see why)" if split is None
-                     else "%.1f µs of CPU/request" % split["total"])
-            print("%-22s %s C=%-4d %s" % (client, args.workload, args.concurrency, shown), flush=True)
-            if split is not None:
-                results[client] = split
+            if client in failed or not runs[client]:
+                shown = "failed (run the worker by hand to see why)"
+            else:
+                results[client] = median_split(runs[client])
+                shown = "%.1f µs of CPU/request (runs: %s)" % (
+                    results[client]["total"], ", ".join("%.1f" % r["total"] for r in runs[client]))
+            print("%-22s %s C=%-4d %s" % (client, args.workload, args.concurrency, shown),
+                  flush=True)
     if results:
         print()
         for line in table(results, args.workload, args.concurrency) + target_lines(

@@ -77,7 +77,7 @@ def test_instruction_counts_one_client() -> None:
 
 
 def test_cpu_split_one_client() -> None:
-    """benchmarks.cpusplit: the worker under perf twice, a table of CPU per request by category."""
+    """benchmarks.cpusplit: the worker under perf, a table of CPU per request by category."""
     from benchmarks.cpusplit import perf_problem
 
     problem = perf_problem()
@@ -87,9 +87,8 @@ def test_cpu_split_one_client() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("nginx is required under CI")
         pytest.skip("nginx not installed")
-    # start-up varies by a few hundred samples from run to run: the long run must outweigh it
     proc = _run(["benchmarks.cpusplit", "raw-httptools", "--concurrency", "2",
-                 "--small", "200", "--large", "20200"], timeout=300)
+                 "--requests", "3000", "--reps", "1"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "failed" not in proc.stdout, proc.stdout
     lines = proc.stdout.splitlines()
@@ -203,20 +202,36 @@ def test_cpu_split_classifies_perf_samples() -> None:
     assert classify("") == {}
 
 
+def test_cpu_split_keeps_the_measured_phase() -> None:
+    """With a phase, only the samples whose time (perf script's time field) falls in it count."""
+    from benchmarks.cpusplit import classify
+
+    text = ("100.500000: \n\t  200000 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)\n\n"
+            "101.000000: \n\t  200000 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)\n\n"
+            "  101.250000: \n\tffffffff81c10100 __x64_sys_sendto ([kernel.kallsyms])\n"
+            "\tffffffff8225aa01 do_syscall_64 ([kernel.kallsyms])\n\n"
+            "102.500000: \n\t    9a10 parser_execute (/x/site-packages/parser.cpython-311.so)\n")
+    assert classify(text, (101.0, 102.0)) == {"python": 1, "send": 1}
+    assert classify(text) == {"python": 2, "send": 1, "C extensions": 1}
+    assert classify(_PERF_SCRIPT, (0.0, 1e9)) == {}  # no times: nothing is known to be in it
+
+
 def test_cpu_split_table_and_target_lines() -> None:
-    """The slope between the two runs, per category, in microseconds per request; a target
-    whose two clients were measured as the peer's CPU per request over greenpool's."""
+    """Samples per category as microseconds per request; the median of runs per category; a
+    target whose two clients were measured as the peer's CPU per request over greenpool's."""
     from collections import Counter
 
-    from benchmarks.cpusplit import per_request, table, target_lines
+    from benchmarks.cpusplit import median_split, per_request, table, target_lines
 
-    # 1000 more requests, at 2000 samples a second: 2 more samples are 1 us per request
-    small = Counter({"python": 100, "send": 10, "waking the reader": 4, "recv": 5})
-    large = Counter({"python": 140, "send": 30, "waking the reader": 8, "recv": 15, "libc": 2})
-    gp = per_request(small, large, 2000, 3000, 4000)
+    # 1000 requests at 2000 samples a second: 2 samples are 1 us per request
+    counts = Counter({"python": 40, "send": 20, "waking the reader": 4, "recv": 10, "libc": 2})
+    gp = per_request(counts, 2000, 1000)
     assert gp["python"] == 20.0 and gp["libc"] == 1.0 and gp["send"] == 10.0
     assert gp["waking the reader"] == 2.0 and gp["wait"] == 0.0
     assert (gp["user"], gp["kernel"], gp["total"]) == (21.0, 15.0, 36.0)
+    slow = dict(gp, python=50.0, total=66.0)
+    fast = dict(gp, python=10.0, total=26.0)
+    assert median_split([slow, gp, fast]) == gp
     peer = dict(gp, user=42.0, kernel=22.5, total=64.5)
     results = {"greenpool-httptools": gp, "geventhttpclient": peer}
     lines = table(results, "get-100B", 50)
