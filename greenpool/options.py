@@ -69,6 +69,9 @@ class PoolOptions:
     backoff_type: str = "rand_exp"
     #: how a shared (multiplexed) connection is picked
     strategy: str = "round_robin"
+    #: an exclusive checkout yields once to the hub first when other connections of its
+    #: key are in use (greenlets ready in the same loop turn then send together)
+    checkout_yield: bool = True
 
     def __post_init__(self) -> None:
         _count("max_connections", self.max_connections)
@@ -102,6 +105,8 @@ class PoolOptions:
             raise ValueError("backoff_type must be one of %s, not %r" % (", ".join(BACKOFF_TYPES), self.backoff_type))
         if self.strategy not in STRATEGIES:
             raise ValueError("strategy must be one of %s, not %r" % (", ".join(STRATEGIES), self.strategy))
+        if not isinstance(self.checkout_yield, bool):
+            raise TypeError("checkout_yield must be True or False, not %r" % (self.checkout_yield,))
 
     @property
     def per_host(self) -> int:

@@ -13,6 +13,7 @@ def test_defaults():
     assert o.per_host == 50 and o.max_lifetime is None and o.max_requests is None
     assert o.prewarm_count == 0 and o.queue_target is None and o.idle_interval is None
     assert (o.backoff_min, o.backoff_max, o.backoff_type, o.strategy) == (1.0, 30.0, "rand_exp", "round_robin")
+    assert o.checkout_yield is True
 
 
 @pytest.mark.parametrize("kw, exc, name", [
@@ -34,6 +35,7 @@ def test_defaults():
     ({"backoff_min": 5, "backoff_max": 1}, ValueError, "backoff_max"),
     ({"backoff_type": "linear"}, ValueError, "backoff_type"),
     ({"strategy": "fastest"}, ValueError, "strategy"),
+    ({"checkout_yield": 1}, TypeError, "checkout_yield"),
 ])
 def test_bad_values_name_the_option(kw, exc, name):
     with pytest.raises(exc, match=name):

@@ -55,6 +55,56 @@ def test_checkout_opens_then_reuses_most_recent(pool, server):
     assert_exact(pool)
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_checkout_yields_once_when_its_key_is_busy(server, on):
+    # rule 8: with another connection of the key in use, checkout lets the greenlets that
+    # are ready run first; alone on its key (or with checkout_yield=False) it does not
+    pool = GreenPool("cy", checkout_yield=on)
+    a = pool.checkout("127.0.0.1", server.port)
+    b = pool.checkout("127.0.0.1", server.port)
+    pool.checkin(a)
+    pool.checkin(b)
+    ran = []
+    gevent.spawn(ran.append, "alone")
+    x = pool.checkout("127.0.0.1", server.port)   # the only one out: no yield
+    assert x is b and ran == []
+    gevent.spawn(ran.append, "busy")
+    y = pool.checkout("127.0.0.1", server.port)   # x is out: yields first, if on
+    assert y is a
+    assert ran == (["alone", "busy"] if on else [])
+    pool.checkin(x)
+    pool.checkin(y)
+    assert_exact(pool)
+    pool.close()
+
+
+@pytest.mark.parametrize("fault", [gevent.GreenletExit, Timeout])
+def test_a_checkout_interrupted_while_yielding_holds_nothing(server, monkeypatch, fault):
+    # a kill or a timeout that lands in the yield (rule 8) finds nothing taken yet
+    import greenpool.pool as pool_module
+
+    pool = GreenPool("cyk")
+    a = pool.checkout("127.0.0.1", server.port)
+    b = pool.checkout("127.0.0.1", server.port)
+    pool.checkin(b)
+
+    def interrupted(seconds):
+        raise fault()
+
+    monkeypatch.setattr(pool_module, "_sleep", interrupted)
+    with pytest.raises(fault):
+        pool.checkout("127.0.0.1", server.port)
+    s = pool.get_stats()
+    assert (s["in_use_count"], s["free_count"], pool.count()) == (1, 1, 2)
+    assert_exact(pool)
+    monkeypatch.undo()
+    assert pool.checkout("127.0.0.1", server.port) is b
+    pool.checkin(a)
+    pool.checkin(b)
+    assert_exact(pool)
+    pool.close()
+
+
 def test_with_connection_checks_in_and_closes_on_error(pool, server):
     with pool.connection("127.0.0.1", server.port) as conn:
         assert roundtrip(conn) == b"ping"
