@@ -80,6 +80,16 @@ def drain(conn, events):
             return True
 
 
+def fresh_response(backend, response, **options):
+    """One GET on a new connection answered by ``response`` (fed whole): (events, conn)."""
+    conn = make_connection(backend, **options)
+    conn.send_request(b"GET", b"/", HOST, -1)
+    conn.receive_data(response)
+    events = []
+    drain(conn, events)
+    return events, conn
+
+
 def exchange(
     backend, response, feeding="whole", method=b"GET", eof=False, body_length=-1, conn=None
 ):
@@ -983,14 +993,7 @@ def test_httptools_field_cache_gives_the_same_heads():
     long_value = b"v" * 300
     resp = (b"HTTP/1.1 200 OK\r\nServer: X  \r\nTransfer-Encoding: Chunked\r\n"
             b"Set-Cookie: sid=secret\r\nX-Long: " + long_value + b"\r\n\r\n0\r\n\r\n")
-    heads = []
-    for _ in range(2):
-        conn = make_connection("httptools")
-        conn.send_request(b"GET", b"/", HOST, -1)
-        conn.receive_data(resp)
-        events = []
-        assert drain(conn, events)
-        heads.append(events[0])
+    heads = [fresh_response("httptools", resp)[0][0] for _ in range(2)]
     assert heads[0] == heads[1]
     assert heads[0].headers == [(b"server", b"X"), (b"transfer-encoding", b"chunked"),
                                 (b"set-cookie", b"sid=secret"), (b"x-long", long_value)]
@@ -1010,12 +1013,8 @@ def test_h11_head_cache_checks_each_distinct_head_once():
     head = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\n\r\n"
     heads = []
     for _ in range(3):
-        conn = make_connection("h11")
-        conn.send_request(b"GET", b"/", HOST, -1)
-        conn.receive_data(head + b"ok")
-        events = []
-        assert drain(conn, events)
-        assert conn.body_length == 2
+        events, conn = fresh_response("h11", head + b"ok")
+        assert type(events[-1]) is EndOfMessage and conn.body_length == 2
         heads.append(events[0])
     assert head in h1_h11._heads
     assert heads[0] == heads[1] == heads[2]
@@ -1025,21 +1024,12 @@ def test_h11_head_cache_checks_each_distinct_head_once():
     cookie = b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=secret\r\nContent-Length: 0\r\n\r\n"
     bad = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n"
     for _ in range(2):
-        conn = make_connection("h11")
-        conn.send_request(b"GET", b"/", HOST, -1)
-        conn.receive_data(cookie)
-        assert drain(conn, [])
-        conn = make_connection("h11")
-        conn.send_request(b"GET", b"/", HOST, -1)
-        conn.receive_data(bad + b"ok")
+        assert type(fresh_response("h11", cookie)[0][-1]) is EndOfMessage
         with pytest.raises(RemoteProtocolError, match="Content-Length"):
-            drain(conn, [])
+            fresh_response("h11", bad + b"ok")
     assert cookie not in h1_h11._heads and bad not in h1_h11._heads
-    small = make_connection("h11", max_headers=1)
-    small.send_request(b"GET", b"/", HOST, -1)
-    small.receive_data(head + b"ok")
     with pytest.raises(LimitExceeded):
-        drain(small, [])
+        fresh_response("h11", head + b"ok", max_headers=1)
 
 
 @pytest.mark.skipif(not HAVE_HTTPTOOLS, reason="httptools is not installed")
@@ -1052,11 +1042,8 @@ def test_httptools_head_cache_gives_fresh_equal_heads():
             b"Content-Encoding: gzip\r\n\r\nok")
     heads = []
     for _ in range(3):
-        conn = make_connection("httptools")
-        conn.send_request(b"GET", b"/", HOST, -1)
-        conn.receive_data(resp)
-        events = []
-        assert drain(conn, events)
+        events, conn = fresh_response("httptools", resp)
+        assert type(events[-1]) is EndOfMessage
         assert conn.content_encodings == (b"gzip",) and conn.body_length == 2
         heads.append(events[0])
     assert ((b"Server", b"X  "), (b"Content-Length", b"2"),
@@ -1066,8 +1053,5 @@ def test_httptools_head_cache_gives_fresh_equal_heads():
                                 (b"content-encoding", b"gzip")]
     heads[0].headers.append((b"x", b"y"))
     assert heads[1].headers is not heads[2].headers and len(heads[1].headers) == 3
-    small = make_connection("httptools", max_headers=2)
-    small.send_request(b"GET", b"/", HOST, -1)
-    small.receive_data(resp)
     with pytest.raises(LimitExceeded):
-        drain(small, [])
+        fresh_response("httptools", resp, max_headers=2)
