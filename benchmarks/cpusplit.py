@@ -18,7 +18,6 @@ run takes a few seconds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
+from benchmarks.instructions import client_arguments
 from benchmarks.run import ROOT, _env
 from benchmarks.servers import Servers
 
@@ -277,11 +277,7 @@ def spec_for(client: str, workload: str, concurrency: int, targets: Dict[str, An
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.cpusplit", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("clients", nargs="+", help="client names (python -m benchmarks --list)")
-    ap.add_argument("--workload", default="get-100B", choices=sorted(WORKLOADS))
-    ap.add_argument("--concurrency", type=int, default=50)
+    ap = client_arguments("python -m benchmarks.cpusplit", __doc__)
     ap.add_argument("--requests", type=int, default=20000,
                     help="requests in each run's measured phase (20000)")
     ap.add_argument("--reps", type=int, default=3, help="runs per client, interleaved (3)")

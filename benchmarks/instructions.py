@@ -57,12 +57,18 @@ def per_request(client: str, workload: str, concurrency: int, targets: Dict[str,
     return (b - a) / (large - small)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__,
+def client_arguments(prog: str, doc: Optional[str]) -> argparse.ArgumentParser:
+    """The arguments this tool and :mod:`benchmarks.cpusplit` share: clients, workload, C."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("clients", nargs="+", help="client names (python -m benchmarks --list)")
     ap.add_argument("--workload", default="get-100B", choices=sorted(WORKLOADS))
     ap.add_argument("--concurrency", type=int, default=50)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = client_arguments("python -m benchmarks.instructions", __doc__)
     ap.add_argument("--small", type=int, default=300, help="requests in the short run (300)")
     ap.add_argument("--large", type=int, default=1300, help="requests in the long run (1300)")
     args = ap.parse_args(argv)
