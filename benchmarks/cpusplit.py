@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
 from benchmarks.instructions import client_arguments
-from benchmarks.run import ROOT, _env
+from benchmarks.run import ROOT, _env, worker_result, worker_spec
 from benchmarks.servers import Servers
 
 USER = ("python", "C extensions", "libc", "other user")
@@ -245,7 +245,7 @@ def sampled(spec: Dict[str, Any], frequency: int,
                sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
         proc = subprocess.run(cmd, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
                               timeout=timeout)
-        result = _result(proc.stdout)
+        result = worker_result(proc.stdout)
         if result is None or result.get("status") != "ok" or not result.get("requests") \
                 or not result.get("phase"):
             return None
@@ -256,24 +256,6 @@ def sampled(spec: Dict[str, Any], frequency: int,
             return None
         start, end = result["phase"]
         return per_request(classify(script.stdout, (start, end)), frequency, result["requests"])
-
-
-def _result(stdout: str) -> Optional[Dict[str, Any]]:
-    """The worker's JSON result line (see :mod:`benchmarks.worker`)."""
-    for line in stdout.splitlines():
-        if line.startswith("@@RESULT@@"):
-            try:
-                return json.loads(line[len("@@RESULT@@"):])  # type: ignore[no-any-return]
-            except ValueError:
-                return None
-    return None
-
-
-def spec_for(client: str, workload: str, concurrency: int, targets: Dict[str, Any],
-             requests: int) -> Dict[str, Any]:
-    return {"client": client, "workload": WORKLOADS[workload].spec(),
-            "concurrency": concurrency, "targets": targets, "requests": requests,
-            "max_seconds": 600}  # the worker's own warm-up, as in the timed suite
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -305,8 +287,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             for client in args.clients:
                 if client in failed:
                     continue
-                split = sampled(spec_for(client, args.workload, args.concurrency,
-                                         servers.targets, args.requests), args.frequency)
+                # no "warmup": the worker's own, as in the timed suite
+                split = sampled(worker_spec(client, args.workload, args.concurrency,
+                                            servers.targets, args.requests, 600), args.frequency)
                 if split is None:
                     failed.add(client)
                 else:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
-from benchmarks.run import ROOT, _env
+from benchmarks.run import ROOT, _env, worker_result, worker_spec
 from benchmarks.servers import Servers
 
 WARMUP = 200
@@ -39,19 +39,16 @@ def collected(spec: Dict[str, Any], timeout: float = 900.0) -> Optional[int]:
     proc = subprocess.run(cmd, cwd=str(ROOT), env=_env(), capture_output=True, text=True,
                           timeout=timeout)
     m = _COLLECTED.search(proc.stderr)
-    if m is None or '"status": "ok"' not in proc.stdout:
+    result = worker_result(proc.stdout)
+    if m is None or result is None or result.get("status") != "ok":
         return None
     return int(m.group(1))
 
 
 def per_request(client: str, workload: str, concurrency: int, targets: Dict[str, Any],
                 small: int, large: int) -> Optional[float]:
-    def spec(n: int) -> Dict[str, Any]:
-        return {"client": client, "workload": WORKLOADS[workload].spec(),
-                "concurrency": concurrency, "targets": targets, "requests": n,
-                "max_seconds": 600, "warmup": WARMUP}
-    a = collected(spec(small))
-    b = collected(spec(large))
+    a = collected(worker_spec(client, workload, concurrency, targets, small, 600, warmup=WARMUP))
+    b = collected(worker_spec(client, workload, concurrency, targets, large, 600, warmup=WARMUP))
     if a is None or b is None:
         return None
     return (b - a) / (large - small)

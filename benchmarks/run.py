@@ -51,6 +51,25 @@ def _env() -> Dict[str, str]:
     return env
 
 
+def worker_spec(client: str, workload: str, concurrency: int, targets: Dict[str, Any],
+                requests: int, max_seconds: float, **extra: Any) -> Dict[str, Any]:
+    """What :mod:`benchmarks.worker` is given: one client, one workload, one C."""
+    return dict({"client": client, "workload": WORKLOADS[workload].spec(),
+                 "concurrency": concurrency, "targets": targets, "requests": requests,
+                 "max_seconds": max_seconds}, **extra)
+
+
+def worker_result(stdout: str) -> Optional[Dict[str, Any]]:
+    """The worker's JSON result (its last ``RESULT_MARK`` line), None if it printed none."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            try:
+                return json.loads(line[len(RESULT_MARK):])  # type: ignore[no-any-return]
+            except ValueError:
+                return None
+    return None
+
+
 def run_worker(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     base = {"client": spec["client"], "workload": spec["workload"]["name"],
             "concurrency": spec["concurrency"]}
@@ -60,9 +79,9 @@ def run_worker(spec: Dict[str, Any], timeout: float) -> Dict[str, Any]:
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(base, status="error", error="worker timed out after %.0fs" % timeout)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
+    result = worker_result(proc.stdout)
+    if result is not None:
+        return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return dict(base, status="error", error="worker exited %s: %s" % (proc.returncode, " | ".join(tail)))
 
@@ -229,9 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 elif info.kind == "ceiling":
                     res = run_ceiling(name, wl, c, n, seconds, targets)
                 else:
-                    spec = {"client": name, "workload": wl.spec(), "concurrency": c,
-                            "requests": n, "max_seconds": seconds, "targets": targets,
-                            "redis_pool_size": args.redis_pool_size}
+                    spec = worker_spec(name, wl.name, c, targets, n, seconds,
+                                       redis_pool_size=args.redis_pool_size)
                     res = run_worker(spec, timeout=seconds + 45)
                 res.setdefault("rep", rep)
                 if res.get("status") == "unavailable":
