@@ -269,13 +269,13 @@ class GreenPool:
         ``connect_opts`` go to the connector when a connection is opened
         (``connect_timeout=`` overrides the pool's for that open).
         """
-        if self._yield:
-            busy = self._hosts.get((host, port, transport))
-            if busy is not None and busy.in_use and busy.idle and not busy.live:
-                _sleep(0)  # rule 8; nothing is taken yet, so a kill or timeout here costs nothing
+        key = (host, port, transport)
+        h = self._hosts.get(key)
+        if h is not None and self._yield and h.in_use and h.idle and not h.live:
+            _sleep(0)  # rule 8; nothing is taken yet, so a kill or timeout here costs nothing
+            h = self._hosts.get(key)  # the world moved on (a fork forgets every host)
         if self._closed:
             raise self._closed_error()
-        h = self._hosts.get((host, port, transport))
         if h is None:
             h = self._new_host(host, port, transport, connect_opts)
         # fast path: the warmest idle connection, no allocation
