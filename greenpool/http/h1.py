@@ -97,6 +97,10 @@ from greenpool.errors import (
 )
 
 Headers = List[Tuple[bytes, bytes]]
+#: a head's fields kept by a backend's head cache, and what it kept of them: (the fields as
+#: reported, their size as "name: value\r\n" lines, the framing fields among them)
+Fields = Tuple[Tuple[bytes, bytes], ...]
+HeadFields = Tuple[Fields, int, Fields]
 
 NO_BODY = -1
 CHUNKED = None
@@ -319,6 +323,14 @@ class CheckedRequest:
         self.h11_event: Any = None
 
 
+def _keep(cache: Dict[Any, Any], limit: int, key: Any, value: Any) -> None:
+    """Keep ``value`` in one of the bounded caches of checked protocol data (this module's
+    and the backends'): at most ``limit`` entries, all forgotten when it is full."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
 # Requests already checked, keyed by (method, target, body_length, header tuple): a
 # client sends the same request again and again, so the checks above and the
 # backend's serialization run once per distinct request.  Bounded: cleared when full.
@@ -518,9 +530,7 @@ class H1Connection:
             framing, state, close = _check_request(method, target, headers, body_length)
             checked = CheckedRequest(list(headers) + framing, state, close)
             if key is not None:
-                if len(_checked) >= _CHECKED_MAX:
-                    _checked.clear()
-                _checked[key] = checked
+                _keep(_checked, _CHECKED_MAX, key, checked)
         state = checked.state
         self._method = method
         self._is_head = method == b"HEAD"
@@ -612,9 +622,7 @@ class H1Connection:
         fields = _framing_fields.get(key)
         if fields is None:
             fields = _read_framing(specials)
-            if len(_framing_fields) >= _FRAMING_FIELDS_MAX:
-                _framing_fields.clear()
-            _framing_fields[key] = fields
+            _keep(_framing_fields, _FRAMING_FIELDS_MAX, key, fields)
         length, chunked, close, keep_alive_header, ka_timeout, encodings = fields
         close = close or self._close_requested
         if self._is_head or status == 204 or status == 304:

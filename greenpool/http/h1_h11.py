@@ -18,7 +18,7 @@ h11: the shared rules in ``h1.py`` decide what it means.
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import h11
 
@@ -34,8 +34,10 @@ from greenpool.http.h1 import (
     Event,
     H1Connection,
     Headers,
+    HeadFields,
     Informational,
     ResponseHead,
+    _keep,
 )
 
 _blank_line_re = re.compile(rb"\n\r?\n")  # how h11 finds the end of a head
@@ -73,14 +75,14 @@ def _h11_request(method: bytes, target: bytes, headers: Headers) -> h11.Request:
 # second): each distinct head is checked once.  Heads with Set-Cookie (one-off values,
 # possibly secrets) or over _HEAD_KEPT_SIZE bytes are not kept; at most _HEADS_MAX
 # (cleared when full).
-_heads: Dict[bytes, Tuple[Tuple[Tuple[bytes, bytes], ...], int, Tuple[Tuple[bytes, bytes], ...]]] = {}
+_heads: Dict[bytes, HeadFields] = {}
 _HEADS_MAX = 256
 _HEAD_KEPT_SIZE = 4096
 
 
 def _check_head(
     region: bytes, ev: Union[h11.Response, h11.InformationalResponse]
-) -> Tuple[Tuple[Tuple[bytes, bytes], ...], int, Tuple[Tuple[bytes, bytes], ...]]:
+) -> HeadFields:
     """What h11 lets through but the shared rules do not (see the module docstring),
     checked on the head's raw bytes; returns its fields, their size and framing fields."""
     if region.count(b"\n") != region.count(b"\r\n"):
@@ -109,9 +111,7 @@ def _check_head(
             keep = False
     head = (headers, size, tuple(specials))
     if keep:
-        if len(_heads) >= _HEADS_MAX:
-            _heads.clear()
-        _heads[region] = head
+        _keep(_heads, _HEADS_MAX, region, head)
     return head
 
 

@@ -35,9 +35,12 @@ from greenpool.http.h1 import (
     _SPECIAL_RESP,
     Data,
     Event,
+    Fields,
     H1Connection,
     Headers,
+    HeadFields,
     ResponseHead,
+    _keep,
     serialize_head,
 )
 
@@ -62,28 +65,28 @@ def _field(pair: Tuple[bytes, bytes]) -> Tuple[Tuple[bytes, bytes], int, bool]:
     special = name in _SPECIAL_RESP
     if special and name == b"transfer-encoding":
         value = value.lower()  # as h11 reports it
-    size = len(name) + len(value) + 4
-    f = ((name, value), size, special)
-    if size <= _FIELD_KEPT_SIZE and name != b"set-cookie":
-        if len(_fields) >= _FIELDS_MAX:
-            _fields.clear()
-        _fields[pair] = f
+    f = ((name, value), len(name) + len(value) + 4, special)
+    if _keepable(f):
+        _keep(_fields, _FIELDS_MAX, pair, f)
     return f
+
+
+def _keepable(f: Tuple[Tuple[bytes, bytes], int, bool]) -> bool:
+    return f[1] <= _FIELD_KEPT_SIZE and f[0][0] != b"set-cookie"
 
 
 # A head's fields as llhttp gives them -> (the fields as we report them, their size, the
 # framing fields among them).  From one response to the next a server mostly repeats
 # its whole head (only Date moves, once a second), so each distinct head is normalised
 # once; only heads made of kept fields (see above), at most _HEADS_MAX (cleared when full).
-_heads: Dict[Tuple[Tuple[bytes, bytes], ...], Tuple[Tuple[Tuple[bytes, bytes], ...], int,
-                                                  Tuple[Tuple[bytes, bytes], ...]]] = {}
+_heads: Dict[Fields, HeadFields] = {}
 _HEADS_MAX = 256
 _HEAD_KEPT_FIELDS = 32
 
 
 def _head_fields(
-    raw: Tuple[Tuple[bytes, bytes], ...]
-) -> Tuple[Tuple[Tuple[bytes, bytes], ...], int, Tuple[Tuple[bytes, bytes], ...]]:
+    raw: Fields
+) -> HeadFields:
     hdrs = []
     specials = []
     size = 0
@@ -93,8 +96,7 @@ def _head_fields(
         f = fields.get(pair)
         if f is None:
             f = _field(pair)
-            if keep and pair not in fields:
-                keep = False
+            keep = keep and _keepable(f)
         field = f[0]
         size += f[1]
         hdrs.append(field)
@@ -102,9 +104,7 @@ def _head_fields(
             specials.append(field)
     head = (tuple(hdrs), size, tuple(specials))
     if keep:
-        if len(_heads) >= _HEADS_MAX:
-            _heads.clear()
-        _heads[raw] = head
+        _keep(_heads, _HEADS_MAX, raw, head)
     return head
 
 
