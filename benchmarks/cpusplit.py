@@ -29,10 +29,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
-from benchmarks.instructions import client_arguments
+from benchmarks.catalog import CLIENTS, TARGETS
+from benchmarks.instructions import client_arguments, workload_servers
 from benchmarks.run import ROOT, _env, worker_result, worker_spec
-from benchmarks.servers import Servers
 
 USER = ("python", "C extensions", "libc", "other user")
 KERNEL = ("send", "recv", "wait", "other syscalls", "page faults", "interrupts and other kernel")
@@ -273,14 +272,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return 2
-    redis = WORKLOADS[args.workload].protocol == "redis"
     results: Dict[str, Dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="greenpool-cpusplit-") as d, \
-            Servers(Path(d), need_http=not redis, need_redis=redis) as servers:
-        if servers.problems:
-            print("servers: %s" % servers.problems, file=sys.stderr)
+    with workload_servers(args.workload) as servers:
+        if servers is None:
             return 2
-        servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
         runs: Dict[str, List[Dict[str, float]]] = {c: [] for c in args.clients}
         failed = set()
         for _ in range(args.reps):

@@ -15,6 +15,7 @@ cycles: cache misses and the kernel's share are not in it.  Needs valgrind (Debi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from benchmarks.catalog import CLIENTS, REDIS_KEY, REDIS_VALUE, TARGETS, WORKLOADS
 from benchmarks.run import ROOT, _env, worker_result, worker_spec
@@ -54,6 +55,21 @@ def per_request(client: str, workload: str, concurrency: int, targets: Dict[str,
     return (b - a) / (large - small)
 
 
+@contextlib.contextmanager
+def workload_servers(workload: str) -> Iterator[Optional[Servers]]:
+    """The suite's servers that ``workload`` needs, ready, for this tool and
+    :mod:`benchmarks.cpusplit` (None, said on stderr, when they could not start)."""
+    redis = WORKLOADS[workload].protocol == "redis"
+    with tempfile.TemporaryDirectory(prefix="greenpool-tool-") as d, \
+            Servers(Path(d), need_http=not redis, need_redis=redis) as servers:
+        if servers.problems:
+            print("servers: %s" % servers.problems, file=sys.stderr)
+            yield None
+            return
+        servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
+        yield servers
+
+
 def client_arguments(prog: str, doc: Optional[str]) -> argparse.ArgumentParser:
     """The arguments this tool and :mod:`benchmarks.cpusplit` share: clients, workload, C."""
     ap = argparse.ArgumentParser(prog=prog, description=doc,
@@ -76,13 +92,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown or args.large <= args.small:
         ap.error("unknown (or C ceiling) clients: %s" % ", ".join(unknown) if unknown
                  else "--large must be more than --small")
-    redis = WORKLOADS[args.workload].protocol == "redis"
-    with tempfile.TemporaryDirectory(prefix="greenpool-instr-") as d, \
-            Servers(Path(d), need_http=not redis, need_redis=redis) as servers:
-        if servers.problems:
-            print("servers: %s" % servers.problems, file=sys.stderr)
+    with workload_servers(args.workload) as servers:
+        if servers is None:
             return 2
-        servers.prepare_redis(REDIS_KEY, REDIS_VALUE)
         counts: Dict[str, float] = {}
         for client in args.clients:
             n = per_request(client, args.workload, args.concurrency, servers.targets,
