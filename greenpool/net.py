@@ -44,6 +44,9 @@ from gevent.event import AsyncResult
 from greenpool.errors import ConnectError, ConnectTimeout, DNSError, TLSError
 
 TRANSPORTS = ("tcp", "ssl")
+#: every transport :func:`connect` opens; ``"unix"`` takes the socket's path as ``host``
+#: (``port`` is ignored, 0 by convention). Connectors list the ones they accept.
+ALL_TRANSPORTS = ("tcp", "ssl", "unix")
 
 VerifyType = Union[bool, str, _stdssl.SSLContext]
 CertType = Union[None, str, Tuple[str, str], Tuple[str, str, str]]
@@ -212,12 +215,15 @@ def connect(host: str, port: int, transport: str = "tcp", *,
             family: int = 0,
             happy_eyeballs_delay: float = 0.25,
             ssl_context: Optional[_stdssl.SSLContext] = None) -> gsocket.socket:
-    """Open a TCP (``"tcp"``) or TLS (``"ssl"``) connection; returns a gevent socket.
+    """Open a TCP (``"tcp"``), TLS (``"ssl"``) or Unix (``"unix"``, ``host`` is the path)
+    connection; returns a gevent socket.
 
     The whole of DNS, connect and handshake runs under ``timeout``.
     """
-    if transport not in TRANSPORTS:
-        raise ValueError("transport must be one of %s, not %r" % (TRANSPORTS, transport))
+    if transport not in ALL_TRANSPORTS:
+        raise ValueError("transport must be one of %s, not %r" % (ALL_TRANSPORTS, transport))
+    if transport == "unix":
+        return connect_unix(host, timeout=timeout)
     where = "%s:%s" % (host, port)
     deadline = gevent.Timeout(timeout) if timeout is not None else None
     sock = None
@@ -260,6 +266,39 @@ def connect(host: str, port: int, transport: str = "tcp", *,
             if e.errno == 0 and transport == "ssl":
                 raise TLSError("%s closed the connection during the TLS handshake" % where) from None
             raise ConnectError("cannot connect to %s: %s" % (where, e)) from None
+    finally:
+        if deadline is not None:
+            deadline.close()
+
+
+def connect_unix(path: str, *, timeout: Optional[float] = None) -> gsocket.socket:
+    """Open a Unix domain stream socket to ``path``; returns a gevent socket.
+
+    Failures are :class:`ConnectError` naming the path (``ConnectTimeout`` after ``timeout``).
+    """
+    sock = gsocket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    deadline = gevent.Timeout(timeout) if timeout is not None else None
+    if deadline is not None:
+        deadline.start()
+    try:
+        sock.connect(path)
+        return sock
+    except gevent.Timeout as t:
+        sock.close()
+        if t is not deadline:
+            raise
+        raise ConnectTimeout("connecting to unix:%s timed out after %ss" % (path, timeout)) from None
+    except FileNotFoundError:
+        sock.close()
+        raise ConnectError("no Unix socket at %s: is the server running?" % path) from None
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.ECONNREFUSED:
+            raise ConnectError("connection to unix:%s refused: is the server running?" % path) from None
+        raise ConnectError("cannot connect to unix:%s: %s" % (path, e)) from None
+    except BaseException:
+        sock.close()
+        raise
     finally:
         if deadline is not None:
             deadline.close()
