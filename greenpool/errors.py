@@ -226,7 +226,7 @@ def map_exceptions(
     except gevent.Timeout as t:
         if t is not timeout or timeout is None:
             raise
-        raise on_timeout(message or "timed out after %ss" % (timeout.seconds,)) from None
+        raise on_timeout(message or "timed out after %s" % (format_seconds(timeout.seconds),)) from None
     except GreenPoolError:
         raise
     except socket.timeout as e:  # a socket-level timeout (sock.settimeout)
@@ -241,6 +241,24 @@ def map_exceptions(
         if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED) and on_error is ReadError:
             raise ConnectionClosed("%sconnection reset by peer" % (message + ": " if message else "")) from e
         raise on_error("%s%s" % (message + ": " if message else "", e)) from e
+
+
+def format_address(host: str, port: Optional[int]) -> str:
+    """``host:port`` as a message shows it: an IPv6 literal in brackets
+    (``[::1]:24001``), the port left off when it is None."""
+    if ":" in host and not host.startswith("["):
+        host = "[%s]" % host
+    return host if port is None else "%s:%s" % (host, port)
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    """A duration as a message shows it: ``2s`` for 1.99987..., ``0.25s``,
+    ``120s``; ``no limit`` for None."""
+    if seconds is None:
+        return "no limit"
+    if seconds >= 100:
+        return "%.0fs" % seconds
+    return "%.3gs" % seconds
 
 
 __all__ = [
@@ -275,4 +293,6 @@ __all__ = [
     "TransactionAborted",
     "AuthenticationError",
     "map_exceptions",
+    "format_address",
+    "format_seconds",
 ]

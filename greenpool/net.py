@@ -41,7 +41,7 @@ import gevent.ssl as gssl
 from gevent import monkey
 from gevent.event import AsyncResult
 
-from greenpool.errors import ConnectError, ConnectTimeout, DNSError, TLSError
+from greenpool.errors import ConnectError, ConnectTimeout, DNSError, TLSError, format_address, format_seconds
 
 TRANSPORTS = ("tcp", "ssl")
 #: every transport :func:`connect` opens; ``"unix"`` takes the socket's path as ``host``
@@ -110,11 +110,11 @@ def resolve(host: str, port: int, family: int = 0) -> List[Tuple[Any, ...]]:
     try:
         infos = gsocket.getaddrinfo(host, port, family, _stdsocket.SOCK_STREAM)
     except _stdsocket.gaierror as e:
-        raise DNSError("cannot resolve %s:%s: %s" % (host, port, e)) from None
+        raise DNSError("cannot resolve %s: %s" % (format_address(host, port), e)) from None
     except UnicodeError as e:
         raise DNSError("invalid host name %r: %s" % (host, e)) from None
     if not infos:
-        raise DNSError("cannot resolve %s:%s: no addresses" % (host, port))
+        raise DNSError("cannot resolve %s: no addresses" % (format_address(host, port),))
     return interleave(infos)
 
 
@@ -224,7 +224,7 @@ def connect(host: str, port: int, transport: str = "tcp", *,
         raise ValueError("transport must be one of %s, not %r" % (ALL_TRANSPORTS, transport))
     if transport == "unix":
         return connect_unix(host, timeout=timeout)
-    where = "%s:%s" % (host, port)
+    where = format_address(host, port)
     deadline = gevent.Timeout(timeout) if timeout is not None else None
     sock = None
     if deadline is not None:
@@ -249,7 +249,7 @@ def connect(host: str, port: int, transport: str = "tcp", *,
         except gevent.Timeout as t:
             if t is not deadline:
                 raise
-            raise ConnectTimeout("connecting to %s timed out after %ss" % (where, timeout)) from None
+            raise ConnectTimeout("connecting to %s timed out after %s" % (where, format_seconds(timeout))) from None
         except _stdssl.SSLCertVerificationError as e:
             raise TLSError("TLS certificate of %s not trusted: %s (pass verify=<CA bundle path> to "
                            "trust a private CA)" % (where, e.verify_message or e)) from None
@@ -287,7 +287,7 @@ def connect_unix(path: str, *, timeout: Optional[float] = None) -> gsocket.socke
         sock.close()
         if t is not deadline:
             raise
-        raise ConnectTimeout("connecting to unix:%s timed out after %ss" % (path, timeout)) from None
+        raise ConnectTimeout("connecting to unix:%s timed out after %s" % (path, format_seconds(timeout))) from None
     except FileNotFoundError:
         sock.close()
         raise ConnectError("no Unix socket at %s: is the server running?" % path) from None
@@ -418,6 +418,18 @@ def recv_more(sock: Any, data: bytes, size: int) -> bytes:
         chunks.append(more)
         total += len(more)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def peer_name(sock: Any) -> str:
+    """``host:port`` of the socket's peer for a message (IPv6 in brackets),
+    ``the server`` when the socket no longer knows it."""
+    try:
+        addr = sock.getpeername()
+    except (OSError, AttributeError):
+        return "the server"
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return format_address(str(addr[0]), addr[1])
+    return "unix:%s" % (addr,) if addr else "the server"
 
 
 def alpn_protocol(sock: Any) -> Optional[str]:

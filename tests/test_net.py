@@ -292,3 +292,32 @@ def test_recv_more_leaves_plain_sockets_alone():
         assert net.recv_more(sock, b"already read", 65536) == b"already read"
         assert sock.recv(10) == b"ping"   # what the kernel holds was not touched
         sock.close()
+
+
+def test_connect_timeout_message_rounds_seconds(monkeypatch, blackhole):
+    _resolve_to(monkeypatch, blackhole)
+    with pytest.raises(ConnectTimeout) as e:
+        net.connect("slow.example", 1, timeout=0.123456789)
+    assert str(e.value) == "connecting to slow.example:1 timed out after 0.123s"
+
+
+def test_refused_ipv6_address_is_bracketed():
+    s = socket.socket(socket.AF_INET6)
+    try:
+        s.bind(("::1", 0))
+    except OSError:
+        s.close()
+        pytest.skip("no IPv6 loopback")
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectError) as e:
+        net.connect("::1", port, timeout=5)
+    assert str(e.value) == "connection to [::1]:%d refused: is the server running?" % port
+
+
+def test_peer_name_brackets_ipv6_and_survives_a_closed_socket():
+    with FakeServer() as srv:
+        sock = net.connect("127.0.0.1", srv.port, timeout=5)
+        assert net.peer_name(sock) == "127.0.0.1:%d" % srv.port
+        sock.close()
+        assert net.peer_name(sock) == "the server"

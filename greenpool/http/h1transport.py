@@ -62,12 +62,13 @@ from greenpool.errors import (
     ReadTimeout,
     WriteError,
     WriteTimeout,
+    format_seconds,
 )
 from greenpool.http import h1 as _h1
 from greenpool.http import models as _models
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.models import Headers, Request, Response, Timeout
-from greenpool.net import send_all
+from greenpool.net import peer_name, send_all
 
 _monotonic = time.monotonic
 NEED_DATA = _h1.NEED_DATA
@@ -213,9 +214,10 @@ def _is_reset(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in _RESET_ERRNOS
 
 
-def _read_error(e: OSError) -> GreenPoolError:
+def _read_error(e: OSError, sock: Any) -> GreenPoolError:
     if isinstance(e, socket.timeout):
-        return ReadTimeout("no data from the server within the read timeout")
+        return ReadTimeout("no data from %s within the read timeout (%s)"
+                           % (peer_name(sock), format_seconds(sock.gettimeout())))
     if _is_reset(e):
         return ConnectionClosed("the server closed or reset the connection: %s" % (e,))
     return ReadError("reading the response failed: %s" % (e,))
@@ -393,7 +395,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     try:
                         data = _recv(sock, st)
                     except OSError as e:
-                        err = _read_error(e)
+                        err = _read_error(e, sock)
                         if not got and isinstance(err, ConnectionClosed):
                             raise _Stale(err, True) from e
                         raise err from e
@@ -437,7 +439,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 try:
                     data = _recv(sock, st)
                 except OSError as e:
-                    raise _read_error(e) from e
+                    raise _read_error(e, sock) from e
                 h1.receive_data(data)
             elif cls is _EndOfMessage:
                 break
@@ -473,7 +475,7 @@ def _await_continue(sock: Any, st: _State, h1: Any, timeout: Timeout,
             except socket.timeout:
                 return None
             except OSError as e:
-                raise _read_error(e) from e
+                raise _read_error(e, sock) from e
             h1.receive_data(data)
             continue
         if ev.__class__ is _Informational:
@@ -572,7 +574,7 @@ class H1Body:
                     try:
                         data = _recv(sock, st)
                     except OSError as e:
-                        raise _read_error(e) from e
+                        raise _read_error(e, sock) from e
                     h1.receive_data(data)
                 elif cls is _EndOfMessage:
                     self.conn = None

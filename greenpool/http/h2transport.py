@@ -60,6 +60,8 @@ from greenpool.errors import (
     RemoteProtocolError,
     WriteError,
     WriteTimeout,
+    format_address,
+    format_seconds,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
 from greenpool.http.h2conn import H2Config, H2Protocol, Refused, Stream, _copy_error
@@ -395,8 +397,8 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
             if st.ended:
                 raise RemoteProtocolError("HTTP/2 stream %d ended without a response" % st.id)
             if not proto.wait(st, _remaining(read, deadline)):
-                raise ReadTimeout("no response head from %s:%s on HTTP/2 stream %d within %ss"
-                                  % (conn.host, conn.port, st.id, _remaining(read, deadline) if
+                raise ReadTimeout("no response head from %s on HTTP/2 stream %d within %s"
+                                  % (format_address(conn.host, conn.port), st.id, format_seconds(read) if
                                      deadline is None else "the read/total timeout"))
         status, resp_headers, coding, declared = _parse_head(st.head)
         if max_body_size is not None and request.method != "HEAD" and status not in (204, 304):
@@ -596,8 +598,9 @@ class H2Body:
                 return b""
             if not proto.wait(st, _remaining(self.read_timeout, self.deadline)):
                 self._finish()
-                raise ReadTimeout("no body data from %s:%s on HTTP/2 stream %d within the read "
-                                  "timeout" % (self.conn.host, self.conn.port, st.id))
+                raise ReadTimeout("no body data from %s on HTTP/2 stream %d within the read "
+                                  "timeout (%s)" % (format_address(self.conn.host, self.conn.port), st.id,
+                                                    format_seconds(self.read_timeout)))
 
     def close(self) -> None:
         """Stop early: RST_STREAM if the stream is still open; the use goes back to the pool."""
