@@ -252,13 +252,14 @@ def format_address(host: str, port: Optional[int]) -> str:
 
 
 def format_seconds(seconds: Optional[float]) -> str:
-    """A duration as a message shows it: ``2s`` for 1.99987..., ``0.25s``,
+    """A duration as a message shows it, to two significant digits (whole seconds
+    from 10 s): ``2s`` for 1.99987..., ``0.25s``, ``0.29s`` for 0.2876,
     ``120s``; ``no limit`` for None."""
     if seconds is None:
         return "no limit"
-    if seconds >= 100:
+    if seconds >= 10:
         return "%.0fs" % seconds
-    return "%.3gs" % seconds
+    return "%.2gs" % seconds
 
 
 __all__ = [

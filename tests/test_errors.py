@@ -8,8 +8,9 @@ from greenpool.errors import ConnectTimeout, ReadTimeout, format_address, format
 
 
 @pytest.mark.parametrize("seconds, shown", [
-    (1.9998761890000196, "2s"), (0.25, "0.25s"), (0.123456, "0.123s"), (30.0, "30s"), (5, "5s"),
-    (12.3456, "12.3s"), (120.4, "120s"), (3600.0, "3600s"), (None, "no limit"),
+    (1.9998761890000196, "2s"), (0.25, "0.25s"), (0.123456, "0.12s"), (0.2876, "0.29s"), (30.0, "30s"),
+    (5, "5s"), (2.5, "2.5s"), (12.3456, "12s"), (120.4, "120s"), (3600.0, "3600s"), (0.001234, "0.0012s"),
+    (None, "no limit"),
 ])
 def test_format_seconds(seconds, shown):
     assert format_seconds(seconds) == shown
@@ -28,7 +29,7 @@ def test_map_exceptions_names_our_timeout_rounded():
     t = gevent.Timeout(0.0123456)
     t.start()
     try:
-        with pytest.raises(ReadTimeout, match=r"^timed out after 0\.0123s$"):
+        with pytest.raises(ReadTimeout, match=r"^timed out after 0\.012s$"):
             with map_exceptions(t):
                 gevent.sleep(1)
     finally:

@@ -298,7 +298,7 @@ def test_connect_timeout_message_rounds_seconds(monkeypatch, blackhole):
     _resolve_to(monkeypatch, blackhole)
     with pytest.raises(ConnectTimeout) as e:
         net.connect("slow.example", 1, timeout=0.123456789)
-    assert str(e.value) == "connecting to slow.example:1 timed out after 0.123s"
+    assert str(e.value) == "connecting to slow.example:1 timed out after 0.12s"
 
 
 def test_refused_ipv6_address_is_bracketed():
