@@ -4,7 +4,10 @@ from __future__ import annotations
 import gevent
 import pytest
 
+import greenpool
 from greenpool.errors import ConnectTimeout, ReadTimeout, format_address, format_seconds, map_exceptions
+
+from fakes import FakeServer, assert_exact
 
 
 @pytest.mark.parametrize("seconds, shown", [
@@ -42,3 +45,21 @@ def test_map_exceptions_names_our_timeout_rounded():
                 gevent.sleep(1)
     finally:
         t.close()
+
+
+def test_http2_handshake_timeout_names_the_peer_and_rounds_seconds(no_leaks):
+    """A peer that accepts and never sends its SETTINGS (messages of h2conn.py)."""
+    def silent(sock, server):
+        while sock.recv(65536):
+            pass
+
+    with FakeServer(silent) as srv:
+        pool = greenpool.GreenPool("h2-silent")
+        try:
+            with pytest.raises(ConnectTimeout) as e:
+                greenpool.get("http://127.0.0.1:%d/" % srv.port, pool=pool, http2="prior_knowledge",
+                              timeout=greenpool.Timeout(5, connect=0.1234567))
+            assert str(e.value) == "HTTP/2 handshake with 127.0.0.1:%d timed out after 0.12s" % srv.port
+            assert_exact(pool)
+        finally:
+            pool.close()

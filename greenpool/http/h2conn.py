@@ -86,6 +86,8 @@ from greenpool.errors import (
     ReadTimeout,
     RemoteProtocolError,
     WriteError,
+    format_address,
+    format_seconds,
 )
 from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
@@ -315,7 +317,7 @@ class H2Protocol:
         h2c.initiate_connection()
         if cfg.connection_window_size > 65535:
             h2c.increment_flow_control_window(cfg.connection_window_size - 65535)
-        where = "%s:%s" % self.conn.key[:2]
+        where = format_address(*self.conn.key[:2])
         timer = gevent.Timeout(timeout) if timeout is not None else None
         if timer is not None:
             timer.start()
@@ -342,7 +344,8 @@ class H2Protocol:
         except gevent.Timeout as t:
             if t is not timer:
                 raise
-            raise ConnectTimeout("HTTP/2 handshake with %s timed out after %ss" % (where, timeout)) from None
+            raise ConnectTimeout("HTTP/2 handshake with %s timed out after %s"
+                                 % (where, format_seconds(timeout))) from None
         except OSError as e:
             raise ConnectionClosed("HTTP/2 handshake with %s failed: %s" % (where, e)) from None
         finally:
