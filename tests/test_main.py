@@ -351,3 +351,28 @@ def test_console_script_entry_point_is_main():
     assert cfg["options.entry_points"]["console_scripts"].strip() == "greenpool = greenpool.__main__:main"
     from greenpool.__main__ import main
     assert callable(main)
+
+
+def test_demo_ctrl_c_prints_the_partial_summary_and_exits_130():
+    proc = popen(["demo", "-n", "100000000", "-c", "4", "--progress", "0.05"])
+    try:
+        assert proc.stderr is not None
+        while True:
+            line = proc.stderr.readline().decode()
+            assert line, "demo ended early"
+            m = re.match(r"\[#*\s*\] (\d+)/100000000 ", line)
+            if m and int(m.group(1)) > 0:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode()
+    assert proc.returncode == 130, text + err.decode()
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
+    m = re.search(r"\ninterrupted: (\d+) of 100000000 requests completed\n(\d+) requests in ", text)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) > 0, text
+    stats = _stats(text)
+    assert stats["in_use_count"] == 0 and stats["open"] == stats["free_count"]
