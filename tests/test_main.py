@@ -192,7 +192,9 @@ def test_get_http2_prior_knowledge(nginx):
 
 def test_get_https_insecure_and_untrusted(nginx):
     out = cli(["get", nginx.https_url + "/"])
-    assert out.returncode == 2 and b"TLSError" in out.stderr and b"not trusted" in out.stderr
+    assert out.returncode == 2 and out.stderr.startswith(b"greenpool: TLSError: ") and b"not trusted" in out.stderr
+    assert out.stderr.endswith(b"; on the command line: --cacert FILE, or -k to skip verification\n")
+    assert out.stderr.count(b"\n") == 1
     out = cli(["get", "-k", "--http2", nginx.https_url + "/", "-i"])
     assert out.returncode == 0 and out.stdout.startswith(b"HTTP/2 200")
 
@@ -312,6 +314,7 @@ def test_bench_tls_untrusted_cacert_and_insecure(nginx, tls):
     out = cli(["bench", nginx.https_url + "/", "-n", "6", "-c", "2"])
     text = out.stdout.decode()
     assert out.returncode == 1 and "\nerror: TLSError x6, e.g.: TLS certificate of " in text, text
+    assert "--cacert FILE, or -k" in text
     out = cli(["bench", nginx.https_url + "/", "-n", "6", "-c", "2", "--cacert", str(tls.ca_path)])
     assert out.returncode == 0 and "\nstatus: 2xx 6\n" in out.stdout.decode(), out.stdout + out.stderr
     out = cli(["bench", nginx.https_url + "/", "-n", "6", "-c", "2", "-k", "--http2"])

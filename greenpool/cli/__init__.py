@@ -26,7 +26,7 @@ import greenlet
 
 import greenpool
 from greenpool.cli import bench, demo, get
-from greenpool.cli.args import CLIError, Parser
+from greenpool.cli.args import CLIError, Parser, describe
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -103,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write("greenpool %s: error: %s\n" % (args.command, e))
         return EXIT_ERROR
     except greenpool.GreenPoolError as e:
-        sys.stderr.write("greenpool: %s: %s\n" % (type(e).__name__, e))
+        sys.stderr.write("greenpool: %s: %s\n" % (type(e).__name__, describe(e)))
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - one line, unless asked for the traceback
         if args.traceback:

@@ -116,6 +116,15 @@ def client_options(args: argparse.Namespace, url: str) -> Dict[str, Any]:
     return kw
 
 
+def describe(e: BaseException) -> str:
+    """An error's message for the command line: a TLS verification failure also says
+    which flags help (the library's message speaks of ``verify=``)."""
+    text = str(e)
+    if isinstance(e, greenpool.TLSError) and "not trusted" in text:
+        text += "; on the command line: --cacert FILE, or -k to skip verification"
+    return text
+
+
 def progress_interval(args: argparse.Namespace, tty: bool) -> Optional[float]:
     """``--progress``: seconds between progress updates (None: none)."""
     seconds = args.progress

@@ -13,6 +13,8 @@ from typing import Callable, Dict, List, Optional, TextIO
 
 import gevent
 
+from greenpool.cli.args import describe
+
 #: one request: returns the response status (raises on failure)
 Fetch = Callable[[], int]
 
@@ -45,7 +47,8 @@ class LoadRun:
             except Exception as e:  # noqa: BLE001 - counted by type, one example shown
                 name = type(e).__name__
                 self.errors[name] = self.errors.get(name, 0) + 1
-                self.examples.setdefault(name, str(e))
+                if name not in self.examples:
+                    self.examples[name] = describe(e)
             else:
                 cls = "%dxx" % (status // 100)
                 self.statuses[cls] = self.statuses.get(cls, 0) + 1
