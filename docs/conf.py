@@ -5,7 +5,8 @@ Two hooks keep the rendered API honest without touching the code's docstrings:
 * defaults that are private sentinels (``timeout=_UNSET``: "not given") render as what
   they mean (``<the client's>``, ``<timeout>``) instead of ``<object object at 0x...>``;
 * "see the module docstring" becomes a link to that module's page in :doc:`modules`, where
-  every module docstring is rendered.
+  every module docstring is rendered; "README.rst" becomes a link to the front page, which
+  is the README.
 """
 import os
 import re
@@ -57,12 +58,17 @@ def _sentinel_defaults(app, what, name, obj, options, signature, return_annotati
 _MODULE_DOCSTRING = re.compile(r"the module docstring")
 
 
+_README = re.compile(r"(?<![`/\w])README\.rst(?![`\w])")
+
+
 def _module_links(app, what, name, obj, options, lines):
     target = getattr(getattr(obj, "fget", obj), "__module__", None) if what != "module" else None
-    if not target or not target.startswith("greenpool"):
-        return
     for i, line in enumerate(lines):
-        lines[i] = _MODULE_DOCSTRING.sub("the docstring of :mod:`%s`" % target, line)
+        # the README is this site's front page
+        line = _README.sub(":doc:`the README <index>`", line)
+        if target and target.startswith("greenpool"):
+            line = _MODULE_DOCSTRING.sub("the docstring of :mod:`%s`" % target, line)
+        lines[i] = line
 
 
 def setup(app):
