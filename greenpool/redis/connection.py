@@ -28,6 +28,12 @@ Invariants:
   the value), so the stream never desynchronises.
 * A batch's bytes are appended in one piece, so no other greenlet's command
   can land inside a MULTI ... EXEC or a CLIENT REPLY OFF ... ON.
+* A RESP3 push (``>``) is never a reply: the reader gives it to the pool's
+  ``push_handler`` (in the reader greenlet; an exception it raises is logged,
+  never raised into the reader) or drops it, counting either in
+  :class:`RedisStats`.  Attributes (``|``) never come out of the RESP reader.
+* A reply that cannot be decoded (``decode_responses``) is read whole and
+  fails only its own caller (:class:`~greenpool.errors.ReplyDecodeError`).
 * Any fault (EOF, reset, a write error, garbage, a reply over
   ``max_reply_size``) makes the connection dead at once (``is_alive()`` is
   False), fails *every* pending slot with an error that says the command may
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import gevent
 from gevent import GreenletExit, Timeout, get_hub
@@ -60,7 +66,7 @@ from greenpool.errors import (
     WriteError,
     map_exceptions,
 )
-from greenpool.redis.resp import NOT_ENOUGH, Reader, make_reader, pack_commands
+from greenpool.redis.resp import NOT_ENOUGH, Push, Reader, make_reader, pack_commands, short_repr
 
 log = logging.getLogger("greenpool.redis")
 
@@ -96,16 +102,32 @@ class _Batch:
         self.waiter = Waiter()
 
 
+class RedisStats:
+    """Counters shared by all the connections of one pool (``RedisPool.info()``)."""
+
+    __slots__ = ("pushes", "pushes_dropped", "push_handler_errors")
+
+    def __init__(self) -> None:
+        self.pushes = 0  # given to push_handler
+        self.pushes_dropped = 0  # no push_handler
+        self.push_handler_errors = 0  # push_handler raised (logged)
+
+
 class RedisProtocol:
     """``conn.proto`` of a Redis connection: write list, pending slots, reader and writer."""
 
     __slots__ = ("sock", "reader", "where", "conn", "pending", "out", "alive", "in_flight",
-                 "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch")
+                 "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch",
+                 "push_handler", "stats")
 
-    def __init__(self, sock: Any, reader: Any, where: str) -> None:
+    def __init__(self, sock: Any, reader: Any, where: str,
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None,
+                 stats: Optional["RedisStats"] = None) -> None:
         self.sock = sock
         self.reader = reader
         self.where = where
+        self.push_handler = push_handler
+        self.stats = stats if stats is not None else RedisStats()
         self.conn: Optional[Connection] = None
         self.pending: Deque[Any] = deque()
         self.out: List[bytes] = []
@@ -218,9 +240,12 @@ class RedisProtocol:
                     reply = reader.gets()
                     if reply is NOT_ENOUGH:
                         break
+                    if type(reply) is Push:
+                        self._on_push(reply)
+                        continue
                     if not pending:
-                        raise RemoteProtocolError(
-                            "Redis at %s sent a reply nobody asked for (%.60r)" % (self.where, reply))
+                        raise RemoteProtocolError("Redis at %s sent a reply nobody asked for (%s)"
+                                                  % (self.where, short_repr(reply, 60)))
                     slot = pending[0]
                     self.in_flight -= 1
                     if type(slot) is Waiter:
@@ -239,6 +264,22 @@ class RedisProtocol:
                 if not isinstance(e, GreenPoolError):
                     e = ReadError("reading from Redis at %s failed: %r" % (self.where, e))
                 self._fault(e)
+
+    def _on_push(self, push: List[Any]) -> None:
+        """Out-of-band data: to the handler, never to a caller; never raises."""
+        handler = self.push_handler
+        stats = self.stats
+        if handler is None:
+            stats.pushes_dropped += 1
+            return
+        stats.pushes += 1
+        try:
+            handler(push)
+        except Exception:  # noqa: BLE001 - the reader must go on reading
+            stats.push_handler_errors += 1
+            log.exception("push_handler %r failed on a push from Redis at %s (%s); the push is "
+                          "dropped, the connection goes on", handler, self.where,
+                          short_repr(push, 60))
 
     def _write_loop(self) -> None:
         sock = self.sock
@@ -275,11 +316,13 @@ class RedisSettings:
     """What every (re)connect needs; built and validated by RedisPool."""
 
     __slots__ = ("db", "username", "password", "client_name", "protocol", "parser",
-                 "decode_responses", "max_reply_size", "net_opts")
+                 "decode_responses", "max_reply_size", "net_opts", "push_handler", "stats")
 
     def __init__(self, *, db: int, username: Optional[str], password: Optional[str],
                  client_name: Optional[str], protocol: int, parser: str, decode_responses: bool,
-                 max_reply_size: int, net_opts: Dict[str, Any]) -> None:
+                 max_reply_size: int, net_opts: Dict[str, Any],
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None,
+                 stats: Optional[RedisStats] = None) -> None:
         self.db = db
         self.username = username
         self.password = password
@@ -289,6 +332,8 @@ class RedisSettings:
         self.decode_responses = decode_responses
         self.max_reply_size = max_reply_size
         self.net_opts = net_opts
+        self.push_handler = push_handler
+        self.stats = stats if stats is not None else RedisStats()
 
     def handshake(self) -> List[List[Any]]:
         """The commands every new connection runs before it is used."""
@@ -333,11 +378,11 @@ class RedisConnector(Connector):
         try:
             self._handshake(sock, where, timeout)
             reader = make_reader(s.parser, decode_responses=s.decode_responses,
-                                 max_reply_size=s.max_reply_size)
+                                 max_reply_size=s.max_reply_size, resp3=s.protocol == 3)
         except BaseException:
             sock.close()
             raise
-        proto = RedisProtocol(sock, reader, where)
+        proto = RedisProtocol(sock, reader, where, s.push_handler, s.stats)
         conn = Connection(key, sock, proto)
         proto.start(conn)
         return conn
@@ -384,5 +429,5 @@ class RedisConnector(Connector):
                                  % (where, " ".join(str(a) for a in cmd[:2]), text))
 
 
-__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "MAX_USERS"]
+__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "RedisStats", "MAX_USERS"]
 

@@ -28,8 +28,10 @@ Rules:
    Writes, pipelines, transactions and noreply batches are never re-sent.
 4. Commands that change the state of the *connection* (MULTI/EXEC, WATCH,
    SELECT, AUTH, HELLO, SUBSCRIBE, MONITOR, CLIENT REPLY, ...) are refused by
-   ``command``/``pipeline``: the connection is shared with other greenlets.
-   Use ``transaction()``, ``noreply_*()`` and the ``db=``/``password=`` options.
+   ``command``/``pipeline`` with a ValueError naming what to use instead (the
+   table is :mod:`greenpool.redis.commands`): the connection is shared with
+   other greenlets.  RESP3 pushes never reach a caller: they go to
+   ``push_handler`` or are dropped and counted (``info()``).
 5. After ``os.fork()`` the child never touches the parent's sockets: it drops
    them without a byte sent (as every pool does, see :mod:`greenpool.registry`),
    fails the commands it inherited in flight with
@@ -42,7 +44,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
 import gevent
@@ -53,12 +55,14 @@ from greenpool.errors import (
     PoolTimeout,
     ReadError,
     ReadTimeout,
+    ReplyDecodeError,
     ResponseError,
     TransactionAborted,
     WriteError,
 )
 from greenpool.pool import GreenPool, _Host
-from greenpool.redis.connection import RedisConnector, RedisSettings, _Batch, _Fail
+from greenpool.redis.commands import check_shared as _check_name
+from greenpool.redis.connection import RedisConnector, RedisSettings, RedisStats, _Batch, _Fail
 from greenpool.redis.resp import DEFAULT_MAX_REPLY_SIZE, PARSERS, pack_command, pack_commands
 
 log = logging.getLogger("greenpool.redis")
@@ -73,20 +77,6 @@ _EXEC = pack_command(["EXEC"])
 _REPLY_OFF = pack_command(["CLIENT", "REPLY", "OFF"])
 _REPLY_ON = pack_command(["CLIENT", "REPLY", "ON"])
 
-_TX = "use transaction(), which sends MULTI ... EXEC as one batch on one connection"
-_WATCH = ("WATCH needs a connection of its own, and RedisPool's connections are shared by many "
-          "greenlets; use transaction() for an atomic batch or a Lua script (EVAL) for check-and-set")
-_PUBSUB = "pub/sub needs a connection of its own; RedisPool's connections are shared"
-_STATEFUL: Dict[Any, str] = {}
-for _name, _why in {
-    "MULTI": _TX, "EXEC": _TX, "DISCARD": _TX, "WATCH": _WATCH, "UNWATCH": _WATCH,
-    "SELECT": "pass db= to RedisPool", "AUTH": "pass password= (and username=) to RedisPool",
-    "HELLO": "pass protocol= to RedisPool", "RESET": "it would reset a shared connection",
-    "QUIT": "use stop()", "MONITOR": _PUBSUB, "SUBSCRIBE": _PUBSUB, "PSUBSCRIBE": _PUBSUB,
-    "SSUBSCRIBE": _PUBSUB, "UNSUBSCRIBE": _PUBSUB, "PUNSUBSCRIBE": _PUBSUB,
-    "SUNSUBSCRIBE": _PUBSUB,
-}.items():
-    _STATEFUL[_name] = _STATEFUL[_name.encode()] = _why
 #: Commands ``command()`` may re-send when asked to (``retry_reads`` / ``retries``): they
 #: only read, so running one twice changes nothing.  Upper case; the name is matched
 #: case-insensitively, as str or bytes.
@@ -105,22 +95,13 @@ READ_ONLY_COMMANDS = frozenset((
 _READ_ONLY = READ_ONLY_COMMANDS | frozenset(n.encode() for n in READ_ONLY_COMMANDS)
 #: a connection that died before the reply (not a timeout, not a refused or garbled reply)
 _RETRYABLE = (ReadError, WriteError)
-_CLIENT = ("CLIENT", b"CLIENT")
-_REPLY = ("REPLY", b"REPLY")
 
 
-def _check_name(args: Sequence[Any], where: str = "") -> None:
-    """Refuse commands that would change a shared connection's state (ValueError)."""
-    name = args[0]
-    if type(name) is str or type(name) is bytes:
-        key = name.upper()
-        if key in _STATEFUL:
-            raise ValueError("%s%s cannot be sent on RedisPool's shared connections: %s"
-                             % (where, _s(key), _STATEFUL[key]))
-        if key in _CLIENT and len(args) > 1 and type(args[1]) in (str, bytes) \
-                and args[1].upper() in _REPLY:
-            raise ValueError("%sCLIENT REPLY cannot be sent on RedisPool's shared connections: "
-                             "use noreply_command() / noreply_pipeline()" % (where,))
+def _check_timeout(timeout: Any) -> None:
+    """A per-call timeout is None (the pool's) or a number of seconds > 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError("timeout must be a number of seconds > 0 (or None for the pool's "
+                         "timeout), not %r" % (timeout,))
 
 
 def is_read_only(args: Sequence[Any]) -> bool:
@@ -185,7 +166,7 @@ class RedisPool(GreenPool):
     connect_timeout=5.0, backoff_min=0.05, backoff_max=5.0,
     backoff_type="rand_exp", url=None, decode_responses=False, parser="auto",
     max_reply_size=512 MiB, start="wait", client_name=None, protocol=2,
-    verify=True, retry_reads=0)``.
+    verify=True, retry_reads=0, push_handler=None)``.
 
     Keywords given explicitly win over the parts of ``url``.
     """
@@ -200,7 +181,8 @@ class RedisPool(GreenPool):
                  decode_responses: bool = False, parser: str = "auto",
                  max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, start: str = "wait",
                  client_name: Optional[str] = None, protocol: int = 2,
-                 verify: Any = True, retry_reads: int = 0) -> None:
+                 verify: Any = True, retry_reads: int = 0,
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None) -> None:
         cfg: Dict[str, Any] = parse_url(url) if url is not None else {}
         for k, v in (("host", host), ("port", port), ("db", db), ("username", username),
                      ("password", password), ("ssl", ssl)):
@@ -233,13 +215,21 @@ class RedisPool(GreenPool):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError("timeout must be a number of seconds > 0, not %r" % (timeout,))
         retry_reads = _check_retries(retry_reads, "retry_reads")
+        if push_handler is not None:
+            if not callable(push_handler):
+                raise TypeError("push_handler must be a callable taking one push (a list), not %s"
+                                % type(push_handler).__name__)
+            if protocol != 3:
+                raise ValueError("push_handler needs protocol=3: pushes (CLIENT TRACKING "
+                                 "invalidations, ...) are a RESP3 feature")
         if name is None:
             name = "redis-%d" % next(_names)
         settings = RedisSettings(
             db=db, username=username, password=password, client_name=client_name,
             protocol=protocol, parser=parser, decode_responses=decode_responses,
             max_reply_size=max_reply_size,
-            net_opts={"verify": verify} if use_ssl else {})
+            net_opts={"verify": verify} if use_ssl else {},
+            push_handler=push_handler, stats=RedisStats())
         super().__init__(
             name, connector=RedisConnector(settings), max_connections=pool_size, timeout=None,
             checkout_timeout=timeout, connect_timeout=connect_timeout, backoff_min=backoff_min,
@@ -251,6 +241,8 @@ class RedisPool(GreenPool):
         self.transport = "ssl" if use_ssl else "tcp"
         self.command_timeout = float(timeout)
         self.retry_reads = retry_reads
+        self.push_handler = push_handler
+        self._pushes_ok = push_handler is not None
         #: read-only commands re-sent after their connection died (see retry_reads)
         self.retries = 0
         self.settings = settings
@@ -379,7 +371,9 @@ class RedisPool(GreenPool):
         never re-sent.
         """
         data = pack_command(args)
-        _check_name(args)
+        _check_name(args, "", self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
         if retries and is_read_only(args):
             value = self._call_retrying(data, timeout, retries)
@@ -389,6 +383,8 @@ class RedisPool(GreenPool):
             raise value.error()
         if type(value) is ResponseError:
             raise ResponseError(str(value))
+        if type(value) is ReplyDecodeError:
+            raise ReplyDecodeError(str(value))
         return value
 
     def _call_retrying(self, data: bytes, timeout: Optional[float], retries: int) -> Any:
@@ -421,7 +417,9 @@ class RedisPool(GreenPool):
         """Run commands in one write on one connection; error replies come back in place."""
         data = pack_commands(commands)
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
+            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         n = len(commands)
         if not n:
             return []
@@ -435,7 +433,9 @@ class RedisPool(GreenPool):
         """
         data = pack_commands(commands)
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
+            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         n = len(commands) + 2
         replies = _result(self._call(b"".join((_MULTI, data, _EXEC)), _Batch(n), n, timeout))
         if isinstance(replies[0], ResponseError):
@@ -458,7 +458,9 @@ class RedisPool(GreenPool):
         """Run commands without their replies, in one batch; errors are not reported."""
         data = pack_commands(commands)
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
+            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         if not commands:
             return
         reply = _result(self._call(b"".join((_REPLY_OFF, data, _REPLY_ON)), Waiter(), 1, timeout))
@@ -494,6 +496,9 @@ class RedisPool(GreenPool):
             "reconnects": self.reconnects,
             "retry_reads": self.retry_reads,
             "retries": self.retries,
+            "pushes": self.settings.stats.pushes,
+            "pushes_dropped": self.settings.stats.pushes_dropped,
+            "push_handler_errors": self.settings.stats.push_handler_errors,
             "connect_errors": self.counters["connect_errors"],
             "closed_connections": self.counters["closed"],
             "last_error": None if err is None else str(err),

@@ -1,0 +1,203 @@
+"""Tests for what RedisPool's shared connections promise (greenpool/redis/connection.py,
+greenpool/redis/commands.py): a caller only ever gets its own reply.
+
+RESP3 pushes and attributes, undecodable replies, refused commands and timeouts, overdue
+replies, idle pings, Unix sockets and a fair reader, against a real redis-server (DEBUG
+enabled) and in-process or out-of-process fakes where a broken peer is needed.  Both RESP
+parsers wherever a parser is involved.  Every test runs under ``no_leaks``; every fault
+test ends with ``assert_exact(pool)``.
+"""
+from __future__ import annotations
+
+import gevent
+import pytest
+from test_redis import PARSERS, key, wait_for
+
+from greenpool.errors import ReplyDecodeError
+from greenpool.redis import RedisPool
+from greenpool.redis.commands import CLIENT_REFUSED, REFUSED_ON_SHARED
+
+from fakes import assert_exact
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+@pytest.fixture(params=PARSERS)
+def parser(request):
+    return request.param
+
+
+def unchanged(pool):
+    """The pool still runs on the connections it started with."""
+    info = pool.info()
+    assert info["reconnects"] == 0 and info["closed_connections"] == 0, info
+    assert info["active"] == pool.pool_size, info
+
+
+# -- 1. RESP3 pushes and attributes never reach a caller --
+
+
+@pytest.mark.parametrize("with_handler", [True, False], ids=["handler", "no-handler"])
+def test_debug_protocol_push_and_attrib_never_reach_a_caller(redis, parser, with_handler):
+    got = []
+    kw = {"push_handler": got.append} if with_handler else {}
+    with RedisPool(pool_size=1, port=redis.port, parser=parser, protocol=3, **kw) as rp:
+        def work(i):
+            if i % 3 == 0:
+                return rp.command(["DEBUG", "PROTOCOL", "push"])
+            if i % 3 == 1:
+                return rp.command(["DEBUG", "PROTOCOL", "attrib"])
+            return rp.command(["ECHO", "e%d" % i])
+
+        for _ in range(3):  # all 30 in one batch on the one connection, three times
+            gs = [gevent.spawn(work, i) for i in range(30)]
+            gevent.joinall(gs, raise_error=True)
+            for i, g in enumerate(gs):
+                assert g.value == [b"Some real reply following the push reply",
+                                   b"Some real reply following the attribute",
+                                   b"e%d" % i][i % 3], (i, g.value)
+        assert rp.pipeline([["DEBUG", "PROTOCOL", "push"], ["PING"]]) == [
+            b"Some real reply following the push reply", b"PONG"]
+        info = rp.info()
+        if with_handler:
+            assert got == [[b"server-cpu-usage", 42]] * 31
+            assert (info["pushes"], info["pushes_dropped"]) == (31, 0)
+        else:
+            assert (info["pushes"], info["pushes_dropped"]) == (0, 31)
+        unchanged(rp)
+        assert_exact(rp)
+
+
+def test_push_handler_errors_are_logged_not_raised(redis, parser, caplog):
+    def handler(push):
+        raise RuntimeError("handler bug")
+
+    with RedisPool(pool_size=1, port=redis.port, parser=parser, protocol=3,
+                   push_handler=handler) as rp:
+        for _ in range(3):
+            assert rp.command(["DEBUG", "PROTOCOL", "push"]).startswith(b"Some real reply")
+        assert rp.command(["PING"]) == b"PONG"
+        assert rp.info()["push_handler_errors"] == 3
+        assert "handler bug" in caplog.text
+        unchanged(rp)
+        assert_exact(rp)
+
+
+def test_client_tracking_invalidations_while_20_greenlets_echo(redis, parser):
+    pushes = []
+    keys = [key("tracked") for _ in range(5)]
+    with RedisPool(pool_size=1, port=redis.port, parser=parser, protocol=3,
+                   push_handler=pushes.append) as rp, RedisPool(pool_size=1, port=redis.port) as other:
+        assert rp.command(["CLIENT", "TRACKING", "ON"]) == b"OK"
+        for rnd in range(5):
+            for k in keys:
+                rp.command(["GET", k])  # now tracked: the next SET of k invalidates it
+            gs = [gevent.spawn(rp.command, ["ECHO", "w%d-%d" % (rnd, i)]) for i in range(20)]
+            writer = gevent.spawn(lambda r=rnd: [other.command(["SET", k, r]) for k in keys])
+            more = [gevent.spawn(rp.command, ["ECHO", "x%d-%d" % (rnd, i)]) for i in range(20)]
+            gevent.joinall(gs + more + [writer], raise_error=True)
+            assert [g.value for g in gs] == [b"w%d-%d" % (rnd, i) for i in range(20)]
+            assert [g.value for g in more] == [b"x%d-%d" % (rnd, i) for i in range(20)]
+        wait_for(lambda: sum(len(p[1] or ()) for p in pushes if p[0] == b"invalidate") >= 25,
+                 what="25 invalidations")
+        invalidated = {k for p in pushes if p[0] == b"invalidate" for k in p[1]}
+        assert invalidated == {k.encode() for k in keys}
+        unchanged(rp)
+        assert_exact(rp)
+
+
+def test_client_tracking_needs_a_push_handler(redis):
+    with RedisPool(pool_size=1, port=redis.port, protocol=3) as rp:
+        with pytest.raises(ValueError, match="push_handler"):
+            rp.command(["client", "tracking", "on"])
+        with pytest.raises(ValueError, match="push_handler"):
+            rp.pipeline([["PING"], [b"CLIENT", b"TRACKING", b"ON"]])
+        assert rp.info()["in_flight"] == 0
+    with pytest.raises(ValueError, match="protocol=3"):
+        RedisPool(pool_size=1, port=redis.port, push_handler=print)
+    with pytest.raises(TypeError, match="callable"):
+        RedisPool(pool_size=1, port=redis.port, protocol=3, push_handler="print")
+
+
+# -- 2. an undecodable reply fails only its own caller --
+
+
+def test_undecodable_value_fails_only_its_caller(redis, parser):
+    bad = key("bin")
+    good = [key("txt") for _ in range(19)]
+    with RedisPool(pool_size=1, port=redis.port) as raw:
+        raw.command(["SET", bad, b"\xff\xfe"])
+        for i, k in enumerate(good):
+            raw.command(["SET", k, "v%d-é" % i])
+    with RedisPool(pool_size=1, port=redis.port, parser=parser, decode_responses=True) as rp:
+        for _ in range(3):
+            callers = [gevent.spawn(rp.command, ["GET", k]) for k in good[:10]]
+            callers.append(gevent.spawn(rp.command, ["GET", bad]))
+            callers += [gevent.spawn(rp.command, ["GET", k]) for k in good[10:]]
+            gevent.joinall(callers)
+            failed = callers.pop(10)
+            assert isinstance(failed.exception, ReplyDecodeError)
+            assert "not valid utf-8" in str(failed.exception)
+            assert [g.get() for g in callers] == ["v%d-é" % i for i in range(19)]
+        replies = rp.pipeline([["GET", good[0]], ["GET", bad], ["MGET", bad, good[1]], ["PING"]])
+        assert replies[0] == "v0-é" and replies[3] == "PONG"
+        assert isinstance(replies[1], ReplyDecodeError) and isinstance(replies[2], ReplyDecodeError)
+        unchanged(rp)
+        assert_exact(rp)
+        rp.command(["DEL", bad, *good])
+
+
+# -- 5. refused commands and timeouts --
+
+REFUSED = [
+    (["SUBSCRIBE", "ch"], r"rp\.pubsub\(\)"), (["psubscribe", "c*"], r"rp\.pubsub\(\)"),
+    (["SSUBSCRIBE", "ch"], r"rp\.pubsub\(\)"), (["UNSUBSCRIBE"], r"rp\.pubsub\(\)"),
+    (["PUNSUBSCRIBE"], r"rp\.pubsub\(\)"), (["SUNSUBSCRIBE"], r"rp\.pubsub\(\)"),
+    (["MONITOR"], r"rp\.monitor\(\)"),
+    ([b"WATCH", b"k"], r"rp\.watch_transaction"), (["UNWATCH"], r"rp\.connection\(\)"),
+    (["MULTI"], r"rp\.transaction\(\)"), (["exec"], r"rp\.watch_transaction"),
+    (["DISCARD"], r"rp\.connection\(\)"),
+    (["SYNC"], r"rp\.connection\(\)"), (["PSYNC", "?", -1], r"rp\.connection\(\)"),
+    (["REPLCONF", "listening-port", 1], r"rp\.connection\(\)"),
+    (["CLIENT", "TRACKING", "ON"], r"push_handler"),
+    (["client", "reply", "off"], r"noreply_command"),
+    (["CLIENT", "SETNAME", "x"], r"client_name=.*rp\.connection\(\)"),
+    (["SELECT", 1], r"RedisPool\(db=N\).*rp\.connection\(\)"),
+    (["RESET"], r"rp\.connection\(\)"), (["QUIT"], r"rp\.stop\(\)"),
+    (["HELLO", 3], r"RedisPool\(protocol="), (["AUTH", "x"], r"password="),
+]
+
+
+def test_the_refused_table_is_complete():
+    names = {args[0].upper() if isinstance(args[0], str) else args[0].decode().upper()
+             for args, _ in REFUSED}
+    assert set(REFUSED_ON_SHARED) == names - {"CLIENT"}
+    assert set(CLIENT_REFUSED) == {"TRACKING", "REPLY", "SETNAME"}
+    assert all("use " in why for why in list(REFUSED_ON_SHARED.values()) + list(CLIENT_REFUSED.values()))
+
+
+@pytest.mark.parametrize("cmd,instead", REFUSED, ids=lambda x: str(x))
+def test_refused_commands_name_what_to_use_instead(redis, cmd, instead):
+    with RedisPool(pool_size=1, port=redis.port) as rp:
+        for call in (lambda: rp.command(cmd), lambda: rp.pipeline([["PING"], cmd]),
+                     lambda: rp.transaction([cmd]), lambda: rp.noreply_command(cmd)):
+            with pytest.raises(ValueError, match="shared connections: .*" + instead):
+                call()
+        assert rp.info()["in_flight"] == 0
+        assert rp.command(["PING"]) == b"PONG"
+        assert rp.command(["CLIENT", "ID"]) > 0  # other CLIENT subcommands pass
+        unchanged(rp)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1, -0.5, float("nan"), "1", True])
+def test_per_call_timeout_must_be_positive(redis, bad):
+    with RedisPool(pool_size=1, port=redis.port) as rp:
+        for call in (lambda: rp.command(["PING"], timeout=bad),
+                     lambda: rp.pipeline([["PING"]], timeout=bad),
+                     lambda: rp.transaction([["PING"]], timeout=bad),
+                     lambda: rp.noreply_command(["PING"], timeout=bad)):
+            with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+                call()
+        assert rp.info()["in_flight"] == 0
+        assert rp.command(["PING"], timeout=0.5) == b"PONG"
+        assert_exact(rp)
