@@ -9,15 +9,20 @@ test ends with ``assert_exact(pool)``.
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import gevent
 import pytest
-from test_redis import PARSERS, key, wait_for
+from test_redis import PARSERS, fake_redis, key, wait_for
 
-from greenpool.errors import ReplyDecodeError
+from greenpool.errors import ConnectionClosed, LimitExceeded, ReadTimeout, ReplyDecodeError
 from greenpool.redis import RedisPool
 from greenpool.redis.commands import CLIENT_REFUSED, REFUSED_ON_SHARED
+from greenpool.redis.connection import OVERDUE_GRACE
+from greenpool.redis.resp import NOT_ENOUGH, Reader
 
-from fakes import assert_exact
+from fakes import FakeServer, assert_exact
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -200,4 +205,124 @@ def test_per_call_timeout_must_be_positive(redis, bad):
                 call()
         assert rp.info()["in_flight"] == 0
         assert rp.command(["PING"], timeout=0.5) == b"PONG"
+        assert_exact(rp)
+
+
+# -- 4. max_reply_size at the header; short logs --
+
+
+def test_a_2_to_the_40_bulk_header_fails_at_once_and_the_connection_is_replaced(parser):
+    def script(cmd):
+        return b"$%d\r\nabc" % (1 << 40) if cmd[0] == b"HUGE" else b"+OK\r\n"
+
+    with fake_redis(script) as srv:
+        with RedisPool(pool_size=1, port=srv.port, parser=parser, timeout=20,
+                       backoff_min=0.01) as rp:
+            t0 = time.monotonic()
+            with pytest.raises(LimitExceeded, match="bulk length of 1099511627776"):
+                rp.command(["HUGE"])
+            assert time.monotonic() - t0 < 5  # refused at its header, not at the timeout
+            wait_for(lambda: rp.info()["reconnects"] == 1, what="the replacement")
+            assert rp.command(["SET", "k", "v"]) == b"OK"
+            assert_exact(rp)
+
+
+def test_an_unsolicited_8_mib_reply_is_logged_as_a_short_prefix(parser, caplog):
+    big = b"$%d\r\n%s\r\n" % (8 << 20, b"x" * (8 << 20))
+
+    def handler(sock, server):
+        first = server.accepted == 1
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            sock.sendall(b"+PONG\r\n" * data.count(b"PING"))
+            if first:
+                gevent.sleep(0.05)
+                sock.sendall(big)
+
+    caplog.set_level(logging.DEBUG, logger="greenpool")
+    with FakeServer(handler) as srv:
+        with RedisPool(pool_size=1, port=srv.port, parser=parser, backoff_min=0.01) as rp:
+            wait_for(lambda: rp.info()["reconnects"] == 1, what="the replacement")
+            assert rp.command(["PING"]) == b"PONG"
+            assert_exact(rp)
+    assert "nobody asked for" in caplog.text
+    assert max(len(r.getMessage()) for r in caplog.records) < 2000
+
+
+# -- 3. a connection whose reply is overdue leaves rotation --
+
+
+def stalling_redis():
+    """A fake Redis: STALL gets half a bulk reply, then the connection goes silent (it
+    still reads); anything else gets +OK; PING (the handshake) +PONG."""
+    def script(cmd):
+        if cmd[0] == b"STALL":
+            return b"$10\r\nabc"
+        return b"+PONG\r\n" if cmd[0] == b"PING" else b"+OK\r\n"
+
+    def handler(sock, server):
+        reader = Reader()
+        stalled = False
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            if stalled:
+                continue
+            reader.feed(data)
+            out = []
+            while True:
+                cmd = reader.gets()
+                if cmd is NOT_ENOUGH:
+                    break
+                out.append(script(cmd))
+                if cmd[0] == b"STALL":
+                    stalled = True
+                    break
+            sock.sendall(b"".join(out))
+
+    return FakeServer(handler)
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_server_stalling_mid_reply_is_replaced_within_timeout_plus_grace(parser, retries):
+    with stalling_redis() as srv:
+        with RedisPool(pool_size=1, port=srv.port, parser=parser, backoff_min=0.01,
+                       timeout=30, retry_reads=retries) as rp:
+            stall = gevent.spawn(rp.command, ["STALL"], timeout=0.5)
+            gevent.sleep(0.05)
+            t0 = time.monotonic()
+            writes = [gevent.spawn(rp.command, ["SET", "k%d" % i, "v"]) for i in range(5)]
+            reads = [gevent.spawn(rp.command, ["GET", "k%d" % i]) for i in range(5)]
+            gevent.joinall([stall] + writes + reads)
+            elapsed = time.monotonic() - t0
+            assert isinstance(stall.exception, ReadTimeout)
+            # closed at timeout + grace (~1.5 s), far before the callers' own 30 s
+            assert elapsed < 0.5 + OVERDUE_GRACE + 8, elapsed
+            for g in writes:
+                assert isinstance(g.exception, ConnectionClosed), g.exception
+                assert "sent nothing" in str(g.exception)
+            for g in reads:
+                if retries:
+                    assert g.get() == b"OK"  # re-sent on the replacement
+                else:
+                    assert isinstance(g.exception, ConnectionClosed), g.exception
+            wait_for(lambda: rp.info()["active"] == 1, what="the replacement")
+            info = rp.info()
+            assert info["overdue_closed"] == 1 and info["reconnects"] == 1
+            assert [rp.command(["SET", "k", "v"]) for _ in range(3)] == [b"OK"] * 3
+            assert srv.accepted == 2
+            assert_exact(rp)
+
+
+def test_a_slow_reply_still_arriving_keeps_the_connection(redis, parser):
+    with RedisPool(pool_size=1, port=redis.port, parser=parser) as rp:
+        with pytest.raises(ReadTimeout):
+            rp.command(["DEBUG", "SLEEP", "0.3"], timeout=0.1)
+        assert rp.command(["ECHO", "after"]) == b"after"
+        gevent.sleep(OVERDUE_GRACE + 0.2)
+        unchanged(rp)
+        assert rp.info()["overdue_closed"] == 0
         assert_exact(rp)

@@ -34,6 +34,12 @@ Invariants:
   :class:`RedisStats`.  Attributes (``|``) never come out of the RESP reader.
 * A reply that cannot be decoded (``decode_responses``) is read whole and
   fails only its own caller (:class:`~greenpool.errors.ReplyDecodeError`).
+* A stuck connection leaves rotation: when a caller's reply does not come
+  within its timeout, the pool calls :meth:`RedisProtocol.overdue`; if then
+  nothing at all arrives for :data:`OVERDUE_GRACE` seconds while replies are
+  outstanding, the connection is closed as below (the callers queued on it get
+  ``ConnectionClosed`` at once, read-only ones re-sent per ``retry_reads``),
+  and the pool replaces it.  A slow reply still arriving keeps it.
 * Any fault (EOF, reset, a write error, garbage, a reply over
   ``max_reply_size``) makes the connection dead at once (``is_alive()`` is
   False), fails *every* pending slot with an error that says the command may
@@ -73,6 +79,9 @@ log = logging.getLogger("greenpool.redis")
 #: a shared connection takes any number of users: pipelining has no stream limit
 MAX_USERS = 1 << 30
 RECV_SIZE = 256 * 1024
+#: seconds a connection may stay silent, after a caller's reply was overdue, before it is
+#: closed and replaced (while replies are outstanding)
+OVERDUE_GRACE = 1.0
 
 
 class _Fail:
@@ -105,12 +114,13 @@ class _Batch:
 class RedisStats:
     """Counters shared by all the connections of one pool (``RedisPool.info()``)."""
 
-    __slots__ = ("pushes", "pushes_dropped", "push_handler_errors")
+    __slots__ = ("pushes", "pushes_dropped", "push_handler_errors", "overdue_closed")
 
     def __init__(self) -> None:
         self.pushes = 0  # given to push_handler
         self.pushes_dropped = 0  # no push_handler
         self.push_handler_errors = 0  # push_handler raised (logged)
+        self.overdue_closed = 0  # connections closed: silent after a reply was overdue
 
 
 class RedisProtocol:
@@ -118,7 +128,7 @@ class RedisProtocol:
 
     __slots__ = ("sock", "reader", "where", "conn", "pending", "out", "alive", "in_flight",
                  "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch",
-                 "push_handler", "stats")
+                 "push_handler", "stats", "received", "_watchdog", "_loop")
 
     def __init__(self, sock: Any, reader: Any, where: str,
                  push_handler: Optional[Callable[[List[Any]], Any]] = None,
@@ -139,7 +149,11 @@ class RedisProtocol:
         self.writer_idle = False
         self._writer: Any = None
         self._reader: Any = None
+        #: recv() calls that returned data (the overdue check looks for progress)
+        self.received = 0
+        self._watchdog: Any = None
         hub = get_hub()
+        self._loop = hub.loop
         self._run_callback = hub.loop.run_callback
         self._hub_switch = hub.switch
 
@@ -161,6 +175,9 @@ class RedisProtocol:
         if self.alive:
             self.abort(ConnectionClosed, ("the Redis connection to %s was closed before the reply "
                                           "arrived; the command may or may not have run" % self.where,))
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.close()
         current = gevent.getcurrent()
         for g in (self._reader, self._writer):
             if g is not None and g is not current and not g.dead:
@@ -174,6 +191,26 @@ class RedisProtocol:
                                       "(os.fork()); the command may or may not have run there"
                                       % self.where,))
         self.close()
+
+    def overdue(self, grace: float = OVERDUE_GRACE) -> None:
+        """A caller's reply did not come within its timeout (never yields): unless
+        something arrives within ``grace`` seconds, the connection is stuck."""
+        if self.alive and self._watchdog is None:
+            timer = self._watchdog = self._loop.timer(grace)
+            timer.start(self._check_overdue, self.received, grace)
+
+    def _check_overdue(self, mark: int, grace: float) -> None:
+        """Hub callback (must not raise or switch)."""
+        timer, self._watchdog = self._watchdog, None
+        if timer is not None:
+            timer.close()
+        if self.alive and self.in_flight and self.received == mark:
+            self.stats.overdue_closed += 1
+            error = ConnectionClosed(
+                "Redis at %s sent nothing for %.3gs after a reply was overdue (the server is "
+                "stuck, or the network); the connection was closed and is being replaced"
+                % (self.where, grace))
+            gevent.spawn(self._fault, error)
 
     # -- callers --
 
@@ -234,6 +271,7 @@ class RedisProtocol:
                     data = net.recv_more(sock, sock.recv(RECV_SIZE), RECV_SIZE)
                 if not data:
                     raise ConnectionClosed("Redis at %s closed the connection" % self.where)
+                self.received += 1
                 reader.feed(data)
                 pending = self.pending
                 while True:
@@ -429,5 +467,6 @@ class RedisConnector(Connector):
                                  % (where, " ".join(str(a) for a in cmd[:2]), text))
 
 
-__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "RedisStats", "MAX_USERS"]
+__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "RedisStats", "MAX_USERS",
+           "OVERDUE_GRACE"]
 

@@ -20,7 +20,9 @@ Rules:
    callers waiting for replies.
 3. A command's ``timeout`` covers waiting for a live connection and for its
    reply.  A timed-out or killed caller does not desynchronise the connection
-   (see :mod:`greenpool.redis.connection`).  A command is never re-sent, with
+   (see :mod:`greenpool.redis.connection`), but a connection that then stays
+   silent for ``OVERDUE_GRACE`` (1 s) while replies are outstanding is closed
+   and replaced.  A command is never re-sent, with
    one opt-in exception: ``retry_reads=N`` (pool) or ``command(..., retries=N)``
    re-sends a command named in :data:`READ_ONLY_COMMANDS` up to N times on a
    live connection when its connection died before the reply (``ReadError``,
@@ -357,6 +359,7 @@ class RedisPool(GreenPool):
         finally:
             self.release_shared(conn)
         if value is _TIMED_OUT:
+            conn.proto.overdue()  # closed and replaced if it stays silent (see connection.py)
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
                               "discarded; the command may still run)" % (self._where, shown_timeout))
         return value
@@ -499,6 +502,7 @@ class RedisPool(GreenPool):
             "pushes": self.settings.stats.pushes,
             "pushes_dropped": self.settings.stats.pushes_dropped,
             "push_handler_errors": self.settings.stats.push_handler_errors,
+            "overdue_closed": self.settings.stats.overdue_closed,
             "connect_errors": self.counters["connect_errors"],
             "closed_connections": self.counters["closed"],
             "last_error": None if err is None else str(err),
