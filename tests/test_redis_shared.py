@@ -16,8 +16,14 @@ import gevent
 import pytest
 from test_redis import PARSERS, fake_redis, key, wait_for
 
-from greenpool.errors import ConnectionClosed, LimitExceeded, ReadTimeout, ReplyDecodeError
-from greenpool.redis import RedisPool
+from greenpool.errors import (
+    ConnectError,
+    ConnectionClosed,
+    LimitExceeded,
+    ReadTimeout,
+    ReplyDecodeError,
+)
+from greenpool.redis import RedisPool, parse_url
 from greenpool.redis.commands import CLIENT_REFUSED, REFUSED_ON_SHARED
 from greenpool.redis.connection import OVERDUE_GRACE
 from greenpool.redis.resp import NOT_ENOUGH, Reader
@@ -326,3 +332,71 @@ def test_a_slow_reply_still_arriving_keeps_the_connection(redis, parser):
         unchanged(rp)
         assert rp.info()["overdue_closed"] == 0
         assert_exact(rp)
+
+
+# -- 6. idle pings; Unix sockets --
+
+
+def test_idle_connections_are_pinged(redis, parser):
+    with RedisPool(pool_size=2, port=redis.port, parser=parser, idle_interval=0.1) as rp:
+        wait_for(lambda: rp.counters["pings"] >= 6, what="idle pings")
+        assert rp.command(["PING"]) == b"PONG"
+        assert rp.counters["ping_failures"] == 0
+        unchanged(rp)
+        assert_exact(rp)
+
+
+def test_an_unanswered_idle_ping_closes_and_replaces_the_connection(parser):
+    def handler(sock, server):
+        answered = False  # the handshake's PING only; later ones are ignored
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            if not answered:
+                answered = True
+                sock.sendall(b"+PONG\r\n")
+
+    with FakeServer(handler) as srv:
+        with RedisPool(pool_size=1, port=srv.port, parser=parser, idle_interval=0.1,
+                       connect_timeout=0.3, backoff_min=0.01) as rp:
+            wait_for(lambda: rp.info()["reconnects"] >= 2, timeout=10, what="two replacements")
+            assert rp.counters["ping_failures"] >= 2
+            assert srv.accepted >= 3
+            assert_exact(rp)
+
+
+def test_unix_socket_path_and_unix_url(redis, parser):
+    k = key("unix")
+    with RedisPool(pool_size=2, unix_socket_path=str(redis.unix_path), parser=parser) as rp:
+        assert rp.command(["SET", k, "over unix"]) == b"OK"
+        gs = [gevent.spawn(rp.command, ["ECHO", "u%d" % i]) for i in range(20)]
+        gevent.joinall(gs, raise_error=True)
+        assert [g.value for g in gs] == [b"u%d" % i for i in range(20)]
+        assert rp.transport == "unix" and rp.info()["host"] == str(redis.unix_path)
+        assert "unix:" in repr(rp)
+        assert_exact(rp)
+    with RedisPool(pool_size=1, url="unix://%s?db=2" % redis.unix_path, parser=parser) as rp:
+        assert rp.db == 2
+        rp.command(["SET", k, "db2"])
+    with RedisPool(pool_size=1, port=redis.port, db=2) as tcp:
+        assert tcp.command(["GET", k]) == b"db2"
+        tcp.command(["DEL", k])
+    with RedisPool(pool_size=1, port=redis.port) as tcp:
+        assert tcp.command(["GET", k]) == b"over unix"
+        tcp.command(["DEL", k])
+
+
+def test_unix_url_parsing_and_bad_combinations(tmp_path):
+    assert parse_url("unix:///run/redis/redis.sock?db=2") == {
+        "unix_socket_path": "/run/redis/redis.sock", "db": 2}
+    assert parse_url("unix://:s3cret@/tmp/r.sock") == {
+        "unix_socket_path": "/tmp/r.sock", "password": "s3cret"}
+    for bad in ("unix://host/tmp/r.sock", "unix://", "unix:///tmp/r.sock?db=x",
+                "unix:///tmp/r.sock?timeout=1"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+    with pytest.raises(ValueError, match="unix_socket_path replaces"):
+        RedisPool(unix_socket_path="/tmp/x.sock", port=6379)
+    with pytest.raises(ConnectError, match="nobody.sock"):
+        RedisPool(pool_size=1, unix_socket_path=str(tmp_path / "nobody.sock"))

@@ -66,6 +66,7 @@ from greenpool.errors import (
     ConnectTimeout,
     GreenPoolError,
     ReadError,
+    ReadTimeout,
     RedisError,
     RemoteProtocolError,
     ResponseError,
@@ -82,6 +83,8 @@ RECV_SIZE = 256 * 1024
 #: seconds a connection may stay silent, after a caller's reply was overdue, before it is
 #: closed and replaced (while replies are outstanding)
 OVERDUE_GRACE = 1.0
+_PING = pack_commands([["PING"]])
+_NO_ANSWER: Any = object()
 
 
 class _Fail:
@@ -211,6 +214,28 @@ class RedisProtocol:
                 "stuck, or the network); the connection was closed and is being replaced"
                 % (self.where, grace))
             gevent.spawn(self._fault, error)
+
+    def ping(self, timeout: Optional[float]) -> None:
+        """The pool's idle health check (``idle_interval``): PING, and raise unless PONG
+        comes within ``timeout``; the pool then closes the connection and it is replaced."""
+        waiter = Waiter()
+        self.submit(_PING, waiter, 1)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.timer(timeout)
+            timer.start(waiter.switch, _NO_ANSWER)
+        try:
+            value = waiter.get()
+        finally:
+            if timer is not None:
+                timer.close()
+        if value is _NO_ANSWER:
+            raise ReadTimeout("Redis at %s did not answer an idle PING within %ss"
+                              % (self.where, timeout))
+        if type(value) is _Fail:
+            raise value.error()
+        if isinstance(value, ResponseError):
+            raise RedisError("Redis at %s answered an idle PING with %s" % (self.where, value))
 
     # -- callers --
 
@@ -404,6 +429,7 @@ class RedisConnector(Connector):
 
     shared = True
     open_on_demand = False  # RedisPool keeps pool_size open; callers take a live one or wait
+    transports = net.ALL_TRANSPORTS  # "unix": host is the socket's path, port 0
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
@@ -411,7 +437,7 @@ class RedisConnector(Connector):
     def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
         host, port, transport = key
         s = self.settings
-        where = "%s:%s" % (host, port)
+        where = "unix:%s" % host if transport == "unix" else "%s:%s" % (host, port)
         sock = net.connect(host, port, transport, timeout=timeout, **{**s.net_opts, **opts})
         try:
             self._handshake(sock, where, timeout)

@@ -47,7 +47,7 @@ import itertools
 import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import gevent
 from gevent.hub import Waiter
@@ -130,12 +130,15 @@ def _result(value: Any) -> Any:
 
 
 def parse_url(url: str) -> Dict[str, Any]:
-    """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS) -> options."""
+    """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS), or
+    ``unix://[[user]:password@]/path/redis.sock[?db=N]`` -> options."""
     if not isinstance(url, str):
         raise TypeError("url must be a str, not %s" % type(url).__name__)
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return _parse_unix_url(url, parts)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("a Redis URL starts with redis:// or rediss://, not %r" % (url,))
+        raise ValueError("a Redis URL starts with redis://, rediss:// or unix://, not %r" % (url,))
     out: Dict[str, Any] = {"ssl": parts.scheme == "rediss"}
     if parts.hostname:
         out["host"] = parts.hostname
@@ -160,6 +163,23 @@ def parse_url(url: str) -> Dict[str, Any]:
     return out
 
 
+def _parse_unix_url(url: str, parts: Any) -> Dict[str, Any]:
+    if not parts.path or parts.hostname:
+        raise ValueError("a Unix socket URL is unix:///absolute/path/redis.sock[?db=N], not %r"
+                         % (url,))
+    out: Dict[str, Any] = {"unix_socket_path": unquote(parts.path)}
+    if parts.username:
+        out["username"] = unquote(parts.username)
+    if parts.password is not None:
+        out["password"] = unquote(parts.password)
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "db" or not value.isdigit():
+            raise ValueError("the only query option of a Unix socket URL is db=N, not %r in %r"
+                             % (name + "=" + value, url))
+        out["db"] = int(value)
+    return out
+
+
 class RedisPool(GreenPool):
     """``pool_size`` shared connections to one Redis server.  See the module docstring.
 
@@ -168,7 +188,8 @@ class RedisPool(GreenPool):
     connect_timeout=5.0, backoff_min=0.05, backoff_max=5.0,
     backoff_type="rand_exp", url=None, decode_responses=False, parser="auto",
     max_reply_size=512 MiB, start="wait", client_name=None, protocol=2,
-    verify=True, retry_reads=0, push_handler=None)``.
+    verify=True, retry_reads=0, push_handler=None, idle_interval=None,
+    unix_socket_path=None)``.
 
     Keywords given explicitly win over the parts of ``url``.
     """
@@ -184,10 +205,12 @@ class RedisPool(GreenPool):
                  max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, start: str = "wait",
                  client_name: Optional[str] = None, protocol: int = 2,
                  verify: Any = True, retry_reads: int = 0,
-                 push_handler: Optional[Callable[[List[Any]], Any]] = None) -> None:
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None,
+                 idle_interval: Optional[float] = None,
+                 unix_socket_path: Optional[str] = None) -> None:
         cfg: Dict[str, Any] = parse_url(url) if url is not None else {}
         for k, v in (("host", host), ("port", port), ("db", db), ("username", username),
-                     ("password", password), ("ssl", ssl)):
+                     ("password", password), ("ssl", ssl), ("unix_socket_path", unix_socket_path)):
             if v is not None:
                 cfg[k] = v
         host = cfg.get("host", "127.0.0.1")
@@ -196,6 +219,13 @@ class RedisPool(GreenPool):
         use_ssl = cfg.get("ssl", False)
         username = cfg.get("username")
         password = cfg.get("password")
+        unix_socket_path = cfg.get("unix_socket_path")
+        if unix_socket_path is not None:
+            if not isinstance(unix_socket_path, str) or not unix_socket_path:
+                raise TypeError("unix_socket_path must be a non-empty str, not %r"
+                                % (unix_socket_path,))
+            if use_ssl or "host" in cfg or "port" in cfg:
+                raise ValueError("unix_socket_path replaces host/port/ssl: pass one or the other")
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError("pool_size must be an int >= 1, not %r" % (pool_size,))
         if isinstance(db, bool) or not isinstance(db, int) or db < 0:
@@ -235,12 +265,16 @@ class RedisPool(GreenPool):
         super().__init__(
             name, connector=RedisConnector(settings), max_connections=pool_size, timeout=None,
             checkout_timeout=timeout, connect_timeout=connect_timeout, backoff_min=backoff_min,
-            backoff_max=backoff_max, backoff_type=backoff_type, strategy=strategy)
+            backoff_max=backoff_max, backoff_type=backoff_type, strategy=strategy,
+            idle_interval=idle_interval)
         self.pool_size = pool_size
+        if unix_socket_path is not None:  # the pool's key: (path, 0, "unix")
+            host, port = unix_socket_path, 0
         self.host = host
         self.port = port
         self.db = db
-        self.transport = "ssl" if use_ssl else "tcp"
+        self.unix_socket_path = unix_socket_path
+        self.transport = "unix" if unix_socket_path is not None else "ssl" if use_ssl else "tcp"
         self.command_timeout = float(timeout)
         self.retry_reads = retry_reads
         self.push_handler = push_handler
@@ -253,7 +287,7 @@ class RedisPool(GreenPool):
         self._replacer: Any = None
         self._loop = gevent.get_hub().loop
         self._h: _Host = self._new_host(host, port, self.transport, {}, prewarm=False)
-        self._where = "%s:%s" % (host, port)
+        self._where = "unix:%s" % host if unix_socket_path is not None else "%s:%s" % (host, port)
         if start == "wait":
             try:
                 while self._h.open < pool_size:
