@@ -10,6 +10,8 @@ test ends with ``assert_exact(pool)``.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 
 import gevent
@@ -400,3 +402,68 @@ def test_unix_url_parsing_and_bad_combinations(tmp_path):
         RedisPool(unix_socket_path="/tmp/x.sock", port=6379)
     with pytest.raises(ConnectError, match="nobody.sock"):
         RedisPool(pool_size=1, unix_socket_path=str(tmp_path / "nobody.sock"))
+
+
+# -- 7. a fair reader --
+
+FLOOD = r"""
+import socket, sys, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+buf = b""
+while b"PING\r\n" not in buf:  # the handshake: HELLO 3, PING
+    buf += conn.recv(65536)
+conn.sendall(b"%0\r\n+PONG\r\n")
+push = b">2\r\n$5\r\nflood\r\n:1\r\n" * 20000
+end = time.monotonic() + float(sys.argv[1])
+try:
+    while time.monotonic() < end:
+        conn.sendall(push)
+    conn.settimeout(30)
+    while conn.recv(65536):
+        pass
+except OSError:
+    pass
+"""
+
+
+def test_a_flooding_peer_does_not_starve_other_greenlets(parser):
+    # A server in another process floods valid pushes faster than they can be parsed:
+    # the reader must still yield, so a ticker keeps ticking and a timeout fires on time.
+    proc = subprocess.Popen([sys.executable, "-c", FLOOD, "4"], stdout=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())
+        with RedisPool(pool_size=1, port=port, parser=parser, protocol=3, timeout=5) as rp:
+            gaps = []
+            done = []
+
+            def tick():
+                last = time.monotonic()
+                while not done:
+                    gevent.sleep(0.005)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            ticker = gevent.spawn(tick)
+            wait_for(lambda: rp.info()["pushes_dropped"] > 200000, timeout=3.5,
+                     what="the flood to be under way")
+            t0 = time.monotonic()
+            with pytest.raises(ReadTimeout):
+                rp.command(["PING"], timeout=0.3)  # never answered: the server only floods
+            late = time.monotonic() - t0
+            gevent.sleep(0.5)
+            done.append(True)
+            ticker.join()
+            assert rp.info()["pushes_dropped"] > 200000
+            assert late < 1.5, late  # 0.3 s asked
+            assert len(gaps) > 20 and max(gaps) < 0.5, (len(gaps), max(gaps))
+            unchanged(rp)
+            assert_exact(rp)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

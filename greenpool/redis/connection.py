@@ -34,6 +34,10 @@ Invariants:
   :class:`RedisStats`.  Attributes (``|``) never come out of the RESP reader.
 * A reply that cannot be decoded (``decode_responses``) is read whole and
   fails only its own caller (:class:`~greenpool.errors.ReplyDecodeError`).
+* The reader is fair: it yields to the hub for one loop iteration after every
+  :data:`SLICE_REPLIES` replies (pushes included) and after every read that
+  filled its buffer (:data:`RECV_SIZE`: more is probably waiting), so a peer
+  flooding the socket cannot starve the process's other greenlets and timers.
 * A stuck connection leaves rotation: when a caller's reply does not come
   within its timeout, the pool calls :meth:`RedisProtocol.overdue`; if then
   nothing at all arrives for :data:`OVERDUE_GRACE` seconds while replies are
@@ -83,6 +87,8 @@ RECV_SIZE = 256 * 1024
 #: seconds a connection may stay silent, after a caller's reply was overdue, before it is
 #: closed and replaced (while replies are outstanding)
 OVERDUE_GRACE = 1.0
+#: the reader yields to the hub after this many replies in a row (about 1 ms of parsing)
+SLICE_REPLIES = 1000
 _PING = pack_commands([["PING"]])
 _NO_ANSWER: Any = object()
 
@@ -289,6 +295,8 @@ class RedisProtocol:
         sock = self.sock
         reader = self.reader
         run = self._run_callback
+        pause = self._pause
+        budget = SLICE_REPLIES
         try:
             while True:
                 with map_exceptions(message="reading from Redis at %s" % self.where):
@@ -303,6 +311,13 @@ class RedisProtocol:
                     reply = reader.gets()
                     if reply is NOT_ENOUGH:
                         break
+                    budget -= 1
+                    if not budget:  # a slice of work done: let the others run
+                        budget = SLICE_REPLIES
+                        pause()
+                        pending = self.pending  # (abort() replaces it)
+                        if not self.alive:
+                            return
                     if type(reply) is Push:
                         self._on_push(reply)
                         continue
@@ -320,6 +335,9 @@ class RedisProtocol:
                         if len(replies) == slot.n:
                             pending.popleft()
                             run(slot.waiter.switch, replies)
+                if len(data) >= RECV_SIZE:  # a full read: more is probably waiting
+                    budget = SLICE_REPLIES
+                    pause()
         except GreenletExit:
             pass
         except BaseException as e:  # noqa: BLE001 - any failure ends the connection
@@ -327,6 +345,14 @@ class RedisProtocol:
                 if not isinstance(e, GreenPoolError):
                     e = ReadError("reading from Redis at %s failed: %r" % (self.where, e))
                 self._fault(e)
+
+    def _pause(self) -> None:
+        """Yield to the hub for one loop iteration: IO, timers and every runnable greenlet
+        get their turn.  (Not ``gevent.sleep(0)``: that is a callback, and the hub runs up
+        to 50 callbacks in a row before it polls again, so a reader yielding that way
+        would still hold the process for 50 slices.)"""
+        hub = get_hub()
+        hub.wait(self._loop.timer(0.0))
 
     def _on_push(self, push: List[Any]) -> None:
         """Out-of-band data: to the handler, never to a caller; never raises."""
@@ -440,9 +466,11 @@ class RedisConnector(Connector):
         where = "unix:%s" % host if transport == "unix" else "%s:%s" % (host, port)
         sock = net.connect(host, port, transport, timeout=timeout, **{**s.net_opts, **opts})
         try:
-            self._handshake(sock, where, timeout)
+            rest = self._handshake(sock, where, timeout)
             reader = make_reader(s.parser, decode_responses=s.decode_responses,
                                  max_reply_size=s.max_reply_size, resp3=s.protocol == 3)
+            if rest:  # (read with the next bytes received: nothing is waiting for it yet)
+                reader.feed(rest)
         except BaseException:
             sock.close()
             raise
@@ -451,7 +479,8 @@ class RedisConnector(Connector):
         proto.start(conn)
         return conn
 
-    def _handshake(self, sock: Any, where: str, timeout: Optional[float]) -> None:
+    def _handshake(self, sock: Any, where: str, timeout: Optional[float]) -> bytes:
+        """Run the handshake; return the bytes that arrived after its replies."""
         cmds = self.settings.handshake()
         reader = Reader()
         replies: List[Any] = []
@@ -468,7 +497,7 @@ class RedisConnector(Connector):
                         raise ConnectError("Redis at %s closed the connection during the handshake "
                                            "(%s)" % (where, " / ".join(str(c[0]) for c in cmds)))
                     reader.feed(data)
-                    while True:
+                    while len(replies) < len(cmds):
                         reply = reader.gets()
                         if reply is NOT_ENOUGH:
                             break
@@ -491,8 +520,9 @@ class RedisConnector(Connector):
                                      "protocol=2" % (where, text))
                 raise RedisError("Redis at %s refused %s during the connection handshake: %s"
                                  % (where, " ".join(str(a) for a in cmd[:2]), text))
+        return reader.unparsed()
 
 
 __all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "RedisStats", "MAX_USERS",
-           "OVERDUE_GRACE"]
+           "OVERDUE_GRACE", "SLICE_REPLIES"]
 

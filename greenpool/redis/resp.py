@@ -305,6 +305,12 @@ class Reader:
                 self._hint -= pos
         self._buf += data
 
+    def unparsed(self) -> bytes:
+        """The bytes fed and not yet returned as a reply (call it between replies)."""
+        if self._stack:
+            raise ValueError("unparsed() in the middle of a reply")
+        return bytes(self._buf[self._pos :])
+
     def _unusable(self, *args: Any) -> None:
         raise RemoteProtocolError(_UNUSABLE % (self._error,))
 
