@@ -67,7 +67,9 @@ What it promises (identical for both backends; the test suite runs over both):
   for good: ``!`` is read, and real garbage gets the pure reader's message.
   hiredis is more lenient than the pure reader in two places it does not
   report: the CRLF after a bulk payload is not checked, and a simple string
-  may contain a bare CR.
+  may contain a bare CR.  And one it gets wrong: an attribute *inside* an
+  aggregate counts as one of its elements (Redis sends attributes only before
+  a top-level reply; the pure reader drops them wherever they are).
 """
 from __future__ import annotations
 
