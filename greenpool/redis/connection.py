@@ -34,9 +34,9 @@ Invariants:
   :class:`RedisStats`.  Attributes (``|``) never come out of the RESP reader.
 * A reply that cannot be decoded (``decode_responses``) is read whole and
   fails only its own caller (:class:`~greenpool.errors.ReplyDecodeError`).
-* The reader is fair: it yields to the hub for one loop iteration after every
-  :data:`SLICE_REPLIES` replies (pushes included) and after every read that
-  filled its buffer (:data:`RECV_SIZE`: more is probably waiting), so a peer
+* The reader is fair: it yields to the hub for one loop iteration after
+  :data:`SLICE_REPLIES` replies (pushes included) from one read, and after
+  every :data:`RECV_SIZE` bytes received without a pause, so a peer
   flooding the socket cannot starve the process's other greenlets and timers.
 * A stuck connection leaves rotation: when a caller's reply does not come
   within its timeout, the pool calls :meth:`RedisProtocol.overdue`; if then
@@ -296,7 +296,9 @@ class RedisProtocol:
         reader = self.reader
         run = self._run_callback
         pause = self._pause
-        budget = SLICE_REPLIES
+        slice_ = range(SLICE_REPLIES)  # a for loop counts replies for free
+        push = Push
+        spent = 0  # bytes received since the last pause
         try:
             while True:
                 with map_exceptions(message="reading from Redis at %s" % self.where):
@@ -305,38 +307,42 @@ class RedisProtocol:
                 if not data:
                     raise ConnectionClosed("Redis at %s closed the connection" % self.where)
                 self.received += 1
+                spent += len(data)
                 reader.feed(data)
                 pending = self.pending
                 while True:
-                    reply = reader.gets()
-                    if reply is NOT_ENOUGH:
-                        break
-                    budget -= 1
-                    if not budget:  # a slice of work done: let the others run
-                        budget = SLICE_REPLIES
+                    for _ in slice_:
+                        reply = reader.gets()
+                        if reply is NOT_ENOUGH:
+                            break
+                        if type(reply) is push:
+                            self._on_push(reply)
+                            continue
+                        if not pending:
+                            raise RemoteProtocolError(
+                                "Redis at %s sent a reply nobody asked for (%s)"
+                                % (self.where, short_repr(reply, 60)))
+                        slot = pending[0]
+                        self.in_flight -= 1
+                        if type(slot) is Waiter:
+                            pending.popleft()
+                            run(slot.switch, reply)
+                        else:
+                            replies = slot.replies
+                            replies.append(reply)
+                            if len(replies) == slot.n:
+                                pending.popleft()
+                                run(slot.waiter.switch, replies)
+                    else:  # SLICE_REPLIES replies in a row: let the others run
                         pause()
+                        spent = 0
                         pending = self.pending  # (abort() replaces it)
                         if not self.alive:
                             return
-                    if type(reply) is Push:
-                        self._on_push(reply)
                         continue
-                    if not pending:
-                        raise RemoteProtocolError("Redis at %s sent a reply nobody asked for (%s)"
-                                                  % (self.where, short_repr(reply, 60)))
-                    slot = pending[0]
-                    self.in_flight -= 1
-                    if type(slot) is Waiter:
-                        pending.popleft()
-                        run(slot.switch, reply)
-                    else:
-                        replies = slot.replies
-                        replies.append(reply)
-                        if len(replies) == slot.n:
-                            pending.popleft()
-                            run(slot.waiter.switch, replies)
-                if len(data) >= RECV_SIZE:  # a full read: more is probably waiting
-                    budget = SLICE_REPLIES
+                    break
+                if spent >= RECV_SIZE:  # a slice of bytes: let the others run
+                    spent = 0
                     pause()
         except GreenletExit:
             pass

@@ -416,12 +416,11 @@ class RedisPool(GreenPool):
             value = self._call_retrying(data, timeout, retries)
         else:
             value = self._call(data, Waiter(), 1, timeout)
-        if type(value) is _Fail:
+        t = type(value)
+        if t is _Fail:
             raise value.error()
-        if type(value) is ResponseError:
-            raise ResponseError(str(value))
-        if type(value) is ReplyDecodeError:
-            raise ReplyDecodeError(str(value))
+        if t is ResponseError or t is ReplyDecodeError:
+            raise t(str(value))
         return value
 
     def _call_retrying(self, data: bytes, timeout: Optional[float], retries: int) -> Any:

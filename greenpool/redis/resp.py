@@ -675,21 +675,22 @@ class HiredisReader:
             logged > self._scan_at
             or self._scanner is not None
             or (self.resp3 and (b">" in chunk or b"|" in chunk))
-            or self._may_declare_a_long_aggregate(chunk)
+            # hiredis allocates an aggregate's list when it reads its header: a count
+            # over the limit must be caught before hiredis sees it (memchr-speed tests;
+            # the regex runs only when an aggregate type byte is there)
+            or ((self._edge or b"*" in chunk or b"%" in chunk or b"~" in chunk
+                 or b">" in chunk or b"|" in chunk) and self._long_aggregate_in(chunk))
         ):
             self._scan(chunk, chunks, logged <= _LOG_CAP)
+        # a line cut at the chunk's end may be a header: kept to search with the next chunk
+        self._edge = b"" if chunk[-1:] == b"\n" else chunk[-self._overlap :]
         self._reader.feed(chunk)
 
-    def _may_declare_a_long_aggregate(self, chunk: bytes) -> bool:
-        """hiredis allocates an aggregate's list when it reads its header: a count over
-        the limit must be caught before hiredis sees it.  Cheap: a few memchr-speed
-        searches; the regex runs only on chunks that hold an aggregate type byte."""
-        edge = self._edge + chunk[: self._overlap]
-        self._edge = chunk[-self._overlap :]
-        if (b"*" in chunk or b"%" in chunk or b"~" in chunk or b">" in chunk or b"|" in chunk) \
-                and self._long_aggregate(chunk) is not None:
+    def _long_aggregate_in(self, chunk: bytes) -> bool:
+        """May ``chunk`` (with the end of the previous one) declare a count over the limit?"""
+        if self._edge and self._long_aggregate(self._edge + chunk[: self._overlap]) is not None:
             return True
-        return self._long_aggregate(edge) is not None
+        return self._long_aggregate(chunk) is not None
 
     def _scan(self, chunk: bytes, chunks: Optional[List[bytes]], logged: bool) -> None:
         scanner = self._scanner
@@ -775,7 +776,7 @@ class HiredisReader:
                 return self._fail(RemoteProtocolError(_UNHASHABLE))
             if reply is NOT_ENOUGH:
                 # (has_data() cannot tell: hiredis consumes an aggregate's header at once)
-                if self._scanner is None:
+                if self._chunks and self._scanner is None:
                     self._check_lengths()
                 return reply
             scanner = self._scanner
