@@ -28,6 +28,7 @@ from greenpool.errors import (  # noqa: F401
     ReadTimeout,
     RedisError,
     RemoteProtocolError,
+    ReplyDecodeError,
     ResponseError,
     StreamConsumed,
     TimeoutException,
@@ -98,6 +99,7 @@ __all__ = [
     "RedisError",
     "ResponseError",
     "TransactionAborted",
+    "ReplyDecodeError",
     "AuthenticationError",
 ]
 

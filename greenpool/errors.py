@@ -46,6 +46,7 @@ Rules:
     └── RedisError
         ├── ResponseError          (the server answered with an error reply)
         ├── TransactionAborted     (EXEC returned nil or EXECABORT)
+        ├── ReplyDecodeError       (a reply not valid in the encoding; decode_responses)
         └── AuthenticationError
 """
 from __future__ import annotations
@@ -201,6 +202,11 @@ class TransactionAborted(RedisError):
     """A MULTI/EXEC transaction was discarded (WATCH conflict or EXECABORT)."""
 
 
+class ReplyDecodeError(RedisError):
+    """A reply could not be decoded (``decode_responses=True`` and bytes not valid in the
+    encoding).  Only that command fails: the reply was read whole, the connection stays."""
+
+
 class AuthenticationError(RedisError, ConnectError):
     """The server refused our credentials."""
 
@@ -292,6 +298,7 @@ __all__ = [
     "RedisError",
     "ResponseError",
     "TransactionAborted",
+    "ReplyDecodeError",
     "AuthenticationError",
     "map_exceptions",
     "format_address",

@@ -517,7 +517,9 @@ def test_server_restart_with_50_greenlets_mid_command(redis_factory, parser):
             except GreenPoolError as e:
                 errors.append(e)
                 continue
-            assert replies == [b"OK", v.encode()]  # its own reply, never another's
+            # its own reply, never another's (a GET sent on its own after the restart
+            # finds the restarted server empty: None)
+            assert replies == [b"OK", v.encode()] or (j % 2 == 0 and replies == [b"OK", None])
             ok.append(i)
 
     try:

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from greenpool.errors import LimitExceeded, RemoteProtocolError, ResponseError
+from greenpool.errors import LimitExceeded, RemoteProtocolError, ReplyDecodeError, ResponseError
 from greenpool.redis import resp
 from greenpool.redis.resp import (
     NOT_ENOUGH,
     HiredisReader,
+    Push,
     Reader,
     make_reader,
     pack_command,
@@ -67,6 +68,8 @@ def norm(value):
     """Make replies comparable: errors by type and message, floats NaN-safe."""
     if isinstance(value, ResponseError):
         return ("ResponseError", str(value))
+    if isinstance(value, ReplyDecodeError):
+        return ("ReplyDecodeError", None)
     if isinstance(value, list):
         return [norm(v) for v in value]
     if isinstance(value, dict):
@@ -349,13 +352,23 @@ def test_decode_responses_other_encoding(make):
     assert reader.gets() == "éè"
 
 
-def test_undecodable_reply_raises_protocol_error(make):
+def test_undecodable_reply_is_returned_as_an_error_and_the_stream_stays_in_step(make):
     reader = make(decode_responses=True)
-    reader.feed(b"$2\r\n\xff\xfe\r\n")
-    with pytest.raises(RemoteProtocolError, match="not valid utf-8"):
-        reader.gets()
-    with pytest.raises(RemoteProtocolError, match="cannot continue"):
-        reader.gets()
+    reader.feed(b"$2\r\n\xff\xfe\r\n*3\r\n+a\r\n$1\r\n\xff\r\n:1\r\n+after\r\n")
+    for _ in range(2):
+        err = reader.gets()
+        assert type(err) is ReplyDecodeError and "not valid utf-8" in str(err)
+        assert "decode_responses=False" in str(err)
+    assert reader.gets() == "after"
+    assert reader.gets() is NOT_ENOUGH
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_undecodable_reply_split_anywhere(make, step):
+    data = b"+x\r\n*2\r\n$3\r\nab\xff\r\n$2\r\nok\r\n$1\r\ny\r\n"
+    reader = make(decode_responses=True)
+    assert [norm(r) for r in feed_pieces(reader, data, list(range(step, len(data), step)))] == [
+        "x", ("ReplyDecodeError", None), "y"]
 
 
 def test_encoding_errors_replace(make):
@@ -419,6 +432,60 @@ def test_pure_reader_drops_attributes():
     assert reader.gets() == [1, 2]
 
 
+# -- out-of-band frames: pushes and attributes (resp3=True) ----------------------------------
+
+OOB = (
+    b">3\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$0\r\n\r\n"  # a push
+    b"+OK\r\n"
+    b"|1\r\n+key-popularity\r\n*2\r\n$1\r\na\r\n,0.19\r\n"  # an attribute, then its value
+    b"$39\r\nSome real reply following the attribute\r\n"
+    b"*2\r\n$7\r\nmessage\r\n:1\r\n"  # an array that looks like a push: a reply
+    b">2\r\n$16\r\nserver-cpu-usage\r\n:42\r\n"
+    b"$5\r\nhello\r\n"
+)
+OOB_EXPECTED = [
+    [b"invalidate", [b"k"], b""], b"OK", b"Some real reply following the attribute",
+    [b"message", 1], [b"server-cpu-usage", 42], b"hello",
+]
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 40, len(OOB)])
+def test_pushes_are_typed_and_attributes_never_returned(make, step):
+    reader = make(resp3=True)
+    out = feed_pieces(reader, OOB, list(range(step, len(OOB), step)))
+    assert [norm(r) for r in out] == OOB_EXPECTED
+    assert [type(r) is Push for r in out] == [True, False, False, False, True, False]
+
+
+def test_pushes_after_a_clean_boundary_and_an_undecodable_push(make):
+    reader = make(resp3=True, decode_responses=True)
+    reader.feed(b"+a\r\n")
+    assert reader.gets() == "a"
+    reader.feed(b">2\r\n$7\r\nmessage\r\n$1\r\n\xff\r\n+b\r\n")
+    push = reader.gets()
+    assert type(push) is Push
+    assert reader.gets() == "b"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, len(OOB) - 1), max_size=10))
+def test_hypothesis_oob_random_splits_both_backends(cuts):
+    for backend in ("python", "hiredis") if HAVE_HIREDIS else ("python",):
+        reader = make_reader(backend, resp3=True)
+        out = feed_pieces(reader, OOB, cuts)
+        assert [norm(r) for r in out] == OOB_EXPECTED
+        assert [type(r) is Push for r in out] == [True, False, False, False, True, False]
+
+
+def test_short_repr_is_short_whatever_the_size():
+    big = b"x" * (64 * 1024 * 1024)
+    text = resp.short_repr(big)
+    assert len(text) < 120 and "more" in text
+    assert len(resp.short_repr([big] * 1000)) < 200
+    assert len(resp.short_repr({b"k": big})) < 200
+    assert resp.short_repr(b"ok") == "b'ok'"
+
+
 def test_map_with_unhashable_key(make):
     reader = make()
     reader.feed(b"%1\r\n*1\r\n:1\r\n:2\r\n")
@@ -429,23 +496,41 @@ def test_map_with_unhashable_key(make):
 # -- limits ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [b"$5000\r\n", b"*5000\r\n", b"%5000\r\n", b"!5000\r\n"])
-def test_declared_length_over_limit(make, header):
-    # Raised before the payload is buffered: the pure reader at the header, HiredisReader
-    # as soon as more than min(max_reply_size, 1 MiB) bytes are pending.
+@pytest.mark.parametrize("header", [b"$5000\r\n", b"*5000\r\n", b"%5000\r\n", b"!5000\r\n",
+                                    b"~5000\r\n", b">5000\r\n", b"=5000\r\n"])
+@pytest.mark.parametrize("before", [b"", b"+OK\r\n", b"*2\r\n:1\r\n"])
+def test_declared_length_over_limit_is_refused_at_its_header(make, header, before):
+    # Both readers refuse the header in the gets() after the feed() that brought it,
+    # before a single byte of what it declares was fed.
     reader = make(max_reply_size=1000)
-    fed = 0
     with pytest.raises(LimitExceeded, match="max_reply_size=1000"):
-        reader.feed(header)
-        fed += len(header)
-        reader.gets()
-        for _ in range(100):
-            reader.feed(b":1\r\n" * 25)
-            fed += 100
-            reader.gets()
-    assert fed <= 1000 + 100 + len(header)
+        for piece in (before, header[:2], header[2:]):
+            reader.feed(piece)
+            while reader.gets() is not NOT_ENOUGH:
+                pass
     with pytest.raises(RemoteProtocolError):
         reader.gets()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_2_to_the_40_bulk_header_is_refused_at_once_with_the_default_limit(backend_name):
+    reader = make_reader(backend_name)
+    reader.feed(b"+OK\r\n$%d\r\nabc" % (1 << 40))
+    assert reader.gets() == b"OK"
+    with pytest.raises(LimitExceeded, match="bulk length of 1099511627776"):
+        reader.gets()
+
+
+@pytest.mark.skipif(not HAVE_HIREDIS, reason="hiredis missing")
+def test_hiredis_payload_that_looks_like_a_long_header_is_fine():
+    # A payload holding "$99999" makes HiredisReader walk the headers: nothing is over.
+    reader = HiredisReader(max_reply_size=1000)
+    data = b"$20\r\nxx$99999999 yy*12345\r\n" + b"$10\r\n" + b"0123"
+    reader.feed(data)
+    assert reader.gets() == b"xx$99999999 yy*12345"
+    assert reader.gets() is NOT_ENOUGH
+    reader.feed(b"456789\r\n")
+    assert reader.gets() == b"0123456789"
 
 
 def test_pure_reader_raises_at_the_header():

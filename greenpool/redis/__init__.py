@@ -21,6 +21,7 @@ from greenpool.errors import (
     ReadTimeout,
     RedisError,
     RemoteProtocolError,
+    ReplyDecodeError,
     ResponseError,
     TransactionAborted,
 )
@@ -29,7 +30,7 @@ from greenpool.redis.resp import pack_command, pack_commands
 
 __all__ = [
     "RedisPool", "parse_url", "pack_command", "pack_commands", "READ_ONLY_COMMANDS", "is_read_only",
-    "RedisError", "ResponseError", "TransactionAborted", "AuthenticationError",
+    "RedisError", "ResponseError", "TransactionAborted", "ReplyDecodeError", "AuthenticationError",
     "ConnectError", "ConnectionClosed", "RemoteProtocolError", "LimitExceeded",
     "ReadTimeout", "PoolTimeout", "PoolClosed", "GreenPoolError",
 ]

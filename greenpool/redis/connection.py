@@ -28,6 +28,22 @@ Invariants:
   the value), so the stream never desynchronises.
 * A batch's bytes are appended in one piece, so no other greenlet's command
   can land inside a MULTI ... EXEC or a CLIENT REPLY OFF ... ON.
+* A RESP3 push (``>``) is never a reply: the reader gives it to the pool's
+  ``push_handler`` (in the reader greenlet; an exception it raises is logged,
+  never raised into the reader) or drops it, counting either in
+  :class:`RedisStats`.  Attributes (``|``) never come out of the RESP reader.
+* A reply that cannot be decoded (``decode_responses``) is read whole and
+  fails only its own caller (:class:`~greenpool.errors.ReplyDecodeError`).
+* The reader is fair: it yields to the hub for one loop iteration after
+  :data:`SLICE_REPLIES` replies (pushes included) from one read, and after
+  every :data:`RECV_SIZE` bytes received without a pause, so a peer
+  flooding the socket cannot starve the process's other greenlets and timers.
+* A stuck connection leaves rotation: when a caller's reply does not come
+  within its timeout, the pool calls :meth:`RedisProtocol.overdue`; if then
+  nothing at all arrives for :data:`OVERDUE_GRACE` seconds while replies are
+  outstanding, the connection is closed as below (the callers queued on it get
+  ``ConnectionClosed`` at once, read-only ones re-sent per ``retry_reads``),
+  and the pool replaces it.  A slow reply still arriving keeps it.
 * Any fault (EOF, reset, a write error, garbage, a reply over
   ``max_reply_size``) makes the connection dead at once (``is_alive()`` is
   False), fails *every* pending slot with an error that says the command may
@@ -39,7 +55,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import gevent
 from gevent import GreenletExit, Timeout, get_hub
@@ -54,19 +70,27 @@ from greenpool.errors import (
     ConnectTimeout,
     GreenPoolError,
     ReadError,
+    ReadTimeout,
     RedisError,
     RemoteProtocolError,
     ResponseError,
     WriteError,
     map_exceptions,
 )
-from greenpool.redis.resp import NOT_ENOUGH, Reader, make_reader, pack_commands
+from greenpool.redis.resp import NOT_ENOUGH, Push, Reader, make_reader, pack_commands, short_repr
 
 log = logging.getLogger("greenpool.redis")
 
 #: a shared connection takes any number of users: pipelining has no stream limit
 MAX_USERS = 1 << 30
 RECV_SIZE = 256 * 1024
+#: seconds a connection may stay silent, after a caller's reply was overdue, before it is
+#: closed and replaced (while replies are outstanding)
+OVERDUE_GRACE = 1.0
+#: the reader yields to the hub after this many replies in a row (about 1 ms of parsing)
+SLICE_REPLIES = 1000
+_PING = pack_commands([["PING"]])
+_NO_ANSWER: Any = object()
 
 
 class _Fail:
@@ -96,16 +120,33 @@ class _Batch:
         self.waiter = Waiter()
 
 
+class RedisStats:
+    """Counters shared by all the connections of one pool (``RedisPool.info()``)."""
+
+    __slots__ = ("pushes", "pushes_dropped", "push_handler_errors", "overdue_closed")
+
+    def __init__(self) -> None:
+        self.pushes = 0  # given to push_handler
+        self.pushes_dropped = 0  # no push_handler
+        self.push_handler_errors = 0  # push_handler raised (logged)
+        self.overdue_closed = 0  # connections closed: silent after a reply was overdue
+
+
 class RedisProtocol:
     """``conn.proto`` of a Redis connection: write list, pending slots, reader and writer."""
 
     __slots__ = ("sock", "reader", "where", "conn", "pending", "out", "alive", "in_flight",
-                 "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch")
+                 "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch",
+                 "push_handler", "stats", "received", "_watchdog", "_loop")
 
-    def __init__(self, sock: Any, reader: Any, where: str) -> None:
+    def __init__(self, sock: Any, reader: Any, where: str,
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None,
+                 stats: Optional["RedisStats"] = None) -> None:
         self.sock = sock
         self.reader = reader
         self.where = where
+        self.push_handler = push_handler
+        self.stats = stats if stats is not None else RedisStats()
         self.conn: Optional[Connection] = None
         self.pending: Deque[Any] = deque()
         self.out: List[bytes] = []
@@ -117,7 +158,11 @@ class RedisProtocol:
         self.writer_idle = False
         self._writer: Any = None
         self._reader: Any = None
+        #: recv() calls that returned data (the overdue check looks for progress)
+        self.received = 0
+        self._watchdog: Any = None
         hub = get_hub()
+        self._loop = hub.loop
         self._run_callback = hub.loop.run_callback
         self._hub_switch = hub.switch
 
@@ -139,6 +184,9 @@ class RedisProtocol:
         if self.alive:
             self.abort(ConnectionClosed, ("the Redis connection to %s was closed before the reply "
                                           "arrived; the command may or may not have run" % self.where,))
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.close()
         current = gevent.getcurrent()
         for g in (self._reader, self._writer):
             if g is not None and g is not current and not g.dead:
@@ -152,6 +200,48 @@ class RedisProtocol:
                                       "(os.fork()); the command may or may not have run there"
                                       % self.where,))
         self.close()
+
+    def overdue(self, grace: float = OVERDUE_GRACE) -> None:
+        """A caller's reply did not come within its timeout (never yields): unless
+        something arrives within ``grace`` seconds, the connection is stuck."""
+        if self.alive and self._watchdog is None:
+            timer = self._watchdog = self._loop.timer(grace)
+            timer.start(self._check_overdue, self.received, grace)
+
+    def _check_overdue(self, mark: int, grace: float) -> None:
+        """Hub callback (must not raise or switch)."""
+        timer, self._watchdog = self._watchdog, None
+        if timer is not None:
+            timer.close()
+        if self.alive and self.in_flight and self.received == mark:
+            self.stats.overdue_closed += 1
+            error = ConnectionClosed(
+                "Redis at %s sent nothing for %.3gs after a reply was overdue (the server is "
+                "stuck, or the network); the connection was closed and is being replaced"
+                % (self.where, grace))
+            gevent.spawn(self._fault, error)
+
+    def ping(self, timeout: Optional[float]) -> None:
+        """The pool's idle health check (``idle_interval``): PING, and raise unless PONG
+        comes within ``timeout``; the pool then closes the connection and it is replaced."""
+        waiter = Waiter()
+        self.submit(_PING, waiter, 1)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.timer(timeout)
+            timer.start(waiter.switch, _NO_ANSWER)
+        try:
+            value = waiter.get()
+        finally:
+            if timer is not None:
+                timer.close()
+        if value is _NO_ANSWER:
+            raise ReadTimeout("Redis at %s did not answer an idle PING within %ss"
+                              % (self.where, timeout))
+        if type(value) is _Fail:
+            raise value.error()
+        if isinstance(value, ResponseError):
+            raise RedisError("Redis at %s answered an idle PING with %s" % (self.where, value))
 
     # -- callers --
 
@@ -205,6 +295,10 @@ class RedisProtocol:
         sock = self.sock
         reader = self.reader
         run = self._run_callback
+        pause = self._pause
+        slice_ = range(SLICE_REPLIES)  # a for loop counts replies for free
+        push = Push
+        spent = 0  # bytes received since the last pause
         try:
             while True:
                 with map_exceptions(message="reading from Redis at %s" % self.where):
@@ -212,26 +306,44 @@ class RedisProtocol:
                     data = net.recv_more(sock, sock.recv(RECV_SIZE), RECV_SIZE)
                 if not data:
                     raise ConnectionClosed("Redis at %s closed the connection" % self.where)
+                self.received += 1
+                spent += len(data)
                 reader.feed(data)
                 pending = self.pending
                 while True:
-                    reply = reader.gets()
-                    if reply is NOT_ENOUGH:
-                        break
-                    if not pending:
-                        raise RemoteProtocolError(
-                            "Redis at %s sent a reply nobody asked for (%.60r)" % (self.where, reply))
-                    slot = pending[0]
-                    self.in_flight -= 1
-                    if type(slot) is Waiter:
-                        pending.popleft()
-                        run(slot.switch, reply)
-                    else:
-                        replies = slot.replies
-                        replies.append(reply)
-                        if len(replies) == slot.n:
+                    for _ in slice_:
+                        reply = reader.gets()
+                        if reply is NOT_ENOUGH:
+                            break
+                        if type(reply) is push:
+                            self._on_push(reply)
+                            continue
+                        if not pending:
+                            raise RemoteProtocolError(
+                                "Redis at %s sent a reply nobody asked for (%s)"
+                                % (self.where, short_repr(reply, 60)))
+                        slot = pending[0]
+                        self.in_flight -= 1
+                        if type(slot) is Waiter:
                             pending.popleft()
-                            run(slot.waiter.switch, replies)
+                            run(slot.switch, reply)
+                        else:
+                            replies = slot.replies
+                            replies.append(reply)
+                            if len(replies) == slot.n:
+                                pending.popleft()
+                                run(slot.waiter.switch, replies)
+                    else:  # SLICE_REPLIES replies in a row: let the others run
+                        pause()
+                        spent = 0
+                        pending = self.pending  # (abort() replaces it)
+                        if not self.alive:
+                            return
+                        continue
+                    break
+                if spent >= RECV_SIZE:  # a slice of bytes: let the others run
+                    spent = 0
+                    pause()
         except GreenletExit:
             pass
         except BaseException as e:  # noqa: BLE001 - any failure ends the connection
@@ -239,6 +351,30 @@ class RedisProtocol:
                 if not isinstance(e, GreenPoolError):
                     e = ReadError("reading from Redis at %s failed: %r" % (self.where, e))
                 self._fault(e)
+
+    def _pause(self) -> None:
+        """Yield to the hub for one loop iteration: IO, timers and every runnable greenlet
+        get their turn.  (Not ``gevent.sleep(0)``: that is a callback, and the hub runs up
+        to 50 callbacks in a row before it polls again, so a reader yielding that way
+        would still hold the process for 50 slices.)"""
+        hub = get_hub()
+        hub.wait(self._loop.timer(0.0))
+
+    def _on_push(self, push: List[Any]) -> None:
+        """Out-of-band data: to the handler, never to a caller; never raises."""
+        handler = self.push_handler
+        stats = self.stats
+        if handler is None:
+            stats.pushes_dropped += 1
+            return
+        stats.pushes += 1
+        try:
+            handler(push)
+        except Exception:  # noqa: BLE001 - the reader must go on reading
+            stats.push_handler_errors += 1
+            log.exception("push_handler %r failed on a push from Redis at %s (%s); the push is "
+                          "dropped, the connection goes on", handler, self.where,
+                          short_repr(push, 60))
 
     def _write_loop(self) -> None:
         sock = self.sock
@@ -275,11 +411,13 @@ class RedisSettings:
     """What every (re)connect needs; built and validated by RedisPool."""
 
     __slots__ = ("db", "username", "password", "client_name", "protocol", "parser",
-                 "decode_responses", "max_reply_size", "net_opts")
+                 "decode_responses", "max_reply_size", "net_opts", "push_handler", "stats")
 
     def __init__(self, *, db: int, username: Optional[str], password: Optional[str],
                  client_name: Optional[str], protocol: int, parser: str, decode_responses: bool,
-                 max_reply_size: int, net_opts: Dict[str, Any]) -> None:
+                 max_reply_size: int, net_opts: Dict[str, Any],
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None,
+                 stats: Optional[RedisStats] = None) -> None:
         self.db = db
         self.username = username
         self.password = password
@@ -289,6 +427,8 @@ class RedisSettings:
         self.decode_responses = decode_responses
         self.max_reply_size = max_reply_size
         self.net_opts = net_opts
+        self.push_handler = push_handler
+        self.stats = stats if stats is not None else RedisStats()
 
     def handshake(self) -> List[List[Any]]:
         """The commands every new connection runs before it is used."""
@@ -321,6 +461,7 @@ class RedisConnector(Connector):
 
     shared = True
     open_on_demand = False  # RedisPool keeps pool_size open; callers take a live one or wait
+    transports = net.ALL_TRANSPORTS  # "unix": host is the socket's path, port 0
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
@@ -328,21 +469,24 @@ class RedisConnector(Connector):
     def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
         host, port, transport = key
         s = self.settings
-        where = "%s:%s" % (host, port)
+        where = "unix:%s" % host if transport == "unix" else "%s:%s" % (host, port)
         sock = net.connect(host, port, transport, timeout=timeout, **{**s.net_opts, **opts})
         try:
-            self._handshake(sock, where, timeout)
+            rest = self._handshake(sock, where, timeout)
             reader = make_reader(s.parser, decode_responses=s.decode_responses,
-                                 max_reply_size=s.max_reply_size)
+                                 max_reply_size=s.max_reply_size, resp3=s.protocol == 3)
+            if rest:  # (read with the next bytes received: nothing is waiting for it yet)
+                reader.feed(rest)
         except BaseException:
             sock.close()
             raise
-        proto = RedisProtocol(sock, reader, where)
+        proto = RedisProtocol(sock, reader, where, s.push_handler, s.stats)
         conn = Connection(key, sock, proto)
         proto.start(conn)
         return conn
 
-    def _handshake(self, sock: Any, where: str, timeout: Optional[float]) -> None:
+    def _handshake(self, sock: Any, where: str, timeout: Optional[float]) -> bytes:
+        """Run the handshake; return the bytes that arrived after its replies."""
         cmds = self.settings.handshake()
         reader = Reader()
         replies: List[Any] = []
@@ -359,7 +503,7 @@ class RedisConnector(Connector):
                         raise ConnectError("Redis at %s closed the connection during the handshake "
                                            "(%s)" % (where, " / ".join(str(c[0]) for c in cmds)))
                     reader.feed(data)
-                    while True:
+                    while len(replies) < len(cmds):
                         reply = reader.gets()
                         if reply is NOT_ENOUGH:
                             break
@@ -382,7 +526,9 @@ class RedisConnector(Connector):
                                      "protocol=2" % (where, text))
                 raise RedisError("Redis at %s refused %s during the connection handshake: %s"
                                  % (where, " ".join(str(a) for a in cmd[:2]), text))
+        return reader.unparsed()
 
 
-__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "MAX_USERS"]
+__all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "RedisStats", "MAX_USERS",
+           "OVERDUE_GRACE", "SLICE_REPLIES"]
 

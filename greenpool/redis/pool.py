@@ -20,7 +20,9 @@ Rules:
    callers waiting for replies.
 3. A command's ``timeout`` covers waiting for a live connection and for its
    reply.  A timed-out or killed caller does not desynchronise the connection
-   (see :mod:`greenpool.redis.connection`).  A command is never re-sent, with
+   (see :mod:`greenpool.redis.connection`), but a connection that then stays
+   silent for ``OVERDUE_GRACE`` (1 s) while replies are outstanding is closed
+   and replaced.  A command is never re-sent, with
    one opt-in exception: ``retry_reads=N`` (pool) or ``command(..., retries=N)``
    re-sends a command named in :data:`READ_ONLY_COMMANDS` up to N times on a
    live connection when its connection died before the reply (``ReadError``,
@@ -28,8 +30,10 @@ Rules:
    Writes, pipelines, transactions and noreply batches are never re-sent.
 4. Commands that change the state of the *connection* (MULTI/EXEC, WATCH,
    SELECT, AUTH, HELLO, SUBSCRIBE, MONITOR, CLIENT REPLY, ...) are refused by
-   ``command``/``pipeline``: the connection is shared with other greenlets.
-   Use ``transaction()``, ``noreply_*()`` and the ``db=``/``password=`` options.
+   ``command``/``pipeline`` with a ValueError naming what to use instead (the
+   table is :mod:`greenpool.redis.commands`): the connection is shared with
+   other greenlets.  RESP3 pushes never reach a caller: they go to
+   ``push_handler`` or are dropped and counted (``info()``).
 5. After ``os.fork()`` the child never touches the parent's sockets: it drops
    them without a byte sent (as every pool does, see :mod:`greenpool.registry`),
    fails the commands it inherited in flight with
@@ -42,8 +46,8 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Dict, List, Optional, Sequence
-from urllib.parse import unquote, urlsplit
+from typing import Any, Callable, Dict, List, Optional, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import gevent
 from gevent.hub import Waiter
@@ -53,12 +57,14 @@ from greenpool.errors import (
     PoolTimeout,
     ReadError,
     ReadTimeout,
+    ReplyDecodeError,
     ResponseError,
     TransactionAborted,
     WriteError,
 )
 from greenpool.pool import GreenPool, _Host
-from greenpool.redis.connection import RedisConnector, RedisSettings, _Batch, _Fail
+from greenpool.redis.commands import check_shared as _check_name
+from greenpool.redis.connection import RedisConnector, RedisSettings, RedisStats, _Batch, _Fail
 from greenpool.redis.resp import DEFAULT_MAX_REPLY_SIZE, PARSERS, pack_command, pack_commands
 
 log = logging.getLogger("greenpool.redis")
@@ -73,20 +79,6 @@ _EXEC = pack_command(["EXEC"])
 _REPLY_OFF = pack_command(["CLIENT", "REPLY", "OFF"])
 _REPLY_ON = pack_command(["CLIENT", "REPLY", "ON"])
 
-_TX = "use transaction(), which sends MULTI ... EXEC as one batch on one connection"
-_WATCH = ("WATCH needs a connection of its own, and RedisPool's connections are shared by many "
-          "greenlets; use transaction() for an atomic batch or a Lua script (EVAL) for check-and-set")
-_PUBSUB = "pub/sub needs a connection of its own; RedisPool's connections are shared"
-_STATEFUL: Dict[Any, str] = {}
-for _name, _why in {
-    "MULTI": _TX, "EXEC": _TX, "DISCARD": _TX, "WATCH": _WATCH, "UNWATCH": _WATCH,
-    "SELECT": "pass db= to RedisPool", "AUTH": "pass password= (and username=) to RedisPool",
-    "HELLO": "pass protocol= to RedisPool", "RESET": "it would reset a shared connection",
-    "QUIT": "use stop()", "MONITOR": _PUBSUB, "SUBSCRIBE": _PUBSUB, "PSUBSCRIBE": _PUBSUB,
-    "SSUBSCRIBE": _PUBSUB, "UNSUBSCRIBE": _PUBSUB, "PUNSUBSCRIBE": _PUBSUB,
-    "SUNSUBSCRIBE": _PUBSUB,
-}.items():
-    _STATEFUL[_name] = _STATEFUL[_name.encode()] = _why
 #: Commands ``command()`` may re-send when asked to (``retry_reads`` / ``retries``): they
 #: only read, so running one twice changes nothing.  Upper case; the name is matched
 #: case-insensitively, as str or bytes.
@@ -105,22 +97,13 @@ READ_ONLY_COMMANDS = frozenset((
 _READ_ONLY = READ_ONLY_COMMANDS | frozenset(n.encode() for n in READ_ONLY_COMMANDS)
 #: a connection that died before the reply (not a timeout, not a refused or garbled reply)
 _RETRYABLE = (ReadError, WriteError)
-_CLIENT = ("CLIENT", b"CLIENT")
-_REPLY = ("REPLY", b"REPLY")
 
 
-def _check_name(args: Sequence[Any], where: str = "") -> None:
-    """Refuse commands that would change a shared connection's state (ValueError)."""
-    name = args[0]
-    if type(name) is str or type(name) is bytes:
-        key = name.upper()
-        if key in _STATEFUL:
-            raise ValueError("%s%s cannot be sent on RedisPool's shared connections: %s"
-                             % (where, _s(key), _STATEFUL[key]))
-        if key in _CLIENT and len(args) > 1 and type(args[1]) in (str, bytes) \
-                and args[1].upper() in _REPLY:
-            raise ValueError("%sCLIENT REPLY cannot be sent on RedisPool's shared connections: "
-                             "use noreply_command() / noreply_pipeline()" % (where,))
+def _check_timeout(timeout: Any) -> None:
+    """A per-call timeout is None (the pool's) or a number of seconds > 0."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError("timeout must be a number of seconds > 0 (or None for the pool's "
+                         "timeout), not %r" % (timeout,))
 
 
 def is_read_only(args: Sequence[Any]) -> bool:
@@ -147,12 +130,15 @@ def _result(value: Any) -> Any:
 
 
 def parse_url(url: str) -> Dict[str, Any]:
-    """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS) -> options."""
+    """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS), or
+    ``unix://[[user]:password@]/path/redis.sock[?db=N]`` -> options."""
     if not isinstance(url, str):
         raise TypeError("url must be a str, not %s" % type(url).__name__)
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return _parse_unix_url(url, parts)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("a Redis URL starts with redis:// or rediss://, not %r" % (url,))
+        raise ValueError("a Redis URL starts with redis://, rediss:// or unix://, not %r" % (url,))
     out: Dict[str, Any] = {"ssl": parts.scheme == "rediss"}
     if parts.hostname:
         out["host"] = parts.hostname
@@ -177,6 +163,23 @@ def parse_url(url: str) -> Dict[str, Any]:
     return out
 
 
+def _parse_unix_url(url: str, parts: Any) -> Dict[str, Any]:
+    if not parts.path or parts.hostname:
+        raise ValueError("a Unix socket URL is unix:///absolute/path/redis.sock[?db=N], not %r"
+                         % (url,))
+    out: Dict[str, Any] = {"unix_socket_path": unquote(parts.path)}
+    if parts.username:
+        out["username"] = unquote(parts.username)
+    if parts.password is not None:
+        out["password"] = unquote(parts.password)
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "db" or not value.isdigit():
+            raise ValueError("the only query option of a Unix socket URL is db=N, not %r in %r"
+                             % (name + "=" + value, url))
+        out["db"] = int(value)
+    return out
+
+
 class RedisPool(GreenPool):
     """``pool_size`` shared connections to one Redis server.  See the module docstring.
 
@@ -185,7 +188,8 @@ class RedisPool(GreenPool):
     connect_timeout=5.0, backoff_min=0.05, backoff_max=5.0,
     backoff_type="rand_exp", url=None, decode_responses=False, parser="auto",
     max_reply_size=512 MiB, start="wait", client_name=None, protocol=2,
-    verify=True, retry_reads=0)``.
+    verify=True, retry_reads=0, push_handler=None, idle_interval=None,
+    unix_socket_path=None)``.
 
     Keywords given explicitly win over the parts of ``url``.
     """
@@ -200,10 +204,13 @@ class RedisPool(GreenPool):
                  decode_responses: bool = False, parser: str = "auto",
                  max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, start: str = "wait",
                  client_name: Optional[str] = None, protocol: int = 2,
-                 verify: Any = True, retry_reads: int = 0) -> None:
+                 verify: Any = True, retry_reads: int = 0,
+                 push_handler: Optional[Callable[[List[Any]], Any]] = None,
+                 idle_interval: Optional[float] = None,
+                 unix_socket_path: Optional[str] = None) -> None:
         cfg: Dict[str, Any] = parse_url(url) if url is not None else {}
         for k, v in (("host", host), ("port", port), ("db", db), ("username", username),
-                     ("password", password), ("ssl", ssl)):
+                     ("password", password), ("ssl", ssl), ("unix_socket_path", unix_socket_path)):
             if v is not None:
                 cfg[k] = v
         host = cfg.get("host", "127.0.0.1")
@@ -212,6 +219,13 @@ class RedisPool(GreenPool):
         use_ssl = cfg.get("ssl", False)
         username = cfg.get("username")
         password = cfg.get("password")
+        unix_socket_path = cfg.get("unix_socket_path")
+        if unix_socket_path is not None:
+            if not isinstance(unix_socket_path, str) or not unix_socket_path:
+                raise TypeError("unix_socket_path must be a non-empty str, not %r"
+                                % (unix_socket_path,))
+            if use_ssl or "host" in cfg or "port" in cfg:
+                raise ValueError("unix_socket_path replaces host/port/ssl: pass one or the other")
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError("pool_size must be an int >= 1, not %r" % (pool_size,))
         if isinstance(db, bool) or not isinstance(db, int) or db < 0:
@@ -233,24 +247,38 @@ class RedisPool(GreenPool):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError("timeout must be a number of seconds > 0, not %r" % (timeout,))
         retry_reads = _check_retries(retry_reads, "retry_reads")
+        if push_handler is not None:
+            if not callable(push_handler):
+                raise TypeError("push_handler must be a callable taking one push (a list), not %s"
+                                % type(push_handler).__name__)
+            if protocol != 3:
+                raise ValueError("push_handler needs protocol=3: pushes (CLIENT TRACKING "
+                                 "invalidations, ...) are a RESP3 feature")
         if name is None:
             name = "redis-%d" % next(_names)
         settings = RedisSettings(
             db=db, username=username, password=password, client_name=client_name,
             protocol=protocol, parser=parser, decode_responses=decode_responses,
             max_reply_size=max_reply_size,
-            net_opts={"verify": verify} if use_ssl else {})
+            net_opts={"verify": verify} if use_ssl else {},
+            push_handler=push_handler, stats=RedisStats())
         super().__init__(
             name, connector=RedisConnector(settings), max_connections=pool_size, timeout=None,
             checkout_timeout=timeout, connect_timeout=connect_timeout, backoff_min=backoff_min,
-            backoff_max=backoff_max, backoff_type=backoff_type, strategy=strategy)
+            backoff_max=backoff_max, backoff_type=backoff_type, strategy=strategy,
+            idle_interval=idle_interval)
         self.pool_size = pool_size
+        if unix_socket_path is not None:  # the pool's key: (path, 0, "unix")
+            host, port = unix_socket_path, 0
         self.host = host
         self.port = port
         self.db = db
-        self.transport = "ssl" if use_ssl else "tcp"
+        self.unix_socket_path = unix_socket_path
+        self.transport = "unix" if unix_socket_path is not None else "ssl" if use_ssl else "tcp"
         self.command_timeout = float(timeout)
         self.retry_reads = retry_reads
+        self.push_handler = push_handler
+        self._pushes_ok = push_handler is not None
         #: read-only commands re-sent after their connection died (see retry_reads)
         self.retries = 0
         self.settings = settings
@@ -259,7 +287,7 @@ class RedisPool(GreenPool):
         self._replacer: Any = None
         self._loop = gevent.get_hub().loop
         self._h: _Host = self._new_host(host, port, self.transport, {}, prewarm=False)
-        self._where = "%s:%s" % (host, port)
+        self._where = "unix:%s" % host if unix_socket_path is not None else "%s:%s" % (host, port)
         if start == "wait":
             try:
                 while self._h.open < pool_size:
@@ -365,6 +393,7 @@ class RedisPool(GreenPool):
         finally:
             self.release_shared(conn)
         if value is _TIMED_OUT:
+            conn.proto.overdue()  # closed and replaced if it stays silent (see connection.py)
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
                               "discarded; the command may still run)" % (self._where, shown_timeout))
         return value
@@ -379,16 +408,19 @@ class RedisPool(GreenPool):
         never re-sent.
         """
         data = pack_command(args)
-        _check_name(args)
+        _check_name(args, "", self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
         if retries and is_read_only(args):
             value = self._call_retrying(data, timeout, retries)
         else:
             value = self._call(data, Waiter(), 1, timeout)
-        if type(value) is _Fail:
+        t = type(value)
+        if t is _Fail:
             raise value.error()
-        if type(value) is ResponseError:
-            raise ResponseError(str(value))
+        if t is ResponseError or t is ReplyDecodeError:
+            raise t(str(value))
         return value
 
     def _call_retrying(self, data: bytes, timeout: Optional[float], retries: int) -> Any:
@@ -421,7 +453,9 @@ class RedisPool(GreenPool):
         """Run commands in one write on one connection; error replies come back in place."""
         data = pack_commands(commands)
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
+            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         n = len(commands)
         if not n:
             return []
@@ -435,7 +469,9 @@ class RedisPool(GreenPool):
         """
         data = pack_commands(commands)
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
+            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         n = len(commands) + 2
         replies = _result(self._call(b"".join((_MULTI, data, _EXEC)), _Batch(n), n, timeout))
         if isinstance(replies[0], ResponseError):
@@ -458,7 +494,9 @@ class RedisPool(GreenPool):
         """Run commands without their replies, in one batch; errors are not reported."""
         data = pack_commands(commands)
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
+            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+        if timeout is not None:
+            _check_timeout(timeout)
         if not commands:
             return
         reply = _result(self._call(b"".join((_REPLY_OFF, data, _REPLY_ON)), Waiter(), 1, timeout))
@@ -494,6 +532,10 @@ class RedisPool(GreenPool):
             "reconnects": self.reconnects,
             "retry_reads": self.retry_reads,
             "retries": self.retries,
+            "pushes": self.settings.stats.pushes,
+            "pushes_dropped": self.settings.stats.pushes_dropped,
+            "push_handler_errors": self.settings.stats.push_handler_errors,
+            "overdue_closed": self.settings.stats.overdue_closed,
             "connect_errors": self.counters["connect_errors"],
             "closed_connections": self.counters["closed"],
             "last_error": None if err is None else str(err),

@@ -19,19 +19,24 @@ What it promises (identical for both backends; the test suite runs over both):
   decimal digits as ``bytes``/``str`` (what hiredis returns; ``int()`` it where
   a number is expected), bulk error ``!`` -> ``ResponseError``, verbatim ``=``
   -> ``bytes``/``str`` without its ``txt:`` format prefix, map ``%`` ->
-  ``dict``, set ``~`` -> ``list``, push ``>`` -> ``list`` (a push is returned in
-  stream order like any reply; telling it from a command's reply is the
-  connection's job: its first element is the kind, e.g. ``b"message"``).
-  Attributes ``|`` are read and dropped by the pure reader (hiredis 3.x returns
-  them as a separate reply; Redis does not send them unless asked).
+  ``dict``, set ``~`` -> ``list``, push ``>`` -> :class:`Push` (a ``list``
+  subclass, returned in stream order: the connection tells it from a command's
+  reply by its type and never hands it to a caller).  Attributes ``|`` are read
+  and dropped: never returned as a reply.  HiredisReader needs ``resp3=True``
+  for both (hiredis returns a push as a plain list and an attribute as a reply
+  of its own): it then walks the headers of any chunk holding a ``>`` or ``|``
+  byte to learn each reply's type (see below).
+* A value not valid in ``encoding`` (``decode_responses``) does not break the
+  stream: the whole reply is read, and a
+  :class:`~greenpool.errors.ReplyDecodeError` *instance* is returned in its
+  place (a push keeps its frame, with the error in place of its elements).
 * Garbage (unknown type byte, non-numeric length, missing CRLF after a bulk
   payload, bad boolean/null/double) raises
   :class:`~greenpool.errors.RemoteProtocolError`.  A declared bulk length or
   aggregate count over ``max_reply_size`` (or a line that long without CRLF)
-  raises :class:`~greenpool.errors.LimitExceeded` before those bytes are
-  buffered.  A reply that is not valid in ``encoding`` (with
-  ``decode_responses``) raises ``RemoteProtocolError`` too.  After any of
-  these the reader is unusable: every later call raises again; close the
+  raises :class:`~greenpool.errors.LimitExceeded` before any byte after that
+  header is asked for (see HiredisReader's limit check).  After any of these
+  the reader is unusable: every later call raises again; close the
   connection.
 * Cost.  The pure reader keeps one ``bytearray`` and a read offset, compacted
   at each ``feed`` (CPython deletes a bytearray's head in O(1)), and resumes a
@@ -41,8 +46,13 @@ What it promises (identical for both backends; the test suite runs over both):
 * HiredisReader's limit check.  hiredis has no size limit, so HiredisReader
   keeps the bytes fed since the last *clean boundary* (a reply was returned
   and hiredis holds nothing more): a list of references, no copy.  While they
-  total less than ``min(max_reply_size, 1 MiB)`` nothing is scanned (so at
-  most that much is buffered before an oversized length is caught).  Past it,
+  total less than ``min(max_reply_size, 1 MiB)``, every element that completed
+  is smaller than the limit, so only a reply still incomplete can declare too
+  much: whenever ``gets()`` finds hiredis wanting more, the chunks
+  not yet checked are searched (one C regex) for a type byte followed by as
+  many digits as the limit has, and only such a hit is walked header by
+  header.  So an oversized header is refused in the ``gets()`` that follows
+  the ``feed()`` that brought it, before anything more is received.  Past it,
   a header-only scanner (it skips bulk payloads by length) walks the stream
   from that boundary and checks every declared length *before* hiredis sees
   the chunk, until a chunk ends less than that threshold after a reply
@@ -57,13 +67,17 @@ What it promises (identical for both backends; the test suite runs over both):
   for good: ``!`` is read, and real garbage gets the pure reader's message.
   hiredis is more lenient than the pure reader in two places it does not
   report: the CRLF after a bulk payload is not checked, and a simple string
-  may contain a bare CR.
+  may contain a bare CR.  And one it gets wrong: an attribute *inside* an
+  aggregate counts as one of its elements (Redis sends attributes only before
+  a top-level reply; the pure reader drops them wherever they are).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
+import re
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
-from ..errors import LimitExceeded, RemoteProtocolError, ResponseError
+from ..errors import LimitExceeded, RemoteProtocolError, ReplyDecodeError, ResponseError
 
 try:  # optional speedup
     import hiredis as _hiredis
@@ -87,6 +101,36 @@ class _NotEnough:
 NOT_ENOUGH: Any = _NotEnough()
 
 DEFAULT_MAX_REPLY_SIZE = 512 * 1024 * 1024
+
+
+class Push(list):  # type: ignore[type-arg]  # elements are any RESP value
+    """A RESP3 push frame (``>``): out-of-band data such as a tracking invalidation
+    (``[b"invalidate", [keys]]``) or a pub/sub message; never a command's reply."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Push(%s)" % list.__repr__(self)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """At most about ``limit`` characters describing ``value``, whatever its size: a
+    reply logged or put in an error message is never formatted whole."""
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        head = value[:limit]
+        text = repr(bytes(head) if not isinstance(head, (bytes, str)) else head)
+        more = len(value) - len(head)
+    elif isinstance(value, (list, tuple, dict)):
+        items = list(value.items())[:4] if isinstance(value, dict) else list(value[:4])
+        text = "%s of %d [%s]" % (type(value).__name__, len(value),
+                                  ", ".join(short_repr(x, limit // 4) for x in items))
+        more = 0
+    else:
+        text = repr(value)[:limit]
+        more = 0
+    if len(text) > limit:
+        text, more = text[:limit], max(more, 1)
+    return text + ("... (%d more)" % more if more else "")
 
 ArgType = Union[bytes, str, int, float, bytearray, memoryview]
 
@@ -213,6 +257,8 @@ def _finish(top: List[Any]) -> Any:
             raise RemoteProtocolError(_UNHASHABLE) from None
     if t == 124:  # |
         return _SKIP
+    if t == 62:  # >
+        return Push(items)
     return items
 
 
@@ -226,7 +272,10 @@ class Reader:
         decode_responses: bool = False,
         encoding: str = "utf-8",
         encoding_errors: str = "strict",
+        resp3: bool = False,
     ) -> None:
+        # resp3: accepted for HiredisReader's interface; this reader always knows a
+        # push and an attribute by their type byte.
         if max_reply_size < 1:
             raise ValueError(_BAD_MAX % (max_reply_size,))
         "x".encode(encoding)  # fail now on an unknown encoding, not at the first reply
@@ -238,6 +287,7 @@ class Reader:
         self._pos = 0  # start of the first element not yet consumed
         self._hint = 0  # where to resume looking for CRLF after a short line
         self._stack: List[List[Any]] = []  # open aggregates: [items, expected, type byte]
+        self._bad: Optional[str] = None  # why a value of the reply being read was undecodable
 
     def __repr__(self) -> str:
         return "<%s buffered=%d depth=%d%s>" % (
@@ -256,6 +306,12 @@ class Reader:
             if self._hint:
                 self._hint -= pos
         self._buf += data
+
+    def unparsed(self) -> bytes:
+        """The bytes fed and not yet returned as a reply (call it between replies)."""
+        if self._stack:
+            raise ValueError("unparsed() in the middle of a reply")
+        return bytes(self._buf[self._pos :])
 
     def _unusable(self, *args: Any) -> None:
         raise RemoteProtocolError(_UNUSABLE % (self._error,))
@@ -280,7 +336,10 @@ class Reader:
         try:
             return data.decode(self.encoding, self.encoding_errors)
         except UnicodeDecodeError as e:
-            self._fail(RemoteProtocolError(_UNDECODABLE % (self.encoding, e)))
+            # keep reading the reply, so the stream stays in step; it becomes an error
+            if self._bad is None:
+                self._bad = _UNDECODABLE % (self.encoding, e)
+            return None
 
     def gets(self) -> Any:
         """The next complete reply, or :data:`NOT_ENOUGH`."""
@@ -356,7 +415,7 @@ class Reader:
                     if t == 124:  # an empty attribute: nothing to attach
                         start = pos
                         continue
-                    value = {} if t == 37 else []
+                    value = {} if t == 37 else Push() if t == 62 else []
                 elif s == b"-1":
                     value = None
                     pos = end + 2
@@ -413,8 +472,19 @@ class Reader:
                     break  # an attribute: the element it describes follows
             else:
                 self._pos = pos
+                if self._bad is not None:
+                    value = _undecodable(value, self._bad)
+                    self._bad = None
                 return value
             start = pos
+
+
+def _undecodable(value: Any, why: str) -> Any:
+    """What a reply with an undecodable value becomes: an error in its place (a push
+    stays a push, so it never reaches a caller)."""
+    if type(value) is Push:
+        return Push([ReplyDecodeError(why)])
+    return ReplyDecodeError(why)
 
 
 # -- decoding replies: hiredis ---------------------------------------------------------
@@ -435,18 +505,22 @@ class _LengthScanner:
     an oversized length (the caller has not passed the chunk on yet).  After
     it, ``done`` counts the replies completed since the start, and ``tail`` is
     the bytes of this chunk after the last reply boundary (``None`` when the
-    chunk holds no boundary): the caller can restart from there.
+    chunk holds no boundary): the caller can restart from there.  With
+    ``kinds`` (a deque), the type byte of every reply completed is appended to
+    it (an attribute counts as a reply of its own, as hiredis returns it).
     """
 
-    __slots__ = ("limit", "buf", "skip", "stack", "done", "tail")
+    __slots__ = ("limit", "buf", "skip", "stack", "done", "tail", "kinds", "top")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, kinds: Optional[Deque[int]] = None) -> None:
         self.limit = limit
         self.buf = bytearray()
         self.skip = 0  # payload bytes (with their CRLF) still to pass over
         self.stack: List[int] = []  # elements still expected per open aggregate
         self.done = 0
         self.tail: Optional[bytes] = None
+        self.kinds = kinds
+        self.top = 0  # type byte of the reply being walked
 
     def scan(self, chunk: bytes) -> None:
         stack = self.stack
@@ -466,6 +540,8 @@ class _LengthScanner:
             else:
                 self.done += 1
                 boundary = 0
+                if self.kinds is not None:
+                    self.kinds.append(self.top)
         buf = self.buf
         buf += chunk
         pos = 0
@@ -478,6 +554,8 @@ class _LengthScanner:
                     raise LimitExceeded(_LONG_LINE % (size - pos, limit))
                 break
             t = buf[pos]
+            if not stack:
+                self.top = t
             if t in _BULKS or t in _AGGREGATES:
                 s = buf[pos + 1 : end]
                 if s.isdigit():
@@ -510,6 +588,8 @@ class _LengthScanner:
             else:
                 self.done += 1
                 boundary = pos
+                if self.kinds is not None:
+                    self.kinds.append(self.top)
         if boundary >= 0:
             self.tail = bytes(buf[boundary:])
         del buf[:pos]
@@ -518,8 +598,9 @@ class _LengthScanner:
 class HiredisReader:
     """:class:`Reader`'s interface and reply mapping over ``hiredis.Reader``.
 
-    See the module docstring for how it checks ``max_reply_size`` and how it
-    falls back to the pure reader for what hiredis cannot read.
+    See the module docstring for how it checks ``max_reply_size``, how it tells
+    pushes and attributes apart (``resp3=True``) and how it falls back to the
+    pure reader for what hiredis cannot read.
     """
 
     def __init__(
@@ -529,6 +610,7 @@ class HiredisReader:
         decode_responses: bool = False,
         encoding: str = "utf-8",
         encoding_errors: str = "strict",
+        resp3: bool = False,
     ) -> None:
         if _hiredis is None:
             raise ImportError("HiredisReader needs the hiredis package: pip install hiredis")
@@ -539,6 +621,7 @@ class HiredisReader:
         self.decode_responses = decode_responses
         self.encoding = encoding
         self.encoding_errors = encoding_errors
+        self.resp3 = resp3
         kw: Dict[str, Any] = {
             "protocolError": RemoteProtocolError,
             "replyError": ResponseError,
@@ -558,8 +641,16 @@ class HiredisReader:
         # Bytes fed since the base (a reply boundary), for replay; None past _LOG_CAP.
         self._chunks: Optional[List[bytes]] = []
         self._logged = 0  # bytes fed since the base
-        self._returned = 0  # replies hiredis returned since the base (< 0: base is ahead)
+        self._returned = 0  # frames hiredis returned since the base (< 0: base is ahead)
+        self._dropped = 0  # of those, attributes (which the pure reader never returns)
+        self._checked = 0  # chunks of _chunks already searched for long lengths
         self._scanner: Optional[_LengthScanner] = None
+        # A type byte followed by as many digits as the limit has: maybe a length over it.
+        digits = len(str(max_reply_size))
+        self._long = re.compile(rb"[$*%%~>|=!]\d{%d}" % digits).search
+        self._long_aggregate = re.compile(rb"[*%%~>|]\d{%d}" % digits).search
+        self._overlap = digits + 1  # a header may straddle two chunks
+        self._edge = b""  # the last _overlap bytes fed
         self._error = ""
 
     def __repr__(self) -> str:
@@ -580,9 +671,26 @@ class HiredisReader:
                 chunks.append(chunk)
             else:
                 self._chunks = None
-        if logged > self._scan_at:
+        if (
+            logged > self._scan_at
+            or self._scanner is not None
+            or (self.resp3 and (b">" in chunk or b"|" in chunk))
+            # hiredis allocates an aggregate's list when it reads its header: a count
+            # over the limit must be caught before hiredis sees it (memchr-speed tests;
+            # the regex runs only when an aggregate type byte is there)
+            or ((self._edge or b"*" in chunk or b"%" in chunk or b"~" in chunk
+                 or b">" in chunk or b"|" in chunk) and self._long_aggregate_in(chunk))
+        ):
             self._scan(chunk, chunks, logged <= _LOG_CAP)
+        # a line cut at the chunk's end may be a header: kept to search with the next chunk
+        self._edge = b"" if chunk[-1:] == b"\n" else chunk[-self._overlap :]
         self._reader.feed(chunk)
+
+    def _long_aggregate_in(self, chunk: bytes) -> bool:
+        """May ``chunk`` (with the end of the previous one) declare a count over the limit?"""
+        if self._edge and self._long_aggregate(self._edge + chunk[: self._overlap]) is not None:
+            return True
+        return self._long_aggregate(chunk) is not None
 
     def _scan(self, chunk: bytes, chunks: Optional[List[bytes]], logged: bool) -> None:
         scanner = self._scanner
@@ -591,18 +699,57 @@ class HiredisReader:
                 # Start at the base: that needs everything fed since, which is
                 # logged (_scan_at <= _LOG_CAP), this chunk included.
                 assert chunks is not None
-                scanner = self._scanner = _LengthScanner(self.max_reply_size)
-                scanner.scan(b"".join(chunks) if logged else b"".join(chunks + [chunk]))
+                scanner = self._start(b"".join(chunks) if logged else b"".join(chunks + [chunk]))
             else:
                 scanner.scan(chunk)
         except RemoteProtocolError as e:  # LimitExceeded too
             self._fail(e)
         tail = scanner.tail
-        if tail is not None and len(tail) <= self._scan_at:
+        if tail is not None and len(tail) <= self._scan_at and scanner.kinds is None:
             # The stream is at a reply boundary again: rebase there, stop scanning.
+            # (Not while telling pushes apart: the kinds must cover every reply.)
             self._chunks = [tail] if tail else []
             self._logged = len(tail)
             self._returned -= scanner.done
+            self._dropped = self._checked = 0
+            self._scanner = None
+
+    def _start(self, data: bytes) -> _LengthScanner:
+        """Walk everything since the base; from now on every chunk fed is walked too."""
+        kinds: Optional[Deque[int]] = deque() if self.resp3 else None
+        scanner = self._scanner = _LengthScanner(self.max_reply_size, kinds)
+        scanner.scan(data)
+        if kinds is not None:
+            for _ in range(self._returned):  # already returned, before scanning began
+                kinds.popleft()
+        return scanner
+
+    def _check_lengths(self) -> None:
+        """hiredis wants more and nothing is walking headers: search the chunks of the
+        partial reply not yet searched for a length that may be over the limit."""
+        chunks = self._chunks
+        if chunks is None:  # pragma: no cover - past _LOG_CAP the scanner runs
+            return
+        i = self._checked
+        if i >= len(chunks):
+            return
+        self._checked = len(chunks)
+        pieces = chunks[i:]
+        if i:
+            pieces.insert(0, chunks[i - 1][-self._overlap :])
+        if self._long(b"".join(pieces) if len(pieces) > 1 else pieces[0]) is None:
+            return
+        try:  # maybe, or a payload that looks like it: walk the headers to know
+            scanner = self._start(b"".join(chunks))
+        except RemoteProtocolError as e:
+            self._fail(e)
+        tail = scanner.tail
+        if tail is not None and len(tail) <= self._scan_at and scanner.kinds is None:
+            self._chunks = [tail] if tail else []
+            self._logged = len(tail)
+            self._returned -= scanner.done
+            self._dropped = 0
+            self._checked = 1  # the tail was just walked
             self._scanner = None
 
     def _unusable(self, *args: Any) -> None:
@@ -618,24 +765,37 @@ class HiredisReader:
 
     def gets(self) -> Any:
         """The next complete reply, or :data:`NOT_ENOUGH`."""
-        try:
-            reply = self._reader.gets()
-        except RemoteProtocolError as e:
-            return self._fall_back(e)
-        except UnicodeDecodeError as e:
-            return self._fail(RemoteProtocolError(_UNDECODABLE % (self.encoding, e)))
-        except TypeError:
-            return self._fail(RemoteProtocolError(_UNHASHABLE))
-        if reply is NOT_ENOUGH:
+        while True:
+            try:
+                reply = self._reader.gets()
+            except RemoteProtocolError as e:
+                return self._fall_back(e)
+            except UnicodeDecodeError as e:  # hiredis read the whole reply: still in step
+                reply = ReplyDecodeError(_UNDECODABLE % (self.encoding, e))
+            except TypeError:
+                return self._fail(RemoteProtocolError(_UNHASHABLE))
+            if reply is NOT_ENOUGH:
+                # (has_data() cannot tell: hiredis consumes an aggregate's header at once)
+                if self._chunks and self._scanner is None:
+                    self._check_lengths()
+                return reply
+            scanner = self._scanner
+            if self._has_data():
+                self._returned += 1
+            else:  # a clean boundary: nothing before it is needed any more
+                self._chunks = []
+                self._logged = 0
+                self._returned = self._dropped = self._checked = 0
+                self._scanner = None
+            if scanner is not None and scanner.kinds is not None:
+                kind = scanner.kinds.popleft()
+                if kind == 62:  # >
+                    return Push([reply] if type(reply) is ReplyDecodeError else reply)
+                if kind == 124:  # | : an attribute, returned by hiredis as a reply of its own
+                    if self._returned > 0:
+                        self._dropped += 1
+                    continue
             return reply
-        if self._has_data():
-            self._returned += 1
-        else:  # a clean boundary: nothing before it is needed any more
-            self._chunks = []
-            self._logged = 0
-            self._returned = 0
-            self._scanner = None
-        return reply
 
     def _fall_back(self, error: RemoteProtocolError) -> Any:
         """hiredis refused the stream: let the pure reader judge it, and keep it."""
@@ -659,7 +819,7 @@ class HiredisReader:
         self.feed = lambda data: pure.feed(data)  # type: ignore[method-assign]
         self.gets = lambda: pure.gets()  # type: ignore[method-assign]
         pure.feed(b"".join(chunks))
-        for _ in range(self._returned):
+        for _ in range(self._returned - self._dropped):
             if pure.gets() is NOT_ENOUGH:  # pragma: no cover - the two readers disagree on framing
                 self._error = "replay failed"
                 self.feed = self.gets = self._unusable  # type: ignore[method-assign,assignment]  # poisoned
@@ -691,6 +851,8 @@ def make_reader(parser: str = "auto", **kw: Any) -> Union[Reader, HiredisReader]
 
 __all__ = [
     "NOT_ENOUGH",
+    "Push",
+    "short_repr",
     "DEFAULT_MAX_REPLY_SIZE",
     "pack_command",
     "pack_commands",
