@@ -88,6 +88,8 @@ _KINDS = {
 BLOCKING_COMMANDS = frozenset(_KINDS)
 _BLOCKING: Dict[Any, str] = dict(_KINDS)
 _BLOCKING.update({k.encode(): v for k, v in _KINDS.items()})
+#: their names in upper case, str and bytes (what ``blocking_time`` looks up first)
+BLOCKING = frozenset(_BLOCKING)
 #: a block time that cannot be read: the server refuses it at once
 UNKNOWN = -1.0
 

@@ -61,6 +61,7 @@ from greenpool.errors import (
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.connection import RedisSettings, _Batch, _Fail
 from greenpool.redis.dedicated import (
+    BLOCKING,
     DEDICATED,
     DedicatedConnection,
     PoolConnector,
@@ -121,9 +122,12 @@ _CLIENT = ("CLIENT", b"CLIENT")
 _REPLY = ("REPLY", b"REPLY")
 
 
-def _check_name(args: Sequence[Any], where: str = "") -> None:
-    """Refuse commands that would change a shared connection's state (ValueError)."""
+def _check_name(args: Sequence[Any], where: str = "") -> Any:
+    """Refuse commands that would change a shared connection's state (ValueError);
+    returns the command's name in upper case (None when it is not str/bytes), so the
+    caller can tell a blocking command with one more lookup."""
     name = args[0]
+    key = None
     if type(name) is str or type(name) is bytes:
         key = name.upper()
         if key in _STATEFUL:
@@ -133,6 +137,7 @@ def _check_name(args: Sequence[Any], where: str = "") -> None:
                 and args[1].upper() in _REPLY:
             raise ValueError("%sCLIENT REPLY cannot be sent on RedisPool's shared connections: "
                              "use noreply_command() / noreply_pipeline()" % (where,))
+    return key
 
 
 def is_read_only(args: Sequence[Any]) -> bool:
@@ -413,9 +418,9 @@ class RedisPool(GreenPool):
         never re-sent.
         """
         data = pack_command(args)
-        _check_name(args)
+        blocks = _check_name(args) in BLOCKING
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
-        block = blocking_time(args)
+        block = blocking_time(args) if blocks else None
         if block is not None:  # never on a shared connection (greenpool.redis.dedicated)
             value = run_blocking(self, data, 1, block, timeout)[0]
         elif retries and is_read_only(args):
@@ -460,8 +465,7 @@ class RedisPool(GreenPool):
         block = None
         scripted = False
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i)
-            b = blocking_time(args)
+            b = blocking_time(args) if _check_name(args, "commands[%d]: " % i) in BLOCKING else None
             if b is not None:
                 block = b if block is None else add_block(block, b)
             if type(args) is ScriptCommand:
