@@ -1,11 +1,15 @@
 """RedisPool: N shared Redis connections, auto-pipelined, replaced when they die.
 
 What this owns: the public Redis API (``command``, ``pipeline``,
-``transaction``, ``noreply_command``, ``noreply_pipeline``, ``info``,
+``transaction``, ``noreply_command``, ``noreply_pipeline``, ``connection``,
+``watch_transaction``, ``pubsub``, ``monitor``, ``register_script``, ``info``,
 ``stop``), its options, and keeping ``pool_size`` connections alive.
 
-It is a :class:`~greenpool.pool.GreenPool` in shared mode with one key
-``(host, port, transport)``: ``max_connections = pool_size``, no idle timeout.
+It is a :class:`~greenpool.pool.GreenPool` with two keys: ``(host, port,
+transport)`` in shared mode (``pool_size`` connections, no idle timeout), and
+``(host, port, transport + "/dedicated")`` for exclusive checkouts of dedicated
+connections (:mod:`greenpool.redis.dedicated`): ``max_per_host = max_blocking``,
+``max_connections = pool_size + max_blocking``.
 Rules:
 
 1. Only the pool opens connections: all ``pool_size`` at start (``start="wait"``
@@ -29,7 +33,11 @@ Rules:
 4. Commands that change the state of the *connection* (MULTI/EXEC, WATCH,
    SELECT, AUTH, HELLO, SUBSCRIBE, MONITOR, CLIENT REPLY, ...) are refused by
    ``command``/``pipeline``: the connection is shared with other greenlets.
-   Use ``transaction()``, ``noreply_*()`` and the ``db=``/``password=`` options.
+   Use ``transaction()``, ``noreply_*()`` and the ``db=``/``password=`` options,
+   or a dedicated connection (``connection()``, ``watch_transaction()``,
+   ``pubsub()``, ``monitor()``).  Blocking commands (BLPOP, XREAD BLOCK, WAIT,
+   ...) are not refused: ``command()``/``pipeline()`` send them on a dedicated
+   connection.
 5. After ``os.fork()`` the child never touches the parent's sockets: it drops
    them without a byte sent (as every pool does, see :mod:`greenpool.registry`),
    fails the commands it inherited in flight with
