@@ -344,6 +344,20 @@ def test_connection_timeout_closes_it(redis):
         assert_exact(rp)
 
 
+def test_idle_dedicated_connections_close_themselves(redis, monkeypatch):
+    from greenpool.redis import dedicated
+    monkeypatch.setattr(dedicated, "DEDICATED_IDLE_TIMEOUT", 0.2)
+    with RedisPool(pool_size=1, port=redis.port) as rp:
+        assert rp.command(["BLPOP", key("idle"), 0.05]) is None
+        assert rp.info()["dedicated"] == 1
+        deadline = time.monotonic() + 5
+        while rp.info()["dedicated"] and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert rp.info()["dedicated"] == 0 and rp.get_stats()["expired"] == 1
+        assert rp.info()["active"] == 1   # the shared connection has no idle timeout
+        assert_exact(rp)
+
+
 # -- watch_transaction -----------------------------------------------------------------
 
 

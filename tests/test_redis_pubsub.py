@@ -174,16 +174,18 @@ def test_client_kill_pubsub_resubscribes_and_shared_connections_are_untouched(re
         assert_exact(rp)
 
 
-def test_a_silent_peer_is_noticed_by_ping(redis_factory):
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_silent_peer_is_noticed_by_ping(redis_factory, protocol):
     server = redis_factory()
     ch = name("silent")
     with RedisPool(pool_size=1, port=server.port, timeout=0.5, backoff_min=0.01,
-                   backoff_max=0.1) as rp:
+                   backoff_max=0.1, protocol=protocol) as rp:
         ps = rp.pubsub(ping_interval=0.2)
         ps.subscribe(ch)
         assert ps.get_message(2)["type"] == "subscribe"
         # the answer to an idle PING is swallowed
         assert ps.get_message(0.5) is None
+        assert ps._pings == 0 and ps.reconnects == 0
         first = ps._dc.conn
         # the server stops answering anyone for 1.5 s: the PING goes unanswered
         server.execute("CLIENT", "PAUSE", 1500, "ALL")

@@ -11,8 +11,9 @@ PubSub promises:
 
 * It remembers what it is subscribed to (``channels``, ``patterns``,
   ``shard_channels``).  When its connection dies (EOF, reset, ``CLIENT KILL``,
-  a server restart, an unanswered PING) it takes a new one, with the pool's
-  backoff between failed attempts, and subscribes again to all of it; the
+  a server restart, an unanswered PING) it takes a new one, attempts spaced by
+  the pool's backoff (reset once a message arrives), and subscribes again to
+  all of it; the
   confirmations come back as ``subscribe``/``psubscribe``/``ssubscribe``
   messages.  Messages published while it was away are lost (Redis keeps
   none).
@@ -40,7 +41,7 @@ import gevent
 from gevent.lock import RLock
 
 from greenpool.backoff import Backoff
-from greenpool.errors import GreenPoolError, PoolClosed, RedisError, ResponseError
+from greenpool.errors import ConnectionClosed, GreenPoolError, PoolClosed, RedisError, ResponseError
 from greenpool.redis.dedicated import TIMED_OUT, DedicatedConnection, checkout_dedicated
 from greenpool.redis.resp import pack_command, pack_commands
 
@@ -169,7 +170,9 @@ class PubSub:
         return dc
 
     def _reconnect(self, deadline: Optional[float]) -> Optional[DedicatedConnection]:
-        """Connect with backoff; None when ``deadline`` passes first."""
+        """Connect again, attempts spaced by the pool's backoff (reset once a message
+        arrives, so a peer that accepts and then breaks every connection is not hammered);
+        None when ``deadline`` passes first."""
         while True:
             now = _monotonic()
             if now < self._retry_at:
@@ -177,23 +180,22 @@ class PubSub:
                     gevent.sleep(max(deadline - now, 0.0))
                     return None
                 gevent.sleep(self._retry_at - now)
+            delay = self._backoff.next()
+            if delay is None:
+                raise ConnectionClosed("the PubSub's connection to %s was lost and "
+                                       "backoff_type='stop' forbids reconnecting" % self.pool._where)
+            self._retry_at = _monotonic() + delay
+            wait = self.pool.command_timeout
+            if deadline is not None:
+                wait = max(min(wait, deadline - _monotonic()), 0.0)
             try:
-                wait = self.pool.command_timeout
-                if deadline is not None:
-                    wait = max(min(wait, deadline - _monotonic()), 0.0)
                 dc = self._connect(wait)
             except PoolClosed:
                 raise
             except GreenPoolError:
-                delay = self._backoff.next()
-                if delay is None:
-                    raise
-                self._retry_at = _monotonic() + delay
                 if deadline is not None and _monotonic() >= deadline:
                     return None
                 continue
-            self._backoff.reset()
-            self._retry_at = 0.0
             self.reconnects += 1
             return dc
 
@@ -255,6 +257,9 @@ class PubSub:
             self._last = now
             message = self._message(reply)
             if message is not None:
+                if message["type"] not in _SUBSCRIBE_KINDS:  # the connection works
+                    self._backoff.reset()
+                    self._retry_at = 0.0
                 return message
             if deadline is not None and now >= deadline:
                 return None
