@@ -333,6 +333,23 @@ def test_connection_is_reset_before_reuse(redis_factory, protocol):
         assert_exact(rp)
 
 
+def test_connection_is_closed_where_the_server_lacks_reset(redis_factory):
+    server = redis_factory(extra_args=["--rename-command", "RESET", ""])
+    with RedisPool(pool_size=1, port=server.port) as rp:
+        with rp.connection() as conn:
+            first = client_id(conn)
+            conn.command(["SELECT", 3])
+        assert conn.closed and rp.info()["dedicated"] == 0
+        with rp.connection() as conn:
+            assert client_id(conn) != first
+            assert "db=0" in conn.command(["CLIENT", "INFO"]).decode()
+        # blocking commands change nothing: their connection is reused without RESET
+        assert rp.command(["BLPOP", key("nr"), 0.05]) is None
+        assert rp.command(["BLPOP", key("nr"), 0.05]) is None
+        assert rp.get_stats()["created"] == 1 + 2 + 1
+        assert_exact(rp)
+
+
 def test_connection_timeout_closes_it(redis):
     with RedisPool(pool_size=1, port=redis.port) as rp:
         with pytest.raises(ReadTimeout):
