@@ -298,6 +298,35 @@ def test_blocked_connection_killed_by_the_server(redis):
         assert_exact(rp)
 
 
+def test_a_server_that_stops_reading_gets_write_timeout():
+    from gevent.event import Event
+
+    from greenpool.errors import WriteTimeout
+
+    from fakes import FakeServer
+
+    done = Event()
+
+    def handler(sock, server):   # answers the handshake's PING, then reads nothing more
+        data = b""
+        while b"PING" not in data:
+            data += sock.recv(4096)
+        sock.sendall(b"+PONG\r\n")
+        done.wait(30)
+
+    srv = FakeServer(handler)
+    try:
+        with RedisPool(pool_size=1, port=srv.port, timeout=0.3) as rp:
+            with pytest.raises(WriteTimeout):
+                with rp.connection() as conn:
+                    conn.command(["SET", "k", b"x" * (64 << 20)])
+            assert conn.closed and rp.info()["dedicated"] == 0
+            assert_exact(rp)
+    finally:
+        done.set()
+        srv.stop()
+
+
 # -- connection(): any stateful sequence, reset before reuse ------------------------------
 
 

@@ -51,6 +51,8 @@ from greenpool.errors import (
     ReadTimeout,
     ResponseError,
     TimeoutException,
+    WriteError,
+    WriteTimeout,
     map_exceptions,
 )
 from greenpool.redis.connection import RECV_SIZE, RedisConnector, RedisSettings
@@ -238,12 +240,22 @@ class DedicatedConnection:
 
     # -- the I/O, in the caller's greenlet --
 
-    def send(self, data: bytes) -> None:
-        """Write ``data``; a failure closes the connection."""
+    def send(self, data: bytes, seconds: Optional[float] = None) -> None:
+        """Write ``data`` within ``seconds`` (default: the pool's timeout; a server that
+        stopped reading -> WriteTimeout); a failure closes the connection."""
+        timer = Timeout(self._timeout if seconds is None else seconds)
+        timer.start()
+        try:
+            self._write(data, timer)
+        finally:
+            timer.close()
+
+    def _write(self, data: bytes, timer: Optional[Timeout]) -> None:
         if self.conn.state is CLOSED:
             raise self._gone()
         try:
-            with map_exceptions(message="writing to Redis at %s" % self.where):
+            with map_exceptions(timer, on_timeout=WriteTimeout, on_error=WriteError,
+                                message="writing to Redis at %s" % self.where):
                 net.send_all(self.conn.sock, data)
         except BaseException as e:
             self._failed(e)
@@ -254,11 +266,13 @@ class DedicatedConnection:
 
         Any failure (our timeout -> ReadTimeout, the caller's own timeout or kill,
         a broken stream) closes the connection before it propagates."""
-        self.send(data)
         timer = Timeout(seconds) if seconds is not None else None
         if timer is not None:
             timer.start()
+        written = False
         try:
+            self._write(data, None)
+            written = True
             with map_exceptions(message="reading from Redis at %s" % self.where):
                 replies: List[Any] = []
                 while len(replies) < n:
@@ -266,6 +280,10 @@ class DedicatedConnection:
             return replies
         except BaseException as e:
             self._failed(e)
+            if e is timer and not written:
+                raise WriteTimeout("writing to Redis at %s took longer than %.3gs (it stopped "
+                                   "reading; the dedicated connection was closed)"
+                                   % (self.where, seconds or 0.0)) from None
             if e is timer:
                 raise ReadTimeout("no reply from Redis at %s within %.3gs (the dedicated "
                                   "connection was closed, so nothing is left waiting on the "
