@@ -215,6 +215,29 @@ def test_server_restart_resubscribes(redis_factory):
         assert_exact(rp)
 
 
+def test_close_from_another_greenlet_ends_the_reader(redis):
+    with RedisPool(pool_size=1, port=redis.port) as rp:
+        ps = rp.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(name())
+        single = gevent.spawn(ps.get_message, None)   # one reader at a time
+        gevent.sleep(0.2)
+        with pytest.raises(RuntimeError, match="one reader at a time"):
+            ps.get_message(0.1)
+        ps.close()
+        assert single.get(timeout=5) is None
+        assert rp.info()["dedicated"] == 0 and ps.reconnects == 0
+        ps = rp.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(name())
+        got = []
+        reader = gevent.spawn(lambda: got.extend(ps.listen()))
+        gevent.sleep(0.2)
+        ps.close()
+        reader.get(timeout=5)
+        assert got == [] and ps.reconnects == 0
+        assert rp.info()["dedicated"] == 0
+        assert_exact(rp)
+
+
 def test_stop_fails_a_waiting_reader_with_pool_closed(redis):
     rp = RedisPool(pool_size=1, port=redis.port)
     ps = rp.pubsub()

@@ -86,6 +86,7 @@ class PubSub:
         o = pool.options
         self._backoff = Backoff(o.backoff_min, o.backoff_max, o.backoff_type)
         self._retry_at = 0.0
+        self._reader: Any = None   # the greenlet in get_message
 
     # -- subscribing --
 
@@ -207,8 +208,21 @@ class PubSub:
             raise RedisError("this PubSub was closed; take a new one with rp.pubsub()")
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise ValueError("timeout must be a number of seconds >= 0 or None, not %r" % (timeout,))
-        deadline = None if timeout is None else _monotonic() + timeout
+        me = gevent.getcurrent()
+        if self._reader is not None and self._reader is not me and not self._reader.dead:
+            raise RuntimeError("another greenlet is reading this PubSub (%r); one reader at a "
+                               "time: hand the messages on (e.g. a gevent.queue.Queue)"
+                               % (self._reader,))
+        self._reader = me
+        try:
+            return self._get(None if timeout is None else _monotonic() + timeout)
+        finally:
+            self._reader = None
+
+    def _get(self, deadline: Optional[float]) -> Optional[Dict[str, Any]]:
         while True:
+            if self._closed:  # closed by another greenlet while this one waited
+                return None
             if self.pool.closed:
                 raise self.pool._closed_error()
             with self._lock:
@@ -288,7 +302,7 @@ class PubSub:
         return {"type": kind, "pattern": None, "channel": None, "data": reply[1:]}
 
     def listen(self) -> Iterator[Dict[str, Any]]:
-        """Messages as they come, for ever (until close())."""
+        """Messages as they come, until ``close()`` (from any greenlet)."""
         while not self._closed:
             message = self.get_message(None)
             if message is not None:
@@ -299,7 +313,8 @@ class PubSub:
     # -- lifecycle --
 
     def close(self) -> None:
-        """Close its connection; it cannot be used again."""
+        """Close its connection; it cannot be used again.  A greenlet waiting in
+        ``get_message`` meanwhile gets None (and ``listen()`` ends)."""
         self._closed = True
         self._drop()
 
