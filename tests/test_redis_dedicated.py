@@ -327,6 +327,64 @@ def test_a_server_that_stops_reading_gets_write_timeout():
         srv.stop()
 
 
+@pytest.mark.parametrize("parser", PARSERS)
+def test_dedicated_users_killed_and_timed_out_at_random_points(redis, parser):
+    """Blocking commands, connection() and watch_transaction() users killed or timed out
+    at random points: the books stay exact, nothing stays in use, the pool works after."""
+    import random
+    rnd = random.Random(7)
+    k = key("rand")
+    with RedisPool(pool_size=2, port=redis.port, parser=parser, max_blocking=6) as rp:
+        rp.command(["SET", k, 0])
+
+        def incr(conn):
+            v = int(conn.command(["GET", k]))
+            gevent.sleep(rnd.random() * 0.01)
+            return (["SET", k, v + 1] for _ in range(1))   # any iterable of commands
+
+        def user(i):
+            kind = i % 4
+            if kind == 0:
+                block = rnd.choice([0, 0.05, 0.2])
+                # (block time 0 without a timeout would wait for ever: not here)
+                rp.command(["BLPOP", k + ":q", block],
+                           timeout=rnd.choice([None, 0.05, 0.3] if block else [0.05, 0.3]))
+            elif kind == 1:
+                with rp.connection() as conn:
+                    conn.command(["SELECT", 1])
+                    conn.command(["DEBUG", "SLEEP", "0.01"])
+            elif kind == 2:
+                rp.watch_transaction([k], incr, retries=1000)
+            else:
+                assert rp.command(["ECHO", "e%d" % i]) == b"e%d" % i
+
+        for _ in range(5):
+            gs = [gevent.spawn(user, i) for i in range(24)]
+            gevent.sleep(rnd.random() * 0.1)
+            for g in gs:
+                if rnd.random() < 0.5:
+                    if rnd.random() < 0.5:
+                        g.kill(block=False)
+                    else:
+                        g.kill(gevent.Timeout(), block=False)
+            gevent.joinall(gs, timeout=10)
+            assert all(g.ready() for g in gs)
+            for g in gs:   # anything else than a kill, our timeouts or a full pool is a bug
+                if g.exception is not None:
+                    assert isinstance(g.exception, (gevent.Timeout, ReadTimeout, PoolTimeout)), \
+                        repr(g.exception)
+            info = rp.info()
+            assert info["blocking"] == 0 and info["dedicated_in_use"] == 0, info
+            assert info["dedicated"] <= 6
+            assert rp.get_stats()["queue_count"] == 0
+            assert_exact(rp)
+        assert rp.watch_transaction([k], incr) == [b"OK"]
+        assert rp.command(["BLPOP", k + ":q", 0.01]) is None
+        with rp.connection() as conn:
+            assert conn.command(["GET", k]) is not None   # db 0 again
+        assert_exact(rp)
+
+
 # -- connection(): any stateful sequence, reset before reuse ------------------------------
 
 

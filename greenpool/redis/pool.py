@@ -575,7 +575,7 @@ class RedisPool(GreenPool):
         try:
             for _ in range(retries + 1):
                 dc.command(["WATCH", *keys], timeout)
-                commands = _evals(fn(dc) or [])
+                commands = _evals(list(fn(dc) or ()))
                 replies = dc.pipeline([["MULTI"], *commands, ["EXEC"]], timeout)
                 if isinstance(replies[0], ResponseError):
                     raise ResponseError(str(replies[0]))
