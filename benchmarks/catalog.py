@@ -75,10 +75,12 @@ class Workload:
     requests: int        # N per run (full mode)
     quick_requests: int
     about: str = ""
+    blockers: int = 0    # Redis: greenlets looping BLPOP (0.2 s) on the same client meanwhile
 
     def spec(self) -> Dict[str, object]:
         return {"name": self.name, "protocol": self.protocol, "method": self.method,
-                "path": self.path, "body_size": self.body_size, "expect": self.expect}
+                "path": self.path, "body_size": self.body_size, "expect": self.expect,
+                "blockers": self.blockers}
 
 
 KIB = 1024
@@ -93,6 +95,9 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
              "GET of a 100-byte value"),
     Workload("redis-set", "redis", "SET", "", 0, 0, (50,), (50,), 20000, 2000,
              "SET of a 100-byte value"),
+    Workload("redis-get-blocking", "redis", "GET", "", 0, 100, (50,), (50,), 20000, 2000,
+             "GET of a 100-byte value with 5 blocking waiters in flight (BLPOP 0.2 s in a loop)",
+             blockers=5),
 ]}
 
 #: families that can run each protocol's workloads

@@ -50,6 +50,10 @@ def run_ceiling(name: str, wl: Workload, c: int, n: int, seconds: float,
                 targets: Dict[str, Any]) -> Dict[str, Any]:
     result: Dict[str, Any] = {"client": name, "workload": wl.name, "concurrency": c}
     binary = shutil.which(BINARIES[name])
+    if wl.blockers:
+        result.update(status="unavailable", error="%s cannot keep blocking commands in flight"
+                      % BINARIES[name])
+        return result
     if binary is None:
         result.update(status="unavailable", error="%s not installed" % BINARIES[name])
         return result

@@ -166,16 +166,42 @@ class GreenpoolRedis(Runner):
         self.rp = cls(pool_size=size, host=self.t["redis_host"], port=self.t["redis_port"])
         self.cmd = _redis_cmd(self.wl)
         self.note = "greenpool %s, pool_size=%d" % (getattr(gp, "__version__", "?"), size)
+        self.blockers = _Blockers(self.wl, lambda: self.rp.command(BLOCKING_CMD))
 
     def request(self) -> None:
         reply = self.rp.command(self.cmd)
         _check_redis(self.wl, reply)
 
     def close(self) -> None:
+        self.blockers.close()
         try:
             self.rp.stop()
         except Exception:  # noqa: BLE001
             pass
+
+
+class _Blockers:
+    """``wl["blockers"]`` greenlets calling ``call()`` (a BLPOP that waits 0.2 s for
+    nothing) in a loop on the client under test, until ``close()``."""
+
+    def __init__(self, wl: Dict[str, Any], call: Callable[[], Any]) -> None:
+        self.running = True
+        self.calls = 0
+        self.greenlets = [gevent.spawn(self._loop, call) for _ in range(int(wl.get("blockers") or 0))]
+
+    def _loop(self, call: Callable[[], Any]) -> None:
+        while self.running:
+            if call() is not None:
+                raise BadResponse("BLPOP on an empty list returned a value")
+            self.calls += 1
+
+    def close(self) -> None:
+        self.running = False
+        gevent.joinall(self.greenlets, timeout=2)
+        gevent.killall(self.greenlets)
+
+
+BLOCKING_CMD = ["BLPOP", REDIS_KEY + ":blocking", "0.2"]
 
 
 def _redis_cmd(wl: Dict[str, Any]) -> List[Any]:
@@ -347,12 +373,14 @@ class RedisPy(Runner):
         self.cmd = _redis_cmd(self.wl)
         hiredis = getattr(redis.utils, "HIREDIS_AVAILABLE", False)
         self.note = "redis-py %s, %s" % (redis.__version__, "hiredis" if hiredis else "NO hiredis")
+        self.blockers = _Blockers(self.wl, lambda: self.r.execute_command(*BLOCKING_CMD))
 
     def request(self) -> None:
         reply = self.r.execute_command(*self.cmd)
         _check_redis(self.wl, reply)
 
     def close(self) -> None:
+        self.blockers.close()
         self.pool.disconnect()
 
 

@@ -477,17 +477,20 @@ def test_reply_over_max_reply_size(redis, parser):
 def test_client_kill_of_a_pool_connection(redis, parser):
     with RedisPool(pool_size=3, port=redis.port, parser=parser, backoff_min=0.01,
                    client_name="gp-kill-test") as pool:
-        slow = gevent.spawn(pool.command, ["BLPOP", key("never"), 5])
-        gevent.sleep(0.05)
-        blocked_on = [c for c in pool._h.shared if c.proto.in_flight]
-        blocked_id = None
-        for line in redis.execute("CLIENT", "LIST").splitlines():
-            if "cmd=blpop" in line:
-                blocked_id = line.split()[0].split("=")[1]
-        assert blocked_on and blocked_id is not None
-        assert redis.execute("CLIENT", "KILL", "ID", blocked_id) == 1
-        with pytest.raises(ConnectionClosed, match="may or may not have run"):
-            slow.get(timeout=2)
+        # a write held by CLIENT PAUSE stays in flight on its shared connection
+        # (a blocking command would go to a dedicated connection)
+        redis.execute("CLIENT", "PAUSE", 3000, "WRITE")
+        try:
+            slow = gevent.spawn(pool.command, ["SET", key("paused"), "v"])
+            gevent.sleep(0.05)
+            blocked_on = [c for c in pool._h.shared if c.proto.in_flight]
+            assert len(blocked_on) == 1
+            port = blocked_on[0].sock.getsockname()[1]
+            assert redis.execute("CLIENT", "KILL", "ADDR", "127.0.0.1:%d" % port) in ("OK", 1)
+            with pytest.raises(ConnectionClosed, match="may or may not have run"):
+                slow.get(timeout=2)
+        finally:
+            redis.execute("CLIENT", "UNPAUSE")
         wait_live(pool)
         assert pool.info()["reconnects"] == 1
         assert pool.command(["CLIENT", "GETNAME"]) == b"gp-kill-test"
@@ -781,15 +784,20 @@ def test_pipelines_and_transactions_are_not_retried(redis_factory, sends):
     with RedisPool(pool_size=1, port=server.port, backoff_min=0.01, retry_reads=5) as pool:
         for run in (lambda: pool.pipeline([["GET", "a"], ["ECHO", "b"]]),
                     lambda: pool.transaction([["GET", "a"], ["ECHO", "b"]])):
-            blocker = gevent.spawn(pool.command, ["BLPOP", "never", 5])  # the batch queues behind
-            gevent.sleep(0.02)
-            g = gevent.spawn(run)
-            gevent.sleep(0.05)
-            gevent.get_hub().threadpool.apply(server.execute, ("CLIENT", "KILL", "TYPE", "normal"))
-            for greenlet in (blocker, g):
-                with pytest.raises(ConnectionClosed):
-                    greenlet.get(timeout=3)
-                assert sends[greenlet] == 1
+            # a write held by CLIENT PAUSE: the batch queues behind it on the shared connection
+            server.execute("CLIENT", "PAUSE", 3000, "WRITE")
+            try:
+                blocker = gevent.spawn(pool.command, ["SET", "paused", "v"])
+                gevent.sleep(0.02)
+                g = gevent.spawn(run)
+                gevent.sleep(0.05)
+                gevent.get_hub().threadpool.apply(server.execute, ("CLIENT", "KILL", "TYPE", "normal"))
+                for greenlet in (blocker, g):
+                    with pytest.raises(ConnectionClosed):
+                        greenlet.get(timeout=3)
+                    assert sends[greenlet] == 1
+            finally:
+                server.execute("CLIENT", "UNPAUSE")
             wait_live(pool)
         assert pool.info()["retries"] == 0
         assert_exact(pool)

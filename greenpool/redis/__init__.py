@@ -1,4 +1,5 @@
-"""greenpool's Redis client: :class:`RedisPool` (shared, auto-pipelined connections).
+"""greenpool's Redis client: :class:`RedisPool` (shared, auto-pipelined connections, and
+dedicated ones for blocking commands, pub/sub, MONITOR, WATCH and stateful sequences).
 
 ::
 
@@ -7,6 +8,10 @@
         rp.command(["SET", "k", "v"])
         rp.pipeline([["GET", "k"], ["INCR", "n"]])
         rp.transaction([["INCR", "n"], ["GET", "n"]])
+        rp.command(["BLPOP", "jobs", 5])            # on a dedicated connection
+        with rp.pubsub() as p:
+            p.subscribe("news")
+            p.get_message(timeout=1.0)
 
 Errors are greenpool's (:mod:`greenpool.errors`), re-exported here.
 """
@@ -25,11 +30,16 @@ from greenpool.errors import (
     ResponseError,
     TransactionAborted,
 )
+from greenpool.redis.dedicated import BLOCKING_COMMANDS, DedicatedConnection, blocking_time
 from greenpool.redis.pool import READ_ONLY_COMMANDS, RedisPool, is_read_only, parse_url
+from greenpool.redis.pubsub import Monitor, PubSub
 from greenpool.redis.resp import pack_command, pack_commands
+from greenpool.redis.scripts import Script, ScriptCommand
 
 __all__ = [
     "RedisPool", "parse_url", "pack_command", "pack_commands", "READ_ONLY_COMMANDS", "is_read_only",
+    "DedicatedConnection", "PubSub", "Monitor", "Script", "ScriptCommand", "BLOCKING_COMMANDS",
+    "blocking_time",
     "RedisError", "ResponseError", "TransactionAborted", "ReplyDecodeError", "AuthenticationError",
     "ConnectError", "ConnectionClosed", "RemoteProtocolError", "LimitExceeded",
     "ReadTimeout", "PoolTimeout", "PoolClosed", "GreenPoolError",

@@ -60,10 +60,14 @@ def _s(x: Any) -> str:
     return x.decode("ascii", "replace") if isinstance(x, bytes) else str(x)
 
 
-def check_shared(args: Sequence[Any], where: str = "", push_handler: bool = False) -> None:
+def check_shared(args: Sequence[Any], where: str = "", push_handler: bool = False) -> Any:
     """Raise ``ValueError`` naming what to use instead when ``args`` must not run on a
-    shared connection.  ``push_handler``: the pool has one (CLIENT TRACKING allowed)."""
+    shared connection.  ``push_handler``: the pool has one (CLIENT TRACKING allowed).
+
+    Returns the command's name in upper case (None when it is not str/bytes), so the
+    caller can tell a blocking command with one more lookup."""
     name = args[0]
+    key = None
     if type(name) is str or type(name) is bytes:
         key = name.upper()
         if key in _REFUSED:
@@ -77,6 +81,7 @@ def check_shared(args: Sequence[Any], where: str = "", push_handler: bool = Fals
                 if sub in _CLIENT and not (push_handler and sub in _TRACKING):
                     raise ValueError("%sCLIENT %s cannot be sent on RedisPool's shared "
                                      "connections: %s" % (where, _s(sub), _CLIENT[sub]))
+    return key
 
 
 __all__ = ["REFUSED_ON_SHARED", "CLIENT_REFUSED", "check_shared"]

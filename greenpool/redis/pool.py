@@ -1,11 +1,15 @@
 """RedisPool: N shared Redis connections, auto-pipelined, replaced when they die.
 
 What this owns: the public Redis API (``command``, ``pipeline``,
-``transaction``, ``noreply_command``, ``noreply_pipeline``, ``info``,
+``transaction``, ``noreply_command``, ``noreply_pipeline``, ``connection``,
+``watch_transaction``, ``pubsub``, ``monitor``, ``register_script``, ``info``,
 ``stop``), its options, and keeping ``pool_size`` connections alive.
 
-It is a :class:`~greenpool.pool.GreenPool` in shared mode with one key
-``(host, port, transport)``: ``max_connections = pool_size``, no idle timeout.
+It is a :class:`~greenpool.pool.GreenPool` with two keys: ``(host, port,
+transport)`` in shared mode (``pool_size`` connections, no idle timeout), and
+``(host, port, transport + "/dedicated")`` for exclusive checkouts of dedicated
+connections (:mod:`greenpool.redis.dedicated`): ``max_per_host = max_blocking``,
+``max_connections = pool_size + max_blocking``.
 Rules:
 
 1. Only the pool opens connections: all ``pool_size`` at start (``start="wait"``
@@ -32,8 +36,12 @@ Rules:
    SELECT, AUTH, HELLO, SUBSCRIBE, MONITOR, CLIENT REPLY, ...) are refused by
    ``command``/``pipeline`` with a ValueError naming what to use instead (the
    table is :mod:`greenpool.redis.commands`): the connection is shared with
-   other greenlets.  RESP3 pushes never reach a caller: they go to
-   ``push_handler`` or are dropped and counted (``info()``).
+   other greenlets.  Use ``transaction()``, ``noreply_*()`` and the
+   ``db=``/``password=`` options, or a dedicated connection (``connection()``,
+   ``watch_transaction()``, ``pubsub()``, ``monitor()``).  Blocking commands
+   (BLPOP, XREAD BLOCK, WAIT, ...) are not refused: ``command()``/``pipeline()``
+   send them on a dedicated connection.  RESP3 pushes never reach a caller: they
+   go to ``push_handler`` or are dropped and counted (``info()``).
 5. After ``os.fork()`` the child never touches the parent's sockets: it drops
    them without a byte sent (as every pool does, see :mod:`greenpool.registry`),
    fails the commands it inherited in flight with
@@ -43,10 +51,11 @@ Rules:
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import gevent
@@ -64,8 +73,20 @@ from greenpool.errors import (
 )
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.commands import check_shared as _check_name
-from greenpool.redis.connection import RedisConnector, RedisSettings, RedisStats, _Batch, _Fail
+from greenpool.redis.connection import RedisSettings, RedisStats, _Batch, _Fail
+from greenpool.redis.dedicated import (
+    BLOCKING,
+    DEDICATED,
+    DedicatedConnection,
+    PoolConnector,
+    add_block,
+    blocking_time,
+    checkout_dedicated,
+    run_blocking,
+)
+from greenpool.redis.pubsub import Monitor, PubSub
 from greenpool.redis.resp import DEFAULT_MAX_REPLY_SIZE, PARSERS, pack_command, pack_commands
+from greenpool.redis.scripts import Script, ScriptCommand, is_noscript
 
 log = logging.getLogger("greenpool.redis")
 
@@ -129,6 +150,15 @@ def _result(value: Any) -> Any:
     return value
 
 
+def _evals(commands: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """A MULTI cannot re-send one of its commands on NOSCRIPT: scripts go as EVAL."""
+    for args in commands:
+        if type(args) is ScriptCommand:
+            return [c.eval_command() if type(c) is ScriptCommand else c
+                    for c in commands]
+    return commands
+
+
 def parse_url(url: str) -> Dict[str, Any]:
     """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS), or
     ``unix://[[user]:password@]/path/redis.sock[?db=N]`` -> options."""
@@ -189,7 +219,7 @@ class RedisPool(GreenPool):
     backoff_type="rand_exp", url=None, decode_responses=False, parser="auto",
     max_reply_size=512 MiB, start="wait", client_name=None, protocol=2,
     verify=True, retry_reads=0, push_handler=None, idle_interval=None,
-    unix_socket_path=None)``.
+    unix_socket_path=None, max_blocking=10)``.
 
     Keywords given explicitly win over the parts of ``url``.
     """
@@ -207,7 +237,7 @@ class RedisPool(GreenPool):
                  verify: Any = True, retry_reads: int = 0,
                  push_handler: Optional[Callable[[List[Any]], Any]] = None,
                  idle_interval: Optional[float] = None,
-                 unix_socket_path: Optional[str] = None) -> None:
+                 unix_socket_path: Optional[str] = None, max_blocking: int = 10) -> None:
         cfg: Dict[str, Any] = parse_url(url) if url is not None else {}
         for k, v in (("host", host), ("port", port), ("db", db), ("username", username),
                      ("password", password), ("ssl", ssl), ("unix_socket_path", unix_socket_path)):
@@ -254,6 +284,9 @@ class RedisPool(GreenPool):
             if protocol != 3:
                 raise ValueError("push_handler needs protocol=3: pushes (CLIENT TRACKING "
                                  "invalidations, ...) are a RESP3 feature")
+        if isinstance(max_blocking, bool) or not isinstance(max_blocking, int) or max_blocking < 1:
+            raise ValueError("max_blocking must be an int >= 1 (dedicated connections open at "
+                             "once), not %r" % (max_blocking,))
         if name is None:
             name = "redis-%d" % next(_names)
         settings = RedisSettings(
@@ -263,7 +296,10 @@ class RedisPool(GreenPool):
             net_opts={"verify": verify} if use_ssl else {},
             push_handler=push_handler, stats=RedisStats())
         super().__init__(
-            name, connector=RedisConnector(settings), max_connections=pool_size, timeout=None,
+            # the shared key holds pool_size (kept by _replace), the dedicated key at most
+            # max_blocking (the per-host cap; see greenpool.redis.dedicated)
+            name, connector=PoolConnector(settings), max_connections=pool_size + max_blocking,
+            max_per_host=max_blocking, timeout=None,
             checkout_timeout=timeout, connect_timeout=connect_timeout, backoff_min=backoff_min,
             backoff_max=backoff_max, backoff_type=backoff_type, strategy=strategy,
             idle_interval=idle_interval)
@@ -279,6 +315,11 @@ class RedisPool(GreenPool):
         self.retry_reads = retry_reads
         self.push_handler = push_handler
         self._pushes_ok = push_handler is not None
+        self.max_blocking = max_blocking
+        #: blocking commands waiting for their reply now
+        self.blocking = 0
+        #: blocking commands whose caller gave up (timeout, kill): their connection was closed
+        self.blocking_abandoned = 0
         #: read-only commands re-sent after their connection died (see retry_reads)
         self.retries = 0
         self.settings = settings
@@ -339,7 +380,9 @@ class RedisPool(GreenPool):
 
     def _after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's connections (each protocol's
-        ``abandon_in_child`` fails its copied callers), then open our own (rule 5)."""
+        ``abandon_in_child`` fails its copied callers; dropping a dedicated connection's
+        socket wakes its copied holder, which raises ConnectionClosed), then open our own
+        (rule 5)."""
         super()._after_fork_in_child()
         g, self._replacer = self._replacer, None
         if g is not None and not g.dead:
@@ -408,11 +451,14 @@ class RedisPool(GreenPool):
         never re-sent.
         """
         data = pack_command(args)
-        _check_name(args, "", self._pushes_ok)
+        blocks = _check_name(args, "", self._pushes_ok) in BLOCKING
         if timeout is not None:
             _check_timeout(timeout)
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
-        if retries and is_read_only(args):
+        block = blocking_time(args) if blocks else None
+        if block is not None:  # never on a shared connection (greenpool.redis.dedicated)
+            value = run_blocking(self, data, 1, block, timeout)[0]
+        elif retries and is_read_only(args):
             value = self._call_retrying(data, timeout, retries)
         else:
             value = self._call(data, Waiter(), 1, timeout)
@@ -452,14 +498,38 @@ class RedisPool(GreenPool):
     def pipeline(self, commands: Sequence[Sequence[Any]], timeout: Optional[float] = None) -> List[Any]:
         """Run commands in one write on one connection; error replies come back in place."""
         data = pack_commands(commands)
+        block = None
+        scripted = False
         for i, args in enumerate(commands):
-            _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+            b = (blocking_time(args)
+                 if _check_name(args, "commands[%d]: " % i, self._pushes_ok) in BLOCKING else None)
+            if b is not None:
+                block = b if block is None else add_block(block, b)
+            if type(args) is ScriptCommand:
+                scripted = True
         if timeout is not None:
             _check_timeout(timeout)
         n = len(commands)
         if not n:
             return []
-        return _result(self._call(data, _Batch(n), n, timeout))  # type: ignore[no-any-return]
+        if block is None:
+            replies = _result(self._call(data, _Batch(n), n, timeout))
+        else:  # a blocking command in it: the whole batch on a dedicated connection
+            replies = run_blocking(self, data, n, block, timeout)
+        if scripted:
+            self._rerun_noscript(commands, replies, timeout)
+        return replies  # type: ignore[no-any-return]
+
+    def _rerun_noscript(self, commands: Sequence[Sequence[Any]], replies: List[Any],
+                        timeout: Optional[float]) -> None:
+        """Re-send the scripts Redis did not know (NOSCRIPT: they did not run) as EVAL,
+        in one batch, in their order; their replies replace the NOSCRIPT errors."""
+        again = [i for i, args in enumerate(commands)
+                 if type(args) is ScriptCommand and is_noscript(replies[i])]
+        if again:
+            evals = [commands[i].eval_command() for i in again]  # type: ignore[attr-defined]
+            for i, reply in zip(again, self.pipeline(evals, timeout)):
+                replies[i] = reply
 
     def transaction(self, commands: Sequence[Sequence[Any]], timeout: Optional[float] = None) -> List[Any]:
         """MULTI, the commands, EXEC as one batch: returns EXEC's replies (errors in place).
@@ -467,6 +537,7 @@ class RedisPool(GreenPool):
         A transaction Redis discarded (EXECABORT: a command was rejected while
         queuing; or EXEC returned nil) raises TransactionAborted.
         """
+        commands = _evals(commands)
         data = pack_commands(commands)
         for i, args in enumerate(commands):
             _check_name(args, "commands[%d]: " % i, self._pushes_ok)
@@ -495,6 +566,9 @@ class RedisPool(GreenPool):
         data = pack_commands(commands)
         for i, args in enumerate(commands):
             _check_name(args, "commands[%d]: " % i, self._pushes_ok)
+            if blocking_time(args) is not None:
+                raise ValueError("commands[%d]: %s blocks its connection, and without its reply "
+                                 "nobody would know when it ends; use command()" % (i, _s(args[0])))
         if timeout is not None:
             _check_timeout(timeout)
         if not commands:
@@ -502,6 +576,84 @@ class RedisPool(GreenPool):
         reply = _result(self._call(b"".join((_REPLY_OFF, data, _REPLY_ON)), Waiter(), 1, timeout))
         if isinstance(reply, ResponseError):
             raise ResponseError(str(reply))
+
+    # -- dedicated connections (greenpool.redis.dedicated) --
+
+    @contextlib.contextmanager
+    def connection(  # type: ignore[override]  # a Redis connection, not a raw socket
+            self, timeout: Optional[float] = None) -> Iterator[DedicatedConnection]:
+        """``with rp.connection() as conn``: a connection of its own for any stateful
+        sequence (WATCH, CLIENT SETNAME, SELECT, ...).  ``timeout``: waiting for it
+        (a max_blocking slot) and each reply.  At the end it is RESET and set up again
+        before anyone else gets it; an exception in the block closes it instead."""
+        dc = checkout_dedicated(self, timeout)
+        try:
+            yield dc
+        except BaseException:
+            dc.close("an exception left the `with rp.connection()` block")
+            raise
+        dc.release(reset=True)
+
+    def watch_transaction(self, keys: Sequence[Any], fn: Callable[[DedicatedConnection], Any],
+                          retries: int = 10, timeout: Optional[float] = None) -> List[Any]:
+        """Check-and-set: WATCH ``keys`` on a dedicated connection, call ``fn(conn)``
+        (read with ``conn.command(...)``), and run the list of commands it returns in
+        MULTI/EXEC.  When a watched key changed meanwhile (EXEC returns nil) it starts
+        again, up to ``retries`` more times, then raises TransactionAborted (nothing of it
+        ran).  Returns EXEC's replies.  The connection is UNWATCHed before reuse."""
+        retries = _check_retries(retries, "retries")
+        keys = list(keys)
+        if not keys:
+            raise ValueError("watch_transaction needs at least one key to WATCH; for a plain "
+                             "MULTI/EXEC use transaction()")
+        dc = checkout_dedicated(self, timeout)
+        try:
+            for _ in range(retries + 1):
+                dc.command(["WATCH", *keys], timeout)
+                commands = _evals(list(fn(dc) or ()))
+                replies = dc.pipeline([["MULTI"], *commands, ["EXEC"]], timeout)
+                if isinstance(replies[0], ResponseError):
+                    raise ResponseError(str(replies[0]))
+                result = replies[-1]
+                if result is None:  # EXEC also ended the WATCH
+                    continue
+                if isinstance(result, ResponseError):
+                    queued = [str(r) for r in replies[1:-1] if isinstance(r, ResponseError)]
+                    raise TransactionAborted("transaction discarded by Redis: %s%s; nothing in it "
+                                             "ran" % (result, " (%s)" % "; ".join(queued) if queued else ""))
+                dc.release(reset=False)
+                return result  # type: ignore[no-any-return]
+            raise TransactionAborted("a WATCHed key (%s) changed before EXEC on each of %d tries "
+                                     "(retries=%d); nothing of the transaction ran" % (
+                                         ", ".join(_s(k) for k in keys[:5]), retries + 1, retries))
+        except Exception:
+            if not dc.closed:
+                try:  # fn raised, or Redis refused: forget any WATCH, keep the connection
+                    dc.pipeline([["DISCARD"], ["UNWATCH"]], timeout)
+                except Exception:  # noqa: BLE001 - the failure closed it already
+                    pass
+                else:
+                    dc.release(reset=False)
+            raise
+        except BaseException:  # killed, or the caller's own timeout, mid-exchange
+            dc.close("watch_transaction interrupted")
+            raise
+
+    def pubsub(self, ignore_subscribe_messages: bool = False,
+               ping_interval: float = 30.0) -> "PubSub":
+        """A :class:`~greenpool.redis.pubsub.PubSub` on a connection of its own."""
+        return PubSub(self, ignore_subscribe_messages=ignore_subscribe_messages,
+                      ping_interval=ping_interval)
+
+    def monitor(self, timeout: Optional[float] = None) -> "Monitor":
+        """MONITOR on a connection of its own: iterate for its lines; ``close()`` (or leave
+        its ``with`` block, or stop iterating) to end it."""
+        return Monitor(self, timeout)
+
+    def register_script(self, source: Union[str, bytes]) -> Script:
+        """A callable :class:`~greenpool.redis.scripts.Script`: ``script(keys=[...],
+        args=[...])`` runs EVALSHA, and EVAL when Redis answers NOSCRIPT."""
+        return Script(self, source)
 
     # -- introspection and lifecycle --
 
@@ -517,6 +669,7 @@ class RedisPool(GreenPool):
             if c.proto is not None:
                 in_flight += c.proto.in_flight
         err = self.last_error
+        dh = self._hosts.get((self.host, self.port, self.transport + DEDICATED))
         return {
             "name": self.name,
             "host": self.host,
@@ -539,6 +692,11 @@ class RedisPool(GreenPool):
             "connect_errors": self.counters["connect_errors"],
             "closed_connections": self.counters["closed"],
             "last_error": None if err is None else str(err),
+            "max_blocking": self.max_blocking,
+            "dedicated": dh.open if dh is not None else 0,
+            "dedicated_in_use": dh.in_use if dh is not None else 0,
+            "blocking": self.blocking,
+            "blocking_abandoned": self.blocking_abandoned,
             "stopped": self._closed,
         }
 
