@@ -7,8 +7,10 @@ import logging as _logging
 from greenpool.backoff import Backoff
 from greenpool.connection import Connection, Connector
 from greenpool.errors import (  # noqa: F401
+    AskError,
     AuthenticationError,
     CheckinError,
+    ClusterDownError,
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
@@ -20,6 +22,7 @@ from greenpool.errors import (  # noqa: F401
     InvalidURL,
     LimitExceeded,
     LocalProtocolError,
+    MovedError,
     PoolClosed,
     PoolError,
     PoolTimeout,
@@ -35,6 +38,7 @@ from greenpool.errors import (  # noqa: F401
     TooManyRedirects,
     TransactionAborted,
     TransportError,
+    TryAgainError,
     WriteError,
     WriteTimeout,
 )
@@ -97,6 +101,10 @@ __all__ = [
     "HTTPStatusError",
     "RedisError",
     "ResponseError",
+    "MovedError",
+    "AskError",
+    "TryAgainError",
+    "ClusterDownError",
     "TransactionAborted",
     "AuthenticationError",
 ]

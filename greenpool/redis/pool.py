@@ -56,6 +56,7 @@ from greenpool.errors import (
     ResponseError,
     TransactionAborted,
     WriteError,
+    error_reply,
 )
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.connection import RedisConnector, RedisSettings, _Batch, _Fail
@@ -387,8 +388,8 @@ class RedisPool(GreenPool):
             value = self._call(data, Waiter(), 1, timeout)
         if type(value) is _Fail:
             raise value.error()
-        if type(value) is ResponseError:
-            raise ResponseError(str(value))
+        if isinstance(value, ResponseError):
+            raise error_reply(str(value))
         return value
 
     def _call_retrying(self, data: bytes, timeout: Optional[float], retries: int) -> Any:
@@ -439,7 +440,7 @@ class RedisPool(GreenPool):
         n = len(commands) + 2
         replies = _result(self._call(b"".join((_MULTI, data, _EXEC)), _Batch(n), n, timeout))
         if isinstance(replies[0], ResponseError):
-            raise ResponseError(str(replies[0]))
+            raise error_reply(str(replies[0]))
         result = replies[-1]
         if result is None:
             raise TransactionAborted("transaction discarded by Redis: EXEC returned nil (a "
@@ -463,7 +464,7 @@ class RedisPool(GreenPool):
             return
         reply = _result(self._call(b"".join((_REPLY_OFF, data, _REPLY_ON)), Waiter(), 1, timeout))
         if isinstance(reply, ResponseError):
-            raise ResponseError(str(reply))
+            raise error_reply(str(reply))
 
     # -- introspection and lifecycle --
 

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
-from ..errors import LimitExceeded, RemoteProtocolError, ResponseError
+from ..errors import LimitExceeded, RemoteProtocolError, error_reply
 
 try:  # optional speedup
     import hiredis as _hiredis
@@ -326,7 +326,7 @@ class Reader:
                         body = buf[begin + 4 : stop]
                         value = self._decode(body) if decode else bytes(body)
                     else:
-                        value = ResponseError(buf[begin:stop].decode("utf-8", "replace"))
+                        value = error_reply(buf[begin:stop].decode("utf-8", "replace"))
                     pos = stop + 2
                 elif s == b"-1" and t != 33:
                     value = None
@@ -363,7 +363,7 @@ class Reader:
                 else:
                     self._garbage(pos, "bad aggregate length")
             elif t == 45:  # - error
-                value = ResponseError(buf[pos + 1 : end].decode("utf-8", "replace"))
+                value = error_reply(buf[pos + 1 : end].decode("utf-8", "replace"))
                 pos = end + 2
             elif t == 95:  # _ null
                 if end != pos + 1:
@@ -541,7 +541,7 @@ class HiredisReader:
         self.encoding_errors = encoding_errors
         kw: Dict[str, Any] = {
             "protocolError": RemoteProtocolError,
-            "replyError": ResponseError,
+            "replyError": error_reply,
             "notEnoughData": NOT_ENOUGH,
         }
         if decode_responses:
