@@ -1,4 +1,5 @@
-"""greenpool's Redis client: :class:`RedisPool` (shared, auto-pipelined connections).
+"""greenpool's Redis client: :class:`RedisPool` (shared, auto-pipelined connections), and
+:class:`RedisClusterPool` (Redis Cluster: one RedisPool per node).
 
 ::
 
@@ -11,11 +12,14 @@
 Errors are greenpool's (:mod:`greenpool.errors`), re-exported here.
 """
 from greenpool.errors import (
+    AskError,
     AuthenticationError,
+    ClusterDownError,
     ConnectError,
     ConnectionClosed,
     GreenPoolError,
     LimitExceeded,
+    MovedError,
     PoolClosed,
     PoolTimeout,
     ReadTimeout,
@@ -23,13 +27,17 @@ from greenpool.errors import (
     RemoteProtocolError,
     ResponseError,
     TransactionAborted,
+    TryAgainError,
 )
+from greenpool.redis.cluster import RedisClusterPool, key_slot
 from greenpool.redis.pool import READ_ONLY_COMMANDS, RedisPool, is_read_only, parse_url
 from greenpool.redis.resp import pack_command, pack_commands
 
 __all__ = [
-    "RedisPool", "parse_url", "pack_command", "pack_commands", "READ_ONLY_COMMANDS", "is_read_only",
+    "RedisPool", "RedisClusterPool", "key_slot", "parse_url", "pack_command", "pack_commands",
+    "READ_ONLY_COMMANDS", "is_read_only",
     "RedisError", "ResponseError", "TransactionAborted", "AuthenticationError",
+    "MovedError", "AskError", "TryAgainError", "ClusterDownError",
     "ConnectError", "ConnectionClosed", "RemoteProtocolError", "LimitExceeded",
     "ReadTimeout", "PoolTimeout", "PoolClosed", "GreenPoolError",
 ]
