@@ -22,6 +22,7 @@ from greenpool.errors import (  # noqa: F401
     InvalidURL,
     LimitExceeded,
     LocalProtocolError,
+    MasterNotFound,
     MovedError,
     PoolClosed,
     PoolError,
@@ -105,6 +106,7 @@ __all__ = [
     "AskError",
     "TryAgainError",
     "ClusterDownError",
+    "MasterNotFound",
     "TransactionAborted",
     "AuthenticationError",
 ]

@@ -50,6 +50,7 @@ Rules:
         │   ├── TryAgainError      (TRYAGAIN: a multi-key command during a slot migration)
         │   └── ClusterDownError   (CLUSTERDOWN: the cluster cannot serve the slot now)
         ├── TransactionAborted     (EXEC returned nil or EXECABORT)
+        ├── MasterNotFound         (no sentinel names a usable node; also a ConnectError)
         └── AuthenticationError
 """
 from __future__ import annotations
@@ -254,6 +255,10 @@ class TransactionAborted(RedisError):
     """A MULTI/EXEC transaction was discarded (WATCH conflict or EXECABORT)."""
 
 
+class MasterNotFound(RedisError, ConnectError):
+    """No sentinel named a usable node of the service (or none answered)."""
+
+
 class AuthenticationError(RedisError, ConnectError):
     """The server refused our credentials."""
 
@@ -331,6 +336,7 @@ __all__ = [
     "ClusterDownError",
     "error_reply",
     "TransactionAborted",
+    "MasterNotFound",
     "AuthenticationError",
     "map_exceptions",
 ]

@@ -1,5 +1,6 @@
 """greenpool's Redis client: :class:`RedisPool` (shared, auto-pipelined connections), and
-:class:`RedisClusterPool` (Redis Cluster: one RedisPool per node).
+:class:`RedisClusterPool` (Redis Cluster: one RedisPool per node) and
+:class:`RedisSentinelPool` (the master Sentinel names, followed across failovers).
 
 ::
 
@@ -19,6 +20,7 @@ from greenpool.errors import (
     ConnectionClosed,
     GreenPoolError,
     LimitExceeded,
+    MasterNotFound,
     MovedError,
     PoolClosed,
     PoolTimeout,
@@ -32,12 +34,13 @@ from greenpool.errors import (
 from greenpool.redis.cluster import RedisClusterPool, key_slot
 from greenpool.redis.pool import READ_ONLY_COMMANDS, RedisPool, is_read_only, parse_url
 from greenpool.redis.resp import pack_command, pack_commands
+from greenpool.redis.sentinel import RedisSentinelPool
 
 __all__ = [
-    "RedisPool", "RedisClusterPool", "key_slot", "parse_url", "pack_command", "pack_commands",
+    "RedisPool", "RedisClusterPool", "RedisSentinelPool", "key_slot", "parse_url", "pack_command", "pack_commands",
     "READ_ONLY_COMMANDS", "is_read_only",
     "RedisError", "ResponseError", "TransactionAborted", "AuthenticationError",
-    "MovedError", "AskError", "TryAgainError", "ClusterDownError",
+    "MovedError", "AskError", "TryAgainError", "ClusterDownError", "MasterNotFound",
     "ConnectError", "ConnectionClosed", "RemoteProtocolError", "LimitExceeded",
     "ReadTimeout", "PoolTimeout", "PoolClosed", "GreenPoolError",
 ]
