@@ -242,6 +242,9 @@ class ClusterDownError(ResponseError):
 
 _REPLY_CLASSES = {"MOVED": MovedError, "ASK": AskError, "TRYAGAIN": TryAgainError,
                   "CLUSTERDOWN": ClusterDownError}
+#: every class error_reply() builds: ``type(reply) in REPLY_ERRORS`` tells an error reply
+#: with one set lookup (isinstance() costs more on the path of every successful reply)
+REPLY_ERRORS = frozenset((ResponseError, *_REPLY_CLASSES.values()))
 
 
 def error_reply(message: str) -> ResponseError:
@@ -335,6 +338,7 @@ __all__ = [
     "TryAgainError",
     "ClusterDownError",
     "error_reply",
+    "REPLY_ERRORS",
     "TransactionAborted",
     "MasterNotFound",
     "AuthenticationError",

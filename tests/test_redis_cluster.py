@@ -8,6 +8,7 @@ node pool.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import gevent
@@ -470,3 +471,58 @@ def test_redirect_errors_are_typed_from_a_plain_pool(redis_cluster):
         assert (e.value.slot, e.value.port) == (key_slot(k), redis_cluster.owner(key_slot(k)).port)
         r = rp.pipeline([["GET", k]])
         assert isinstance(r[0], MovedError) and not isinstance(r[0], AskError)
+
+
+def test_tryagain_during_a_migration_is_retried_until_it_ends(redis_cluster_factory):
+    """A multi-key command whose keys are split by a migration gets TRYAGAIN; it is re-sent
+    with backoff, and succeeds once the slot has moved."""
+    cluster = redis_cluster_factory(masters=3, replicas=0)
+    cp = RedisClusterPool(cluster.startup_nodes, pool_size=1, timeout=15.0)
+    try:
+        a, b = "{tryagain}a", "{tryagain}b"
+        slot = key_slot(a)
+        src = cluster.owner(slot)
+        dst = next(n for n in cluster.nodes if n.port != src.port)
+        assert cp.command(["MSET", a, 1, b, 2]) == b"OK"
+        dst.execute("CLUSTER", "SETSLOT", slot, "IMPORTING", src.node_id())
+        src.execute("CLUSTER", "SETSLOT", slot, "MIGRATING", dst.node_id())
+        src.execute("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", a)
+        g = gevent.spawn(cp.command, ["MGET", a, b])
+        deadline = time.monotonic() + 10
+        while cp.info()["tryagain"] < 2:
+            assert time.monotonic() < deadline and not g.dead, (cp.info(), g.exception)
+            gevent.sleep(0.01)
+        src.execute("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", b)
+        for node in cluster.nodes:
+            node.execute("CLUSTER", "SETSLOT", slot, "NODE", dst.node_id())
+        assert g.get(timeout=15) == [b"1", b"2"]
+        info = cp.info()
+        assert info["moved"] + info["ask"] >= 1, info
+        assert cp.command(["MGET", a, b]) == [b"1", b"2"]
+        books(cp)
+    finally:
+        cp.stop()
+
+
+def test_fork_child_uses_its_own_connections(cp):
+    ks = [key("f") for _ in range(20)]
+    cp.pipeline([["SET", k, "parent"] for k in ks])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            ok = cp.pipeline([["GET", k] for k in ks]) == [b"parent"] * 20
+            ok = ok and all(cp.command(["SET", k, "child"]) == b"OK" for k in ks)
+            code = 0 if ok else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    status = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert status == b"\x00"
+    # the parent's connections were not touched by the child
+    assert cp.pipeline([["GET", k] for k in ks]) == [b"child"] * 20
+    assert all(p.info()["closed_connections"] == 0 for p in cp.node_pools().values())

@@ -177,3 +177,50 @@ def test_sentinel_failover_under_load(sentinel_factory):
     finally:
         stop[0] = True
         sp.stop()
+
+
+def test_master_killed_sentinel_promotes_and_the_pool_follows(sentinel_factory):
+    g = sentinel_factory()
+    old = g.master_port()
+    sp = RedisSentinelPool(g.sentinel_addrs, "mymaster", pool_size=2, timeout=3.0,
+                           connect_timeout=0.5, backoff_min=0.02, backoff_max=0.2)
+    ok, errors, when, stop = [], [], [], [False]
+
+    def work(i):
+        n = 0
+        while not stop[0]:
+            n += 1
+            try:
+                assert sp.command(["SET", "kill:%d" % i, n]) == b"OK"
+                ok.append(i)
+            except GreenPoolError as e:
+                assert not isinstance(e, ResponseError), e      # never READONLY
+                errors.append(e)
+                when.append(time.monotonic())
+            gevent.sleep(0.005)
+
+    try:
+        greenlets = [gevent.spawn(work, i) for i in range(20)]
+        gevent.sleep(0.3)
+        killed = time.monotonic()
+        g.node_at(old).kill()
+        deadline = time.monotonic() + 30
+        while sp.master_address[1] == old:
+            assert time.monotonic() < deadline, "the pool never moved to the new master"
+            gevent.sleep(0.05)
+        moved = time.monotonic()
+        gevent.sleep(0.5)
+        settled, before = len(errors), len(ok)
+        gevent.sleep(0.5)
+        stop[0] = True
+        gevent.joinall(greenlets, raise_error=True)
+        assert len(errors) == settled and len(ok) > before
+        print("sentinel failover after a kill: the pool moved %.2fs after it; errors until "
+              "%.2fs; %d errors" % (moved - killed, (max(when) - killed) if when else 0,
+                                    len(errors)))
+        assert ("127.0.0.1", old) not in sp.node_pools()
+        assert sp.info()["switches"] == 1
+        books(sp)
+    finally:
+        stop[0] = True
+        sp.stop()

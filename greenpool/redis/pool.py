@@ -50,6 +50,7 @@ from gevent.hub import Waiter
 
 from greenpool.connection import Connection
 from greenpool.errors import (
+    REPLY_ERRORS,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -388,7 +389,7 @@ class RedisPool(GreenPool):
             value = self._call(data, Waiter(), 1, timeout)
         if type(value) is _Fail:
             raise value.error()
-        if isinstance(value, ResponseError):
+        if type(value) in REPLY_ERRORS:
             raise error_reply(str(value))
         return value
 
