@@ -526,3 +526,32 @@ def test_fork_child_uses_its_own_connections(cp):
     # the parent's connections were not touched by the child
     assert cp.pipeline([["GET", k] for k in ks]) == [b"child"] * 20
     assert all(p.info()["closed_connections"] == 0 for p in cp.node_pools().values())
+
+
+def test_clusterdown_is_retried_within_the_timeout(redis_cluster_factory):
+    """A master without a replica dies: the cluster says CLUSTERDOWN for every slot; a
+    command waits with backoff within its timeout and succeeds once the node is back."""
+    cluster = redis_cluster_factory(masters=3, replicas=0)
+    cp = RedisClusterPool(cluster.startup_nodes, pool_size=1, timeout=5.0, connect_timeout=0.5,
+                          backoff_min=0.02, backoff_max=0.2)
+    try:
+        victim, live = cluster.nodes[0], cluster.nodes[1]
+        k = next(k for k in ("cd:%d" % i for i in range(1000))
+                 if cluster.owner(key_slot(k)).port == live.port)
+        assert cp.command(["SET", k, "v"]) == b"OK"
+        victim.kill()
+        deadline = time.monotonic() + 20
+        while "cluster_state:fail" not in str(live.execute("CLUSTER", "INFO")):
+            assert time.monotonic() < deadline
+            gevent.sleep(0.1)
+        with pytest.raises(ClusterDownError):
+            cp.command(["GET", k], timeout=0.5)
+        assert cp.info()["clusterdown"] >= 1
+        g = gevent.spawn(cp.command, ["GET", k], timeout=20.0)
+        gevent.sleep(0.3)
+        assert not g.dead
+        gevent.get_hub().threadpool.apply(victim.start)
+        assert g.get(timeout=25) == b"v"
+        books(cp)
+    finally:
+        cp.stop()
