@@ -224,3 +224,25 @@ def test_master_killed_sentinel_promotes_and_the_pool_follows(sentinel_factory):
     finally:
         stop[0] = True
         sp.stop()
+
+
+def test_replica_role_rediscovers_when_the_replica_dies(sentinel_factory):
+    g = sentinel_factory()
+    k = key("rd")
+    master = g.node_at(g.master_port())
+    master.execute("SET", k, "v")
+    master.execute("WAIT", 1, 2000)
+    rp = RedisSentinelPool(g.sentinel_addrs, "mymaster", role="replica", pool_size=1,
+                           connect_timeout=0.5, backoff_min=0.02, backoff_max=0.2)
+    try:
+        [replica] = rp.replica_addresses
+        assert rp.command(["GET", k]) == b"v"
+        g.node_at(replica[1]).kill()
+        # the read in flight may fail; with retry_reads it is re-sent after re-discovery
+        assert rp.command(["GET", k], retries=2) == b"v"
+        assert replica not in rp.replica_addresses
+        assert replica not in rp.node_pools()
+        assert [rp.command(["GET", k]) for _ in range(5)] == [b"v"] * 5   # on the master now
+        books(rp)
+    finally:
+        rp.stop()

@@ -38,6 +38,7 @@ import random
 import re
 import time
 import weakref
+from binascii import crc_hqx as _crc_hqx
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import gevent
@@ -77,26 +78,10 @@ Addr = Tuple[str, int]
 
 # -- key slots --
 
-def _crc16_table() -> List[int]:
-    table = []
-    for i in range(256):
-        crc = i << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_TABLE = _crc16_table()
-
-
 def crc16(data: bytes) -> int:
-    """CRC16-CCITT (XModem), the checksum Redis Cluster hashes keys with."""
-    crc = 0
-    table = _TABLE
-    for b in data:
-        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ b) & 0xFF]
-    return crc
+    """CRC16-CCITT (XModem), the checksum Redis Cluster hashes keys with (``binascii``'s C
+    implementation: ``crc_hqx`` with an initial value of 0 is XModem)."""
+    return _crc_hqx(data, 0)
 
 
 def _b(x: Any) -> bytes:
