@@ -131,14 +131,12 @@ class RedisCluster:
         return [n for n in self.nodes if n.running and n.role() == "master"]
 
     def replicas_of(self, master: ClusterNode) -> List[ClusterNode]:
-        mid = master.node_id()
         out = []
         for n in self.nodes:
             if n.running and n.role() == "slave":
                 info = str(n.execute("INFO", "replication"))
                 if "master_port:%d" % master.port in info:
                     out.append(n)
-        del mid
         return out
 
     def node_at(self, port: int) -> ClusterNode:

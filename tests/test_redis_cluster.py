@@ -284,7 +284,7 @@ def test_watch_transaction_refuses_cross_slot_and_routes(cp):
 
 # -- faults: a cluster of its own --
 
-def _slot_keys(slot_of_owner, n, owner_slots, prefix):
+def _slot_keys(n, owner_slots, prefix):
     """n keys whose slots fall in owner_slots."""
     out = []
     i = 0
@@ -308,7 +308,7 @@ def test_resharding_under_load_is_invisible(redis_cluster_factory):
              if int(r[2][1]) == src.port]
     lo = owned[0][0]
     moving = set(range(lo, lo + 8))
-    keys = _slot_keys(None, 50, moving, "resh")
+    keys = _slot_keys(50, moving, "resh")
     cp.pipeline([["SET", k, 0] for k in keys])
     counts = dict.fromkeys(keys, 0)
     errors = []
@@ -390,7 +390,7 @@ def test_master_killed_under_load_replica_takes_over(redis_cluster_factory):
     [replica] = cluster.replicas_of(victim)
     victim_slots = {s for r in victim.execute("CLUSTER", "SLOTS") if int(r[2][1]) == victim.port
                     for s in range(int(r[0]), int(r[1]) + 1)}
-    keys = _slot_keys(None, 25, victim_slots, "kill") + [key() for _ in range(25)]
+    keys = _slot_keys(25, victim_slots, "kill") + [key() for _ in range(25)]
     errors, ok, when, stop = [], [], [], [False]
     try:
         greenlets = _load(cp, keys, errors, stop, ok, when)

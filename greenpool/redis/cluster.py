@@ -28,6 +28,7 @@ Rules:
 6. ``read_from_replicas=True``: read-only commands (:data:`~greenpool.redis.READ_ONLY_COMMANDS`)
    are spread over the slot's master and its online replicas; a replica gets ``READONLY`` in
    the same batch as the command (its connections are shared, so each read carries it).
+   Pipelines and transactions go to masters.
 """
 from __future__ import annotations
 
@@ -281,6 +282,9 @@ class RedisClusterPool:
         self.retry_reads = _check_retries(retry_reads, "retry_reads")
         self.max_redirects = max_redirects
         self.options = dict(options)
+        # a node pool with no live connection whose last connect failed counts as down
+        # (rule 4) until it reconnects: retry sooner than RedisPool's default 5 s
+        self.options.setdefault("backoff_max", 1.0)
         self.connect_timeout = float(options.get("connect_timeout", 5.0))
         self._pools: Dict[Addr, RedisPool] = {}
         self._slots: List[Optional[Shard]] = [None] * SLOTS

@@ -106,6 +106,8 @@ class RedisSentinelPool:
         self.failover_pause = float(failover_pause)
         self.retry_reads = _check_retries(retry_reads, "retry_reads")
         self.options = dict(options)
+        # an unreachable node is skipped until its pool reconnects: sooner than 5 s
+        self.options.setdefault("backoff_max", 1.0)
         self._closed = False
         self._sentinel_pools: Dict[Addr, RedisPool] = {}
         self._pools: Dict[Addr, RedisPool] = {}
