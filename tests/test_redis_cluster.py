@@ -282,6 +282,20 @@ def test_watch_transaction_refuses_cross_slot_and_routes(cp):
     assert out is not None and cp.command(["GET", k]) == b"2"
 
 
+def test_blocking_command_goes_to_the_keys_node(cp):
+    import inspect
+
+    if "max_blocking" not in inspect.signature(RedisPool.__init__).parameters:
+        pytest.skip("RedisPool has no dedicated connections for blocking commands yet "
+                    "(max_blocking); RedisClusterPool sends them through the node's "
+                    "RedisPool.command")
+    k = key("bl")
+    g = gevent.spawn(cp.command, ["BLPOP", k, 5])
+    gevent.sleep(0.1)
+    assert cp.command(["LPUSH", k, "x"]) == 1
+    assert g.get(timeout=10) in ([k.encode(), b"x"], (k.encode(), b"x"))
+
+
 # -- faults: a cluster of its own --
 
 def _slot_keys(n, owner_slots, prefix):

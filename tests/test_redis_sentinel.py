@@ -246,3 +246,23 @@ def test_replica_role_rediscovers_when_the_replica_dies(sentinel_factory):
         books(rp)
     finally:
         rp.stop()
+
+
+@pytest.mark.parametrize("method", ["pubsub", "watch_transaction", "register_script"])
+def test_dedicated_features_route_to_the_master(sp, method):
+    from greenpool.redis import RedisPool
+
+    if not hasattr(RedisPool, method):
+        with pytest.raises(NotImplementedError, match="RedisPool.%s" % method):
+            getattr(sp, method)(*{"pubsub": (), "watch_transaction": ([key()], lambda *a: []),
+                                  "register_script": ("return 1",)}[method])
+        pytest.skip("RedisPool.%s() is not in this greenpool yet; RedisSentinelPool.%s() "
+                    "routes to it" % (method, method))
+    if method == "register_script":
+        script = sp.register_script("return 1")
+        assert script is not None
+    elif method == "pubsub":
+        ps = sp.pubsub()
+        close = getattr(ps, "close", None)
+        if close is not None:
+            close()
