@@ -460,13 +460,17 @@ class RedisSentinelPool:
                     raise
                 result = e
             except PoolClosed as e:
+                # its node was retired by a discovery: the command waited for it (not sent:
+                # go to the new node) or was in flight on it (it may have run)
                 if self._closed:
                     raise
-                if "in flight" in str(e) and not (read and tries < retries):
+                in_flight = "in flight" in str(e)
+                if (in_flight and not (read and tries < retries)) or _monotonic() >= deadline:
                     raise ConnectionClosed("%s (the node is no longer used: the service moved)"
                                            % (e,)) from None
-                tries += "in flight" in str(e)
-                continue    # its node was retired by a discovery: go to the new one
+                if in_flight:
+                    tries += 1
+                continue
             except _NODE_ERRORS as e:
                 self.counters["node_errors"] += 1
                 self.last_error = e
