@@ -316,21 +316,30 @@ class RedisClusterPool:
     def _startup_text(self) -> str:
         return ", ".join("%s:%d" % a for a in self.startup_nodes)
 
-    def _pool(self, addr: Addr) -> RedisPool:
+    def _pool(self, addr: Addr, wait: bool = False) -> RedisPool:
+        """The node's pool, opened if needed: connecting in the background, or (``wait``,
+        for the map) before returning, so that a dead node fails at once."""
         p = self._pools.get(addr)
         if p is None:
             if self._closed:
                 raise PoolClosed(self.name, "the cluster pool was stopped")
             p = RedisPool(pool_size=self.pool_size, host=addr[0], port=addr[1],
                           name="%s/%s:%d" % (self.name, addr[0], addr[1]),
-                          timeout=self.command_timeout, start="degraded", **self.options)
+                          timeout=self.command_timeout, start="wait" if wait else "degraded",
+                          **self.options)
+            other = self._pools.get(addr)
+            if other is not None or self._closed:   # while this one connected
+                p.stop()
+                if other is None:
+                    raise PoolClosed(self.name, "the cluster pool was stopped")
+                return other
             self._pools[addr] = p
         return p
 
-    def _usable(self, addr: Addr) -> RedisPool:
+    def _usable(self, addr: Addr, wait: bool = False) -> RedisPool:
         """The node's pool; ConnectError at once when it has no live connection and its
         last connect failed (it is down: do not wait the whole timeout for it)."""
-        p = self._pool(addr)
+        p = self._pool(addr, wait)
         if p.last_error is not None and p.active() == 0:
             raise ConnectError("Redis Cluster node %s:%d is unreachable (%s)"
                                % (addr[0], addr[1], p.last_error))
@@ -413,7 +422,7 @@ class RedisClusterPool:
                     self.last_error)
 
     def _fetch_map(self, addr: Addr, timeout: float) -> List[Tuple[List[Tuple[int, int]], Shard]]:
-        p = self._usable(addr)
+        p = self._usable(addr, wait=True)
         try:
             return parse_shards(p.command(["CLUSTER", "SHARDS"], timeout=timeout), addr[0])
         except ResponseError as e:
