@@ -136,12 +136,22 @@ class RedisSentinelPool:
     # -- sentinels --
 
     def _sentinel(self, addr: Addr) -> RedisPool:
+        """The sentinel's pool (one connection), connected before it is returned: a dead
+        sentinel fails at once (ConnectError) and the next is asked."""
         p = self._sentinel_pools.get(addr)
         if p is None:
+            if self._closed:
+                raise PoolClosed(self.name, "the sentinel pool was stopped")
             p = RedisPool(pool_size=1, host=addr[0], port=addr[1], password=self.sentinel_password,
                           name="%s/sentinel/%s:%d" % (self.name, addr[0], addr[1]),
                           timeout=self.sentinel_timeout, connect_timeout=self.sentinel_timeout,
-                          start="degraded", backoff_min=0.05, backoff_max=1.0)
+                          start="wait", backoff_min=0.05, backoff_max=1.0)
+            other = self._sentinel_pools.get(addr)
+            if other is not None or self._closed:   # made meanwhile, or stopped meanwhile
+                p.stop()
+                if other is None:
+                    raise PoolClosed(self.name, "the sentinel pool was stopped")
+                return other
             self._sentinel_pools[addr] = p
         return p
 
@@ -149,11 +159,11 @@ class RedisSentinelPool:
         """Ask the sentinels in turn; the first that answers moves to the front."""
         errors = []
         for addr in list(self.sentinels):
-            p = self._sentinel(addr)
-            if p.last_error is not None and p.active() == 0:
-                errors.append("%s:%d: %s" % (addr[0], addr[1], p.last_error))
-                continue
             try:
+                p = self._sentinel(addr)
+                if p.last_error is not None and p.active() == 0:
+                    errors.append("%s:%d: %s" % (addr[0], addr[1], p.last_error))
+                    continue
                 reply = p.command(args, timeout=self.sentinel_timeout)
             except ResponseError as e:
                 if "unknown command" in str(e).lower() or "unknown subcommand" in str(e).lower():
