@@ -206,7 +206,7 @@ class Sentinel(Server):
             "sentinel parallel-syncs %s 1" % self.service,
         ]
         if self.password:
-            conf.append("requirepass %s" % self.password)
+            conf += ["requirepass %s" % self.password, "sentinel sentinel-pass %s" % self.password]
         path = self.dir / "sentinel.conf"
         if not path.exists() or self.starts == 0:
             path.write_text("\n".join(conf) + "\n")
@@ -226,7 +226,8 @@ class SentinelGroup:
     """One master, ``replicas`` replicas of it, and ``sentinels`` sentinels watching it."""
 
     def __init__(self, directory: Union[str, Path], *, service: str = "mymaster",
-                 replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+                 replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000,
+                 sentinel_password: Optional[str] = None) -> None:
         self.dir = Path(directory)
         self.service = service
         fast = ["--repl-diskless-sync-delay", "0"]
@@ -235,6 +236,7 @@ class SentinelGroup:
                          for i in range(replicas)]
         self.n_sentinels = sentinels
         self.down_after_ms = down_after_ms
+        self.sentinel_password = sentinel_password
         self.sentinels: List[Sentinel] = []
 
     @property
@@ -248,7 +250,8 @@ class SentinelGroup:
                 r.extra_args = r.extra_args + ["--replicaof", HOST, str(self.master.port)]
                 r.start()
             self.sentinels = [Sentinel(self.dir / ("sentinel%d" % i), master_port=self.master.port,
-                                       service=self.service, down_after_ms=self.down_after_ms)
+                                       service=self.service, down_after_ms=self.down_after_ms,
+                                       password=self.sentinel_password)
                               for i in range(self.n_sentinels)]
             for s in self.sentinels:
                 s.start()

@@ -262,3 +262,14 @@ def test_dedicated_features_route_to_the_master(sp, method):
         close = getattr(ps, "close", None)
         if close is not None:
             close()
+
+
+def test_sentinel_password(sentinel_factory):
+    g = sentinel_factory(sentinel_password="s3nt")
+    with pytest.raises(MasterNotFound, match="NOAUTH|AUTH|auth"):
+        RedisSentinelPool(g.sentinel_addrs, "mymaster", pool_size=1, timeout=0.5)
+    with RedisSentinelPool(g.sentinel_addrs, "mymaster", pool_size=1,
+                           sentinel_password="s3nt") as sp:
+        assert sp.command(["SET", key(), "v"]) == b"OK"
+        assert sp.master_address[1] == g.master_port()
+        books(sp)
