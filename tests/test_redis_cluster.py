@@ -221,6 +221,22 @@ def test_read_from_replicas_spreads_reads(redis_cluster):
         cp.stop()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_resp3_and_decoded_replies(redis_cluster, protocol):
+    """The map (CLUSTER SHARDS as RESP3 maps) and the COMMAND table parse either way."""
+    cp = RedisClusterPool(redis_cluster.startup_nodes, pool_size=1, protocol=protocol,
+                          decode_responses=True)
+    try:
+        assert cp.info()["slots_covered"] == 16384 and len(cp.info()["masters"]) == 3
+        ks = [key() for _ in range(30)]
+        assert cp.pipeline([["SET", k, "é%d" % i] for i, k in enumerate(ks)]) == ["OK"] * 30
+        assert cp.pipeline([["GET", k] for k in ks]) == ["é%d" % i for i in range(30)]
+        assert cp.keys_of(["XREAD", "STREAMS", "s1", "0"]) == ["s1"]
+        books(cp)
+    finally:
+        cp.stop()
+
+
 def test_info_and_stats_per_node(cp):
     cp.command(["SET", key(), 1])
     info = cp.info()
