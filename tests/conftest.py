@@ -28,7 +28,7 @@ from servers import TLS, Gunicorn, Hypercorn, Nghttpd, Nginx, Redis, Server  # n
 SERVER_FIXTURES = {
     "nginx", "nginx_factory", "gunicorn", "gunicorn_factory", "hypercorn", "hypercorn_factory",
     "nghttpd", "nghttpd_tls", "nghttpd_factory", "redis", "redis_factory",
-    "redis_cluster", "redis_cluster_factory", "sentinel_factory",
+    "redis_cluster", "redis_cluster_factory", "sentinel_group", "sentinel_factory",
 }
 
 
@@ -193,6 +193,17 @@ def redis_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     finally:
         for cluster in made:
             cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A master, one replica and three sentinels watching it as "mymaster"
+    (tests/redis_servers.py SentinelGroup). Shared by the session: tests that fail it over
+    use ``sentinel_factory``."""
+    from redis_servers import SentinelGroup
+
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
 
 
 @pytest.fixture

@@ -32,12 +32,9 @@ def books(sp: RedisSentinelPool) -> None:
         assert p.info()["in_flight"] == 0, p.info()
 
 
-@pytest.fixture(scope="module")
-def group(tmp_path_factory):
-    from redis_servers import SentinelGroup
-
-    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as g:
-        yield g
+@pytest.fixture
+def group(sentinel_group):
+    return sentinel_group
 
 
 @pytest.fixture
