@@ -523,7 +523,9 @@ class RedisClusterPool:
         """Run one command on its keys' node; redirections are followed (see rule 3)."""
         if self._closed:
             raise PoolClosed(self.name, "the cluster pool was stopped")
-        slot = self.slot_of(args, "%s" % _s(args[0]).upper() if args else "command")
+        keys = self.keys_of(args)
+        # one key (the usual case): its slot; the command's name is only needed for an error
+        slot = key_slot(keys[0]) if len(keys) == 1 else self._one_slot(keys, _s(args[0]).upper())
         t = self._timeout(timeout)
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
         return self._run(args, slot, _monotonic() + t, t, retries, None)
