@@ -25,7 +25,7 @@ REDIS_VALUE = b"v" * 100
 @dataclass(frozen=True)
 class ClientInfo:
     name: str
-    family: str          # "http1", "h2c", "h2-tls", "redis"
+    family: str          # "http1", "h2c", "h2-tls", "redis", "redis-cluster"
     reference: str       # the greenpool row it is compared with
     kind: str = "python"  # "python" (a worker process), "floor" (python, protocol only), "ceiling"
     about: str = ""
@@ -59,13 +59,18 @@ CLIENTS: Dict[str, ClientInfo] = {c.name: c for c in [
     _C("greenpool-redis", "redis", "greenpool-redis", about="greenpool.redis.RedisPool(pool_size=1)"),
     _C("redis-py", "redis", "greenpool-redis", about="BlockingConnectionPool(max_connections=C), hiredis"),
     _C("redis-benchmark", "redis", "greenpool-redis", kind="ceiling", about="redis-benchmark -cC (C ceiling)"),
+    # Redis Cluster (3 masters)
+    _C("greenpool-redis-cluster", "redis-cluster", "greenpool-redis-cluster",
+       about="greenpool.redis.RedisClusterPool(pool_size=1 per node)"),
+    _C("redis-py-cluster", "redis-cluster", "greenpool-redis-cluster",
+       about="redis.cluster.RedisCluster(max_connections=C), hiredis"),
 ]}
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    protocol: str        # "http" or "redis"
+    protocol: str        # "http", "redis" or "redis-cluster"
     method: str
     path: str
     body_size: int
@@ -98,12 +103,15 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
     Workload("redis-get-blocking", "redis", "GET", "", 0, 100, (50,), (50,), 20000, 2000,
              "GET of a 100-byte value with 5 blocking waiters in flight (BLPOP 0.2 s in a loop)",
              blockers=5),
+    Workload("redis-cluster-get", "redis-cluster", "GET", "", 0, 100, (50,), (50,), 20000, 2000,
+             "GET of a 100-byte value on a 3-master Redis Cluster"),
 ]}
 
 #: families that can run each protocol's workloads
 PROTOCOL_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "http": ("http1", "h2c", "h2-tls"),
     "redis": ("redis",),
+    "redis-cluster": ("redis-cluster",),
 }
 
 
@@ -123,4 +131,6 @@ TARGETS: List[Tuple[str, str, str, str, int, float]] = [
     ("h2 TLS >= 0.7x raw h2 loop", "greenpool-h2-tls", "raw-h2-tls", "get-100B", 50, 0.7),
     ("h2 TLS >= 2.5x httpx http2", "greenpool-h2-tls", "httpx-h2-tls", "get-100B", 50, 2.5),
     ("Redis GET >= 2x redis-py+hiredis", "greenpool-redis", "redis-py", "redis-get", 50, 2.0),
+    ("Redis Cluster GET >= 3x redis-py RedisCluster", "greenpool-redis-cluster", "redis-py-cluster",
+     "redis-cluster-get", 50, 3.0),
 ]

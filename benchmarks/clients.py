@@ -204,6 +204,53 @@ class _Blockers:
 BLOCKING_CMD = ["BLPOP", REDIS_KEY + ":blocking", "0.2"]
 
 
+class GreenpoolRedisCluster(Runner):
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        super().__init__(spec)
+        gp = _greenpool()
+        try:
+            from greenpool.redis import RedisClusterPool
+        except ImportError as e:
+            raise Unavailable("greenpool.redis.RedisClusterPool not importable: %s" % e)
+        size = int(spec.get("redis_pool_size") or 1)
+        nodes = [(h, int(p)) for h, p in self.t["redis_cluster"]]
+        self.rc = RedisClusterPool(nodes, pool_size=size)
+        self.cmd = _redis_cmd(self.wl)
+        self.note = "greenpool %s, pool_size=%d per node" % (getattr(gp, "__version__", "?"), size)
+
+    def request(self) -> None:
+        reply = self.rc.command(self.cmd)
+        _check_redis(self.wl, reply)
+
+    def close(self) -> None:
+        try:
+            self.rc.stop()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class RedisPyCluster(Runner):
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        super().__init__(spec)
+        import redis
+        import redis.utils
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(h, int(p)) for h, p in self.t["redis_cluster"]]
+        self.r = RedisCluster(startup_nodes=nodes, max_connections=self.c)
+        self.cmd = _redis_cmd(self.wl)
+        hiredis = getattr(redis.utils, "HIREDIS_AVAILABLE", False)
+        self.note = "redis-py %s RedisCluster, %s" % (
+            redis.__version__, "hiredis" if hiredis else "NO hiredis")
+
+    def request(self) -> None:
+        reply = self.r.execute_command(*self.cmd)
+        _check_redis(self.wl, reply)
+
+    def close(self) -> None:
+        self.r.close()
+
+
 def _redis_cmd(wl: Dict[str, Any]) -> List[Any]:
     if wl["method"] == "GET":
         return ["GET", REDIS_KEY]
@@ -684,4 +731,6 @@ RUNNERS: Dict[str, type] = {
     "raw-h2-tls": RawH2TLS,
     "greenpool-redis": GreenpoolRedis,
     "redis-py": RedisPy,
+    "greenpool-redis-cluster": GreenpoolRedisCluster,
+    "redis-py-cluster": RedisPyCluster,
 }

@@ -59,9 +59,10 @@ def per_request(client: str, workload: str, concurrency: int, targets: Dict[str,
 def workload_servers(workload: str) -> Iterator[Optional[Servers]]:
     """The suite's servers that ``workload`` needs, ready, for this tool and
     :mod:`benchmarks.cpusplit` (None, said on stderr, when they could not start)."""
-    redis = WORKLOADS[workload].protocol == "redis"
+    protocol = WORKLOADS[workload].protocol
     with tempfile.TemporaryDirectory(prefix="greenpool-tool-") as d, \
-            Servers(Path(d), need_http=not redis, need_redis=redis) as servers:
+            Servers(Path(d), need_http=protocol == "http", need_redis=protocol == "redis",
+                    need_cluster=protocol == "redis-cluster") as servers:
         if servers.problems:
             print("servers: %s" % servers.problems, file=sys.stderr)
             yield None

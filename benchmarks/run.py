@@ -121,7 +121,7 @@ def _names(selection: Optional[str]) -> List[str]:
         matches = [n for n, c in CLIENTS.items()
                    if item in (n, c.family, c.kind) or (item.endswith("*") and n.startswith(item[:-1]))]
         if not matches:
-            raise SystemExit("unknown client %r; known: %s (or a family: http1, h2c, h2-tls, redis;"
+            raise SystemExit("unknown client %r; known: %s (or a family: http1, h2c, h2-tls, redis, redis-cluster;"
                              " or a kind: python, floor, ceiling; or a prefix*)"
                              % (item, ", ".join(CLIENTS)))
         out += [m for m in matches if m not in out]
@@ -212,6 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     need_http = any(wl.protocol == "http" for wl, _, cl in plan
                     if any(CLIENTS[n].family != "redis" for n in cl))
     need_redis = any(wl.protocol == "redis" for wl, _, _ in plan)
+    need_cluster = any(wl.protocol == "redis-cluster" for wl, _, _ in plan)
     started = time.monotonic()
     runs: List[Dict[str, Any]] = []
     problems: Dict[str, str] = {}
@@ -223,7 +224,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="greenpool-bench-") as tmp:
         servers = Servers(Path(tmp), need_http=need_http and bool(plan),
-                          need_redis=need_redis and bool(plan))
+                          need_redis=need_redis and bool(plan),
+                          need_cluster=need_cluster and bool(plan))
         try:
             problems.update(servers.problems)
             targets = servers.targets
@@ -240,7 +242,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 done += 1
                 info = CLIENTS[name]
                 base = {"client": name, "workload": wl.name, "concurrency": c, "rep": rep}
-                fam_server = "redis" if info.family == "redis" else "http"
+                fam_server = info.family if info.family in ("redis", "redis-cluster") else "http"
                 if fam_server in problems:
                     res = dict(base, status="unavailable", error=problems[fam_server])
                 elif name in unavailable:

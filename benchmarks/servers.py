@@ -77,14 +77,27 @@ def _guard(fn: Any, what: str) -> Any:
         raise
 
 
-class Servers:
-    """nginx and redis-server in ``directory``; ``targets`` is what workers get."""
+def load_redis_topologies() -> Any:
+    """tests/redis_servers.py (Redis Cluster, Sentinel); it imports tests/servers.py as
+    ``servers``, so tests/ goes on sys.path."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+    import redis_servers
+    return redis_servers
 
-    def __init__(self, directory: Path, need_http: bool = True, need_redis: bool = True) -> None:
+
+class Servers:
+    """nginx, redis-server and a 3-master Redis Cluster in ``directory``; ``targets`` is
+    what workers get."""
+
+    def __init__(self, directory: Path, need_http: bool = True, need_redis: bool = True,
+                 need_cluster: bool = False) -> None:
         self.dir = Path(directory)
         self.ts = load_test_servers()
         self.nginx: Optional[Any] = None
         self.redis: Optional[Any] = None
+        self.cluster: Optional[Any] = None
         self.problems: Dict[str, str] = {}
         if need_http:
             try:
@@ -104,6 +117,14 @@ class Servers:
             except Missing as e:
                 self.problems["redis"] = str(e)
                 self.redis = None
+        if need_cluster:
+            try:
+                self.cluster = _guard(lambda: load_redis_topologies().RedisCluster(
+                    self.dir / "redis-cluster", masters=3, replicas=0), "redis-server")
+                self.cluster.start()
+            except Missing as e:
+                self.problems["redis-cluster"] = str(e)
+                self.cluster = None
 
     @property
     def targets(self) -> Dict[str, Any]:
@@ -113,14 +134,19 @@ class Servers:
             t.update(http=n.http_url, https=n.https_url, h2c=n.h2c_url, ca=str(n.tls.ca_path))
         if self.redis is not None:
             t.update(redis_host=self.redis.host, redis_port=self.redis.port)
+        if self.cluster is not None:
+            t.update(redis_cluster=[list(a) for a in self.cluster.startup_nodes])
         return t
 
     def prepare_redis(self, key: str, value: bytes) -> None:
         if self.redis is not None:
             self.redis.execute("SET", key, value)
+        if self.cluster is not None:
+            slot = int(self.cluster.nodes[0].execute("CLUSTER", "KEYSLOT", key))
+            self.cluster.owner(slot).execute("SET", key, value)
 
     def stop(self) -> None:
-        for s in (self.redis, self.nginx):
+        for s in (self.cluster, self.redis, self.nginx):
             if s is not None:
                 s.stop()
 

@@ -7,8 +7,10 @@ import logging as _logging
 from greenpool.backoff import Backoff
 from greenpool.connection import Connection, Connector
 from greenpool.errors import (  # noqa: F401
+    AskError,
     AuthenticationError,
     CheckinError,
+    ClusterDownError,
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
@@ -20,6 +22,8 @@ from greenpool.errors import (  # noqa: F401
     InvalidURL,
     LimitExceeded,
     LocalProtocolError,
+    MasterNotFound,
+    MovedError,
     PoolClosed,
     PoolError,
     PoolTimeout,
@@ -36,6 +40,7 @@ from greenpool.errors import (  # noqa: F401
     TooManyRedirects,
     TransactionAborted,
     TransportError,
+    TryAgainError,
     WriteError,
     WriteTimeout,
 )
@@ -98,6 +103,11 @@ __all__ = [
     "HTTPStatusError",
     "RedisError",
     "ResponseError",
+    "MovedError",
+    "AskError",
+    "TryAgainError",
+    "ClusterDownError",
+    "MasterNotFound",
     "TransactionAborted",
     "ReplyDecodeError",
     "AuthenticationError",

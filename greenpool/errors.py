@@ -45,8 +45,13 @@ Rules:
     │   └── HTTPStatusError        (raise_for_status)
     └── RedisError
         ├── ResponseError          (the server answered with an error reply)
+        │   ├── MovedError         (MOVED slot host:port: the slot lives elsewhere now)
+        │   ├── AskError           (ASK slot host:port: this one command goes elsewhere)
+        │   ├── TryAgainError      (TRYAGAIN: a multi-key command during a slot migration)
+        │   └── ClusterDownError   (CLUSTERDOWN: the cluster cannot serve the slot now)
         ├── TransactionAborted     (EXEC returned nil or EXECABORT)
         ├── ReplyDecodeError       (a reply not valid in the encoding; decode_responses)
+        ├── MasterNotFound         (no sentinel names a usable node; also a ConnectError)
         └── AuthenticationError
 """
 from __future__ import annotations
@@ -198,6 +203,58 @@ class ResponseError(RedisError):
     """The server answered a command with an error reply (``-ERR ...``)."""
 
 
+class _Redirect(ResponseError):
+    """An error reply naming where to go: ``MOVED|ASK <slot> <host>:<port>``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        parts = message.split()
+        self.slot = -1
+        self.host = ""
+        self.port = 0
+        if len(parts) >= 3 and parts[1].isdigit():
+            host, _, port = parts[2].rpartition(":")
+            if port.isdigit():
+                self.slot = int(parts[1])
+                self.host = host
+                self.port = int(port)
+
+
+class MovedError(_Redirect):
+    """``MOVED <slot> <host>:<port>``: the slot is served by another node now.
+
+    :attr:`slot`, :attr:`host` and :attr:`port` say where (``host`` may be ``""``: the
+    node that answered, as Redis says for an unknown endpoint).
+    """
+
+
+class AskError(_Redirect):
+    """``ASK <slot> <host>:<port>``: the slot is migrating; send this command (after
+    ASKING) to that node once; the slot map does not change."""
+
+
+class TryAgainError(ResponseError):
+    """``TRYAGAIN``: a multi-key command during a slot migration; retry a bit later."""
+
+
+class ClusterDownError(ResponseError):
+    """``CLUSTERDOWN``: the cluster cannot serve the slot now (a failover in progress)."""
+
+
+_REPLY_CLASSES = {"MOVED": MovedError, "ASK": AskError, "TRYAGAIN": TryAgainError,
+                  "CLUSTERDOWN": ClusterDownError}
+#: every class error_reply() builds: ``type(reply) in REPLY_ERRORS`` tells an error reply
+#: with one set lookup (isinstance() costs more on the path of every successful reply)
+REPLY_ERRORS = frozenset((ResponseError, *_REPLY_CLASSES.values()))
+
+
+def error_reply(message: str) -> ResponseError:
+    """The :class:`ResponseError` for an error reply's text: the subclass its first word
+    names (MOVED, ASK, TRYAGAIN, CLUSTERDOWN), else a plain ResponseError."""
+    cls = _REPLY_CLASSES.get(message.partition(" ")[0])
+    return ResponseError(message) if cls is None else cls(message)
+
+
 class TransactionAborted(RedisError):
     """A MULTI/EXEC transaction was discarded (WATCH conflict or EXECABORT)."""
 
@@ -205,6 +262,8 @@ class TransactionAborted(RedisError):
 class ReplyDecodeError(RedisError):
     """A reply could not be decoded (``decode_responses=True`` and bytes not valid in the
     encoding).  Only that command fails: the reply was read whole, the connection stays."""
+class MasterNotFound(RedisError, ConnectError):
+    """No sentinel named a usable node of the service (or none answered)."""
 
 
 class AuthenticationError(RedisError, ConnectError):
@@ -297,8 +356,15 @@ __all__ = [
     "HTTPStatusError",
     "RedisError",
     "ResponseError",
+    "MovedError",
+    "AskError",
+    "TryAgainError",
+    "ClusterDownError",
+    "error_reply",
+    "REPLY_ERRORS",
     "TransactionAborted",
     "ReplyDecodeError",
+    "MasterNotFound",
     "AuthenticationError",
     "map_exceptions",
     "format_address",

@@ -28,6 +28,7 @@ from servers import TLS, Gunicorn, Hypercorn, Nghttpd, Nginx, Redis, Server  # n
 SERVER_FIXTURES = {
     "nginx", "nginx_factory", "gunicorn", "gunicorn_factory", "hypercorn", "hypercorn_factory",
     "nghttpd", "nghttpd_tls", "nghttpd_factory", "redis", "redis_factory",
+    "redis_cluster", "redis_cluster_factory", "sentinel_group", "sentinel_factory",
 }
 
 
@@ -161,6 +162,69 @@ def redis_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFa
     """``redis_factory(requirepass="s3cret", extra_args=[...], tls=<the tls fixture>)``:
     ``password``, ``restart()``; with ``tls=`` the port speaks TLS only (``rediss://`` url)."""
     yield from _factory("redis", tmp_path_factory, Redis)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Cluster of 3 masters + 3 replicas (tests/redis_servers.py): ``startup_nodes``,
+    ``nodes``, ``owner(slot)``. Shared by the session: tests that break it use
+    ``redis_cluster_factory``."""
+    from redis_servers import RedisCluster
+
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """``redis_cluster_factory(masters=3, replicas=1, node_timeout_ms=1000)``: a started
+    cluster of its own, stopped after the test."""
+    from redis_servers import RedisCluster
+
+    made: List[Any] = []
+
+    def make(**kw: Any) -> Any:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), **kw)
+        made.append(cluster)
+        return cluster.start()
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A master, one replica and three sentinels watching it as "mymaster"
+    (tests/redis_servers.py SentinelGroup). Shared by the session: tests that fail it over
+    use ``sentinel_factory``."""
+    from redis_servers import SentinelGroup
+
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """``sentinel_factory(replicas=1, sentinels=3, service="mymaster")``: a master, its
+    replicas and sentinels watching it (tests/redis_servers.py SentinelGroup), stopped after
+    the test."""
+    from redis_servers import SentinelGroup
+
+    made: List[Any] = []
+
+    def make(**kw: Any) -> Any:
+        group = SentinelGroup(tmp_path_factory.mktemp("sentinel"), **kw)
+        made.append(group)
+        return group.start()
+
+    try:
+        yield make
+    finally:
+        for group in made:
+            group.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -461,7 +461,7 @@ class RedisConnector(Connector):
 
     shared = True
     open_on_demand = False  # RedisPool keeps pool_size open; callers take a live one or wait
-    transports = net.ALL_TRANSPORTS  # "unix": host is the socket's path, port 0
+    transports: Tuple[str, ...] = net.ALL_TRANSPORTS  # "unix": host is the path, port 0
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings

@@ -63,6 +63,7 @@ from gevent.hub import Waiter
 
 from greenpool.connection import Connection
 from greenpool.errors import (
+    REPLY_ERRORS,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -70,6 +71,7 @@ from greenpool.errors import (
     ResponseError,
     TransactionAborted,
     WriteError,
+    error_reply,
 )
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.commands import check_shared as _check_name
@@ -465,8 +467,10 @@ class RedisPool(GreenPool):
         t = type(value)
         if t is _Fail:
             raise value.error()
-        if t is ResponseError or t is ReplyDecodeError:
-            raise t(str(value))
+        if t in REPLY_ERRORS:
+            raise error_reply(str(value))
+        if t is ReplyDecodeError:
+            raise ReplyDecodeError(str(value))
         return value
 
     def _call_retrying(self, data: bytes, timeout: Optional[float], retries: int) -> Any:
@@ -546,7 +550,7 @@ class RedisPool(GreenPool):
         n = len(commands) + 2
         replies = _result(self._call(b"".join((_MULTI, data, _EXEC)), _Batch(n), n, timeout))
         if isinstance(replies[0], ResponseError):
-            raise ResponseError(str(replies[0]))
+            raise error_reply(str(replies[0]))
         result = replies[-1]
         if result is None:
             raise TransactionAborted("transaction discarded by Redis: EXEC returned nil (a "
@@ -575,7 +579,7 @@ class RedisPool(GreenPool):
             return
         reply = _result(self._call(b"".join((_REPLY_OFF, data, _REPLY_ON)), Waiter(), 1, timeout))
         if isinstance(reply, ResponseError):
-            raise ResponseError(str(reply))
+            raise error_reply(str(reply))
 
     # -- dedicated connections (greenpool.redis.dedicated) --
 

@@ -77,7 +77,7 @@ import re
 from collections import deque
 from typing import Any, Deque, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
-from ..errors import LimitExceeded, RemoteProtocolError, ReplyDecodeError, ResponseError
+from ..errors import LimitExceeded, RemoteProtocolError, ReplyDecodeError, error_reply
 
 try:  # optional speedup
     import hiredis as _hiredis
@@ -385,7 +385,7 @@ class Reader:
                         body = buf[begin + 4 : stop]
                         value = self._decode(body) if decode else bytes(body)
                     else:
-                        value = ResponseError(buf[begin:stop].decode("utf-8", "replace"))
+                        value = error_reply(buf[begin:stop].decode("utf-8", "replace"))
                     pos = stop + 2
                 elif s == b"-1" and t != 33:
                     value = None
@@ -422,7 +422,7 @@ class Reader:
                 else:
                     self._garbage(pos, "bad aggregate length")
             elif t == 45:  # - error
-                value = ResponseError(buf[pos + 1 : end].decode("utf-8", "replace"))
+                value = error_reply(buf[pos + 1 : end].decode("utf-8", "replace"))
                 pos = end + 2
             elif t == 95:  # _ null
                 if end != pos + 1:
@@ -624,7 +624,7 @@ class HiredisReader:
         self.resp3 = resp3
         kw: Dict[str, Any] = {
             "protocolError": RemoteProtocolError,
-            "replyError": ResponseError,
+            "replyError": error_reply,
             "notEnoughData": NOT_ENOUGH,
         }
         if decode_responses:
