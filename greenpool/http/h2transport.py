@@ -34,7 +34,9 @@ Promises:
   :class:`~greenpool.errors.LimitExceeded` and RST_STREAM for that stream only.
 * Timeouts (:class:`~greenpool.http.models.Timeout`): ``pool`` for a stream
   slot, ``read`` for each wait for the head or body data, ``write`` for each
-  wait for flow-control window or socket, all capped by ``deadline``.
+  wait for flow-control window or socket, all capped by ``deadline``; with
+  ``stream=False`` the deadline covers the body too (as on HTTP/1.1), with
+  ``stream=True`` it ends at the head.
 """
 from __future__ import annotations
 
@@ -226,7 +228,8 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
             return conn                    # the server chose HTTP/1.1 by ALPN
         try:
             response = _exchange(pool, conn, request, headers, body, timeout, deadline, stale_retry,
-                                 decode_content, max_decoded_size, header_limit, max_body_size)
+                                 decode_content, max_decoded_size, header_limit, max_body_size,
+                                 None if stream else deadline)
         except Refused as e:
             retries += 1
             if retries > MAX_RETRIES or not _rewind(body, start_pos, getattr(e, "body_started", True)):
@@ -377,7 +380,10 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
               body: Any, timeout: Timeout, deadline: Optional[float], stale_retry: bool,
               decode_content: bool = True,
               max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-              header_limit: Optional[int] = None, max_body_size: Optional[int] = None) -> Response:
+              header_limit: Optional[int] = None, max_body_size: Optional[int] = None,
+              body_deadline: Optional[float] = None) -> Response:
+    """Open a stream, send the body, wait for the head.  ``body_deadline`` caps every
+    wait for body data (``stream=False``: the total deadline covers the whole body)."""
     proto: H2Protocol = conn.proto
     st: Optional[Stream] = None
     body_started = False
@@ -424,9 +430,9 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
             r.body_started = body_started  # type: ignore[attr-defined]
             raise r from None
         raise
-    # like HTTP/1.1, the body is read under the read timeout only: the total deadline
-    # ends at the head (a client reading it all at once may set stream.deadline)
-    stream = H2Body(pool, conn, proto, st, timeout.read, None)
+    # as on HTTP/1.1: stream=True reads the body under the read timeout only (the total
+    # deadline ends at the head); stream=False reads it under the total deadline too
+    stream = H2Body(pool, conn, proto, st, timeout.read, body_deadline)
     if st.ended and not st.chunks and st.error is None:
         stream._finish()
     decoder = None
@@ -563,6 +569,10 @@ class H2Body:
             return b""
         st = self.st
         proto = self.proto
+        if self.deadline is not None and self.deadline <= _monotonic():
+            self._finish()    # a body that keeps coming does not outlive the total timeout
+            raise ReadTimeout("the request's total timeout expired while reading the body from "
+                              "%s:%s on HTTP/2 stream %d" % (self.conn.host, self.conn.port, st.id))
         while True:
             chunks = st.chunks
             if chunks:
@@ -597,7 +607,7 @@ class H2Body:
             if not proto.wait(st, _remaining(self.read_timeout, self.deadline)):
                 self._finish()
                 raise ReadTimeout("no body data from %s:%s on HTTP/2 stream %d within the read "
-                                  "timeout" % (self.conn.host, self.conn.port, st.id))
+                                  "or total timeout" % (self.conn.host, self.conn.port, st.id))
 
     def close(self) -> None:
         """Stop early: RST_STREAM if the stream is still open; the use goes back to the pool."""
