@@ -54,6 +54,7 @@ class Ctx:
         self.bodies: Dict[int, bytes] = {}
         self.headers: Dict[int, List[Tuple[bytes, bytes]]] = {}
         self.silent = False      # True: answer nothing any more (not even PINGs)
+        self.deaf = False        # True (with silent): read nothing any more either
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -117,8 +118,10 @@ class H2FakeServer:
         self.conns: List[Ctx] = []
         self.requests: List[Tuple[int, int, List[Tuple[bytes, bytes]]]] = []
         self.resets: List[Tuple[int, int, int]] = []
+        self.goaways: List[Tuple[int, int]] = []     # (connection index, error code)
         self.pings = 0
         self.arrived = Event()
+        self.stopping = Event()
         self._window = Event()
         self.workers: List[gevent.Greenlet] = []
         self.fake = FakeServer(self._handle, ssl_context=ssl_context)
@@ -134,6 +137,9 @@ class H2FakeServer:
         ctx.flush()
         try:
             while True:
+                if ctx.deaf:
+                    self.stopping.wait()     # a black hole until the test ends
+                    return
                 data = sock.recv(65536)
                 if not data:
                     return
@@ -159,6 +165,8 @@ class H2FakeServer:
                         self._window.clear()
                     elif t is h2.events.PingReceived:
                         self.pings += 1
+                    elif t is h2.events.ConnectionTerminated:
+                        self.goaways.append((ctx.index, ev.error_code))
                 ctx.flush()
         finally:
             for g in self.workers:
@@ -174,6 +182,7 @@ class H2FakeServer:
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
     def stop(self) -> None:
+        self.stopping.set()
         for g in self.workers:
             g.kill(block=False)
         self.fake.stop()

@@ -63,6 +63,7 @@ import dataclasses
 import logging
 import socket
 import struct
+import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
@@ -91,6 +92,7 @@ from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
 
 log = logging.getLogger("greenpool.http.h2")
+_monotonic = time.monotonic
 
 TIMEDOUT: Any = type("TIMEDOUT", (), {"__repr__": lambda self: "TIMEDOUT"})()
 
@@ -107,6 +109,14 @@ _Informational = h2.events.InformationalResponseReceived
 
 #: what h2/HPACK may decode in one header block; our own (smaller) limit is checked per stream
 DECODE_LIMIT = 16 * 1024 * 1024
+#: frames the reader feeds to h2 before it yields to the hub (~10 us each: about 1 ms)
+SLICE_FRAMES = 100
+#: the reader's pause after a full slice (a timer: the hub runs a whole loop iteration)
+FAIR_PAUSE = 0.0001
+#: frames read after a failed write, looking for a GOAWAY (never yields)
+DRAIN_FRAMES = 1000
+#: how long a GOAWAY(ENHANCE_YOUR_CALM) may take to write before the connection closes
+GOODBYE_TIMEOUT = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,19 +139,45 @@ class H2Config:
     max_streams: int = 1000
     #: bytes per socket read
     read_size: int = 65536
+    #: flood limits (nghttp2's defaults); over one: GOAWAY(ENHANCE_YOUR_CALM), the connection
+    #: closes, its streams fail with LimitExceeded (idempotent ones are sent again elsewhere).
+    #: SETTINGS/PING ACKs we owe but could not write yet (nghttp2 max_outbound_ack)
+    max_pending_acks: int = 1000
+    #: CONTINUATION frames after one HEADERS (nghttp2 max_continuations)
+    max_continuations: int = 8
+    #: entries in one SETTINGS frame (nghttp2 max_settings)
+    max_settings: int = 32
+    #: RST_STREAM token bucket: burst, then refilled per second (nghttp2 stream_reset_rate_limit)
+    reset_burst: int = 1000
+    reset_rate: int = 33
+    #: empty DATA (without END_STREAM), HEADERS or CONTINUATION (without END_HEADERS) in a row
+    max_empty_frames: int = 100
+    #: after a stream's read timeout, a PING must be answered within this many seconds, or
+    #: the connection leaves rotation and closes (``Connection.suspect``)
+    dead_peer_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("initial_window_size", "connection_window_size", "max_header_list_size",
-                     "max_frame_size", "max_streams", "read_size"):
+                     "max_frame_size", "max_streams", "read_size", "max_pending_acks",
+                     "max_continuations", "max_settings", "reset_burst", "reset_rate",
+                     "max_empty_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError("H2Config.%s must be an int >= 1, got %r" % (name, value))
+        t = self.dead_peer_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError("H2Config.dead_peer_timeout must be a number > 0, got %r" % (t,))
         if not 65535 <= self.connection_window_size <= 2**31 - 1:
             raise ValueError("H2Config.connection_window_size must be in 65535..2**31-1")
         if self.initial_window_size > 2**31 - 1:
             raise ValueError("H2Config.initial_window_size must be <= 2**31-1")
         if not 16384 <= self.max_frame_size <= 2**24 - 1:
             raise ValueError("H2Config.max_frame_size must be in 16384..2**24-1")
+
+
+class Flooded(LimitExceeded):
+    """The server made the connection do more than a flood limit allows (see
+    :class:`H2Config`): it was closed with GOAWAY(ENHANCE_YOUR_CALM)."""
 
 
 class Refused(GreenPoolError):
@@ -224,7 +260,13 @@ class H2Protocol:
         self._ping_seq = 0
         self._loop = get_hub().loop
         self._settings_seen = False
-        self._rbuf = b""                       # the start of an incomplete frame
+        self._rbuf = b""                       # the start of an incomplete frame, or frames
+        self._more = False                     # ... left for the next slice (fairness)
+        self._owed = 0                         # SETTINGS/PING ACKs queued since the last drain
+        self._conts = 0                        # CONTINUATIONs in the current header block
+        self._empty = 0                        # empty frames in a row
+        self._resets = float(config.reset_burst)   # RST_STREAM tokens
+        self._reset_at = 0.0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "goaway" if self.goaway is not None else "open"
@@ -323,8 +365,8 @@ class H2Protocol:
             self.flush()
             first = True
             while not self._settings_seen:
-                data = self.sock.recv(cfg.read_size)
-                if not data:
+                data = b"" if self._more else self.sock.recv(cfg.read_size)
+                if not data and not self._more:
                     raise RemoteProtocolError("%s closed the connection during the HTTP/2 handshake "
                                               "(does it speak HTTP/2 on this port?)" % where)
                 if first and len(data) >= 4 and data[3] != 4:
@@ -353,20 +395,29 @@ class H2Protocol:
 
     # -- the connection greenlet --
 
-    def _receive(self, data: bytes) -> Tuple[List[Any], Optional[Exception]]:
-        """Feed ``data`` to h2 one whole frame at a time; keep an incomplete frame for later.
+    def _receive(self, data: bytes, budget: int = SLICE_FRAMES
+                 ) -> Tuple[List[Any], Optional[Exception]]:
+        """Feed ``data`` to h2 one whole frame at a time, at most ``budget`` frames.
 
-        Returns the events and the ``h2`` protocol error that stopped it, if any:
-        the events of the frames before a bad one survive.  Never yields.
+        An incomplete frame is kept for later; so are the frames past the budget
+        (``self._more`` is then True: the reader yields, then feeds them without
+        reading).  Returns the events and the ``h2`` protocol error (or
+        :class:`Flooded`) that stopped it, if any: the events of the frames before
+        a bad one survive.  Never yields.
         """
         buf = self._rbuf + data if self._rbuf else data
         self._rbuf = b""
+        self._more = False
         h2c = self.h2
         events: List[Any] = []
         n = len(buf)
         off = 0
         try:
             while n - off >= 9:
+                if not budget:
+                    self._more = True
+                    break
+                budget -= 1
                 length = int.from_bytes(buf[off:off + 3], "big")
                 if length > h2c.max_inbound_frame_size:
                     end = n      # h2 rejects it from its 9-byte header alone
@@ -374,6 +425,15 @@ class H2Protocol:
                     end = off + 9 + length
                     if end > n:
                         break
+                    kind = buf[off + 3]
+                    if kind > 1 or not length:
+                        flood = self._count(kind, buf[off + 4], length)
+                        if flood is not None:
+                            return events, flood
+                    else:              # DATA or HEADERS with a payload: the common case
+                        self._empty = 0
+                        if kind:
+                            self._conts = 0
                 events.extend(h2c.receive_data(buf[off:end] if off or end < n else buf))
                 off = end
         except h2.exceptions.ProtocolError as e:
@@ -382,31 +442,82 @@ class H2Protocol:
             self._rbuf = buf[off:]
         return events, None
 
+    def _count(self, kind: int, flags: int, length: int) -> Optional[Exception]:
+        """The flood limits for one frame header (not DATA/HEADERS with a payload).
+
+        Returns :class:`Flooded` when the frame is over a limit.  Never yields.
+        """
+        cfg = self.config
+        if length:
+            self._empty = 0
+        elif kind in (0, 1, 9) and not flags & (0x4 if kind else 0x1):
+            self._empty += 1       # DATA without END_STREAM, HEADERS/CONTINUATION without END_HEADERS
+            if self._empty > cfg.max_empty_frames:
+                return Flooded("the server sent more than %d empty HTTP/2 frames in a row "
+                               "(H2Config.max_empty_frames)" % cfg.max_empty_frames)
+        if kind == 4 or kind == 6:     # SETTINGS, PING: h2 queues an ACK for each
+            if not flags & 0x1:
+                self._owed += 1
+                if self._owed > cfg.max_pending_acks:
+                    return Flooded("the server sent more than %d SETTINGS/PING frames whose "
+                                   "ACKs could not be written yet (H2Config.max_pending_acks)"
+                                   % cfg.max_pending_acks)
+                if kind == 4 and length > 6 * cfg.max_settings:
+                    return Flooded("the server sent a SETTINGS frame of more than %d entries "
+                                   "(H2Config.max_settings)" % cfg.max_settings)
+        elif kind == 9:                # CONTINUATION
+            self._conts += 1
+            if self._conts > cfg.max_continuations:
+                return Flooded("the server sent more than %d CONTINUATION frames for one "
+                               "header block (H2Config.max_continuations)" % cfg.max_continuations)
+        elif kind == 3:                # RST_STREAM: a token bucket
+            now = _monotonic()
+            tokens = min(float(cfg.reset_burst),
+                         self._resets + (now - self._reset_at) * cfg.reset_rate) - 1
+            self._reset_at = now
+            self._resets = tokens
+            if tokens < 0:
+                return Flooded("the server sent RST_STREAM faster than %d at once and %d a "
+                               "second (H2Config.reset_burst, reset_rate)" % (cfg.reset_burst, cfg.reset_rate))
+        if kind == 1 or kind == 5:     # HEADERS, PUSH_PROMISE: a new header block
+            self._conts = 0
+        return None
+
     def _run(self) -> None:
         sock = self.sock
         size = self.config.read_size
         try:
             while not self.closed:
-                # TLS: every record already here, so the whole batch is answered in one write
-                data = recv_more(sock, sock.recv(size), size)
-                if not data:
-                    raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
-                                           % self.conn.key[:2])
+                if self._more:
+                    data = b""      # frames left from the last slice
+                else:
+                    # TLS: every record already here, so the whole batch is answered in one write
+                    data = recv_more(sock, sock.recv(size), size)
+                    if not data:
+                        raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
+                                               % self.conn.key[:2])
                 events, bad = self._receive(data)
                 if bad is not None:
-                    mapped = _map_h2_error(bad)
                     self._dispatch(events)   # what came before the bad frame still counts
+                    if isinstance(bad, Flooded):
+                        self._goodbye(ErrorCodes.ENHANCE_YOUR_CALM)
+                        raise Flooded("HTTP/2 connection to %s:%s closed with GOAWAY("
+                                      "ENHANCE_YOUR_CALM): %s" % (self.conn.key[:2] + (bad,)))
+                    mapped = _map_h2_error(bad)
                     try:
                         self.flush()    # h2 queued a GOAWAY: tell the server why
                     except Exception:   # noqa: BLE001 - failing anyway
                         pass
                     raise mapped from None
-                if self._dispatch(events):
+                woke = self._dispatch(events)
+                if woke or self._more:
                     # Let the greenlets just woken run first (they queue their next
-                    # HEADERS, WINDOW_UPDATEs): one write for the whole batch.
+                    # HEADERS, WINDOW_UPDATEs): one write for the whole batch.  After
+                    # a full slice, yield through a timer, not a callback: the hub then
+                    # polls I/O and fires timers (callers' timeouts) before we go on.
                     self._batching = True
                     try:
-                        gevent.sleep(0)
+                        gevent.sleep(FAIR_PAUSE if self._more else 0)
                     finally:
                         self._batching = False
                 if not self.closed:    # (a GOAWAY may have closed it)
@@ -617,6 +728,7 @@ class H2Protocol:
             return
         data = self.h2.data_to_send()
         if not data:
+            self._owed = 0
             return
         self._writing = True
         sock = self.sock
@@ -631,8 +743,12 @@ class H2Protocol:
                     off += sock.send(view[off:])
                 data = self.h2.data_to_send()
             self._writing = False
+            self._owed = 0          # every ACK h2 had queued is written
         except OSError as e:
             self._writing = False
+            if self.error is not None:
+                # the connection failed first (closed under this write): say why
+                raise _copy_error(self.error) from None
             err = WriteError("writing to the HTTP/2 connection to %s:%s failed: %s"
                              % (self.conn.key[:2] + (e,)))
             self._drain()
@@ -664,12 +780,28 @@ class H2Protocol:
                 data = raw.recv(self.config.read_size, socket.MSG_DONTWAIT)
                 if not data:
                     return
-                events, bad = self._receive(data)
+                events, bad = self._receive(data, DRAIN_FRAMES)
                 self._dispatch(events)
-                if bad is not None or self.closed:
+                if bad is not None or self.closed or self._more:
                     return
         except (OSError, ValueError):
             return   # nothing more buffered (EAGAIN), or reset
+
+    def _goodbye(self, code: ErrorCodes) -> None:
+        """Queue GOAWAY(``code``) and try to write what h2 has queued, without waiting
+        for a peer that does not read (the connection is closed right after)."""
+        try:
+            self.h2.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            return
+        data = self.h2.data_to_send()
+        if not data or self._writing:
+            return
+        try:
+            with gevent.Timeout(GOODBYE_TIMEOUT, False):
+                self.sock.send(data[-17:])   # the GOAWAY frame (9 + 8 bytes) alone
+        except OSError:
+            pass
 
     def _finish_write(self, rest: bytes) -> None:
         try:

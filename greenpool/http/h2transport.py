@@ -32,6 +32,10 @@ Promises:
 * ``max_body_size`` (None: no limit): a ``content-length`` over it fails at the
   head, a body growing past it fails then; either way with
   :class:`~greenpool.errors.LimitExceeded` and RST_STREAM for that stream only.
+* A stream that times out waiting for the server makes its connection
+  suspect (:meth:`~greenpool.connection.Connection.suspect`): a PING not
+  answered within ``H2Config.dead_peer_timeout`` closes it, and its other
+  streams fail with ConnectionClosed (idempotent ones are sent again).
 * Timeouts (:class:`~greenpool.http.models.Timeout`): ``pool`` for a stream
   slot, ``read`` for each wait for the head or body data, ``write`` for each
   wait for flow-control window or socket, all capped by ``deadline``; with
@@ -64,7 +68,7 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
-from greenpool.http.h2conn import H2Config, H2Protocol, Refused, Stream, _copy_error
+from greenpool.http.h2conn import Flooded, H2Config, H2Protocol, Refused, Stream, _copy_error
 from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 
 if TYPE_CHECKING:
@@ -234,6 +238,9 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
             retries += 1
             if retries > MAX_RETRIES or not _rewind(body, start_pos, getattr(e, "body_started", True)):
                 cause = getattr(e, "cause", None) or e
+                if isinstance(cause, Flooded):
+                    raise Flooded("HTTP/2 request %s %s failed on %d connection(s): %s"
+                                  % (request.method, url, retries, cause)) from None
                 raise ConnectionClosed("HTTP/2 request %s %s not processed by the server after %d "
                                        "attempt(s): %s" % (request.method, url, retries, cause)) from None
             continue
@@ -401,6 +408,7 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
             if st.ended:
                 raise RemoteProtocolError("HTTP/2 stream %d ended without a response" % st.id)
             if not proto.wait(st, _remaining(read, deadline)):
+                conn.suspect(proto.config.dead_peer_timeout)   # a dead peer? (probes once)
                 raise ReadTimeout("no response head from %s:%s on HTTP/2 stream %d within %ss"
                                   % (conn.host, conn.port, st.id, _remaining(read, deadline) if
                                      deadline is None else "the read/total timeout"))
@@ -419,12 +427,12 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
         pool.release_shared(conn)
         if isinstance(e, Refused):
             e.body_started = body_started  # type: ignore[attr-defined]
-        elif st is not None and st.head is None and isinstance(e, (ReadError, WriteError)) and (
-                stale_retry or isinstance(st.error, Refused)
-                or (proto.goaway is not None and st.id > proto.goaway)):
-            # the connection broke (EOF, reset, EPIPE) before any response byte: send it
-            # again if the server provably never processed it (above a GOAWAY's
-            # last_stream_id) or if the method is idempotent
+        elif st is not None and st.head is None and isinstance(e, (ReadError, WriteError, Flooded)) \
+                and (stale_retry or isinstance(st.error, Refused)
+                     or (proto.goaway is not None and st.id > proto.goaway)):
+            # the connection broke (EOF, reset, EPIPE, a flood limit) before any response
+            # byte: send it again if the server provably never processed it (above a
+            # GOAWAY's last_stream_id) or if the method is idempotent
             r = Refused("connection lost before any response")
             r.cause = e  # type: ignore[attr-defined]
             r.body_started = body_started  # type: ignore[attr-defined]
@@ -605,6 +613,7 @@ class H2Body:
                 self._finish()
                 return b""
             if not proto.wait(st, _remaining(self.read_timeout, self.deadline)):
+                self.conn.suspect(proto.config.dead_peer_timeout)   # a dead peer? (probes once)
                 self._finish()
                 raise ReadTimeout("no body data from %s:%s on HTTP/2 stream %d within the read "
                                   "or total timeout" % (self.conn.host, self.conn.port, st.id))
