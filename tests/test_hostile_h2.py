@@ -8,6 +8,7 @@ running while a peer floods it, a raw-frame server in another process
 """
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from test_http_h2 import H2FakeServer, get
 import greenpool
 from greenpool import GreenPool
 from greenpool.errors import ConnectionClosed, LimitExceeded, ReadTimeout, TimeoutException
+from greenpool.http import h2transport
 from greenpool.http.h2conn import H2Config
-from greenpool.http.models import Timeout
+from greenpool.http.models import Request, Timeout
 
 from fakes import FakeServer, assert_exact
 
@@ -342,3 +344,60 @@ def test_slow_but_alive_peer_keeps_its_connection(pool, no_leaks):
         assert srv.pings >= 1 and len(srv.conns) == 1
         assert_exact(pool)
         pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# GOAWAY before a failed write, over TLS too
+
+
+def test_tls_goaway_then_close_a_post_written_just_then_is_retried(tls, no_leaks):
+    """A TLS server sends GOAWAY(last_stream_id=1) and closes its idle connection (haproxy,
+    h2o, lighttpd do); a POST written on it at that instant, before the reader saw the
+    GOAWAY, fails to write; what the server sent is read first, so the POST (stream 3,
+    above the last stream id: never processed) is sent again on a new connection."""
+    pool = GreenPool("h2tlsgoaway", max_connections=10, checkout_timeout=10.0)
+    ctx_server = tls.server_context()
+    ctx_server.set_alpn_protocols(["h2"])
+    outcome = []
+
+    def post():
+        req = Request("POST", "https://127.0.0.1:%d/post" % srv.port, None, body=b"data",
+                      content_length=4)
+        try:
+            r = h2transport.handle(pool, req, Timeout(10), None, {"verify": str(tls.ca_path)}, True)
+            outcome.append(r.read())
+        except Exception as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    def respond(ctx, sid, headers, body):
+        if ctx.index > 0:
+            ctx.respond(sid, 200, b"fresh:" + body)
+            return
+        me = gevent.getcurrent()
+        if me in ctx.server.workers:    # (the server kills its workers as it closes)
+            ctx.server.workers.remove(me)
+        ctx.respond(sid, 200, b"first")
+        gevent.sleep(0.2)               # the connection is idle now
+        frame = struct.pack(">I", 8)[1:] + bytes([7, 0]) + struct.pack(">I", 0) \
+            + struct.pack(">II", 1, 0)  # GOAWAY(last_stream_id=1, NO_ERROR)
+        ctx.raw(frame)
+        ctx.sock.shutdown(socket.SHUT_RDWR)    # the FIN goes now (close alone is deferred)
+        ctx.sock.close()
+        # in this greenlet, before the client's reader has run: the write fails (TLS: "EOF
+        # occurred in violation of protocol") with the GOAWAY unread in the socket
+        post()
+
+    with H2FakeServer(respond, ssl_context=ctx_server) as srv:
+        req = Request("GET", "https://127.0.0.1:%d/" % srv.port)
+        r = h2transport.handle(pool, req, Timeout(10), None, {"verify": str(tls.ca_path)}, True)
+        assert r.read() == b"first"
+        deadline = time.monotonic() + 10
+        while not outcome and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert outcome == [b"fresh:data"], outcome
+        assert len(srv.conns) == 2
+        gevent.sleep(0.05)
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+        pool.close()
+    assert_exact(pool)

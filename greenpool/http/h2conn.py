@@ -766,18 +766,33 @@ class H2Protocol:
         """After a failed write: read what the server sent before it closed, without waiting.
 
         A server that ends a connection (GOAWAY, then close: nginx after
-        ``keepalive_requests``) makes our next write fail with EPIPE/ECONNRESET,
-        possibly before the reader saw the GOAWAY still in the socket buffer; applying it
-        now marks the streams above its ``last_stream_id`` :class:`Refused` (never
-        processed, safe to send again).  Plain TCP only (a TLS record cannot be read
-        raw); never yields.
+        ``keepalive_requests``, haproxy, h2o and lighttpd at idle) makes our next
+        write fail (EPIPE, ECONNRESET, TLS "EOF in violation of protocol"),
+        possibly before the reader saw the GOAWAY still in the socket buffer;
+        applying it now marks the streams above its ``last_stream_id``
+        :class:`Refused` (never processed, safe to send again).  Plain TCP reads
+        the kernel's buffer with ``MSG_DONTWAIT``; TLS reads the records already
+        received through the TLS object, which never waits on a non-blocking
+        socket.  Never yields.
         """
-        raw = getattr(self.sock, "_sock", None)
-        if raw is None or self.closed or hasattr(self.sock, "getpeercert"):
+        if self.closed:
             return
+        sslobj = getattr(self.sock, "_sslobj", None)
+        if sslobj is not None:
+            read = sslobj.read
+        elif hasattr(self.sock, "getpeercert"):
+            return      # a TLS socket without its TLS object: nothing to read safely
+        else:
+            raw = getattr(self.sock, "_sock", None)
+            if raw is None:
+                return
+
+            def read(size: int) -> bytes:
+                return raw.recv(size, socket.MSG_DONTWAIT)   # type: ignore[no-any-return]
+        size = self.config.read_size
         try:
             for _ in range(64):
-                data = raw.recv(self.config.read_size, socket.MSG_DONTWAIT)
+                data = read(size)
                 if not data:
                     return
                 events, bad = self._receive(data, DRAIN_FRAMES)
@@ -785,7 +800,7 @@ class H2Protocol:
                 if bad is not None or self.closed or self._more:
                     return
         except (OSError, ValueError):
-            return   # nothing more buffered (EAGAIN), or reset
+            return   # nothing more buffered (EAGAIN, SSLWantRead), closed, or reset
 
     def _goodbye(self, code: ErrorCodes) -> None:
         """Queue GOAWAY(``code``) and try to write what h2 has queued, without waiting
