@@ -16,7 +16,7 @@ import time
 
 import gevent
 import pytest
-from test_http_h2 import H2FakeServer, get
+from test_http_h2 import H2FakeServer, get, until
 
 import greenpool
 from greenpool import GreenPool
@@ -61,7 +61,7 @@ def test_total_deadline_covers_a_dripped_body(pool, no_leaks):
         elapsed = time.monotonic() - t0
         assert isinstance(e.value, TimeoutException)
         assert 0.9 <= elapsed < 4, elapsed     # the drip alone lasts 10 s
-        gevent.sleep(0.05)
+        assert until(lambda: srv.resets)
         assert len(srv.resets) == 1            # its stream was reset, the connection stays
         assert pool.get_stats()["shared_users"] == 0
         assert_exact(pool)
@@ -237,10 +237,9 @@ def test_flood_limit_sends_goaway_and_fails_or_retries_streams(pool, kind, no_le
                 results[method] = e
 
         g = gevent.spawn(call, "GET")
-        while len(srv.requests) < 2:
-            gevent.sleep(0.01)
+        assert until(lambda: len(srv.requests) == 2)
         p = gevent.spawn(call, "POST")
-        gevent.joinall([g, p], timeout=10)
+        gevent.joinall([g, p], timeout=30)
         assert g.dead and p.dead
         assert isinstance(results["POST"], LimitExceeded), results
         assert "ENHANCE_YOUR_CALM" in str(results["POST"]) or "HTTP/2" in str(results["POST"])
@@ -248,8 +247,7 @@ def test_flood_limit_sends_goaway_and_fails_or_retries_streams(pool, kind, no_le
             assert isinstance(results["GET"], LimitExceeded), results   # it had its head
         else:
             assert results["GET"] == b"fresh", results   # no head yet: sent again elsewhere
-        gevent.sleep(0.05)
-        assert (0, 11) in srv.goaways                     # ENHANCE_YOUR_CALM
+        assert until(lambda: (0, 11) in srv.goaways)      # ENHANCE_YOUR_CALM
         assert pool.get_stats()["shared_users"] == 0
         assert get(pool, srv.url()).read() == b"fresh"
         assert_exact(pool)
@@ -309,8 +307,7 @@ def black_hole(ctx, sid, headers, body):
 def test_black_hole_peer_leaves_rotation_after_a_read_timeout(pool, no_leaks):
     with H2FakeServer(black_hole) as srv:
         post = gevent.spawn(get, pool, srv.url(), "POST", body=b"p", timeout=Timeout(30))
-        while len(srv.requests) < 1:
-            gevent.sleep(0.01)
+        assert until(lambda: len(srv.requests) == 1)
         t0 = time.monotonic()
         with pytest.raises(ReadTimeout):
             get(pool, srv.url(), timeout=Timeout(30, read=0.3))
