@@ -13,6 +13,14 @@ Rules and invariants:
   request) reads the socket, feeds ``h2`` and dispatches events to
   :class:`Stream` objects; a request greenlet that waits parks on a fresh
   ``gevent.hub.Waiter`` (``stream.waiter``), woken through a hub callback.
+* **A fair reader.**  It feeds at most :data:`SLICE_FRAMES` frames to h2 (about
+  1 ms), then yields through a timer (the hub polls I/O and fires timers, so
+  callers' timeouts run on time) before it feeds the rest of what it read.
+* **Flood limits** (:class:`H2Config`, nghttp2's defaults), counted from the
+  9-byte frame headers before h2 sees the frame: ACKs owed behind an unfinished
+  write, CONTINUATIONs per header block, SETTINGS entries, a RST_STREAM token
+  bucket, empty frames in a row.  Over one: GOAWAY(ENHANCE_YOUR_CALM), and the
+  connection fails with :class:`Flooded` (a ``LimitExceeded``).
 * **No yield inside h2.**  ``h2.connection.H2Connection`` is not safe across
   greenlet switches: every state change (``send_headers``, ``send_data``,
   ``reset_stream``, ``acknowledge_received_data``, ``receive_data``) runs
@@ -38,6 +46,9 @@ Rules and invariants:
 * **GOAWAY.**  The pool unregisters the connection at once; streams up to
   ``last_stream_id`` finish; later ones fail with :class:`Refused` (the
   server never processed them) and are retried by the request path.
+* **Dead peers.**  The request path calls ``conn.suspect()`` when a stream's
+  read times out; :meth:`H2Protocol.ping` is the probe and :meth:`H2Protocol.fail`
+  closes a connection whose PING went unanswered.
 * **Failure.**  A broken connection (EOF, socket error, a protocol error by
   the server) fails every open stream with a greenpool error and closes the
   connection through its pool (exact counts); the reader greenlet ends.
