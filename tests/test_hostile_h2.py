@@ -267,6 +267,9 @@ def test_acks_owed_while_our_writer_is_blocked_are_bounded(pool, no_leaks):
     the ACKs h2 queues behind the blocked write are capped at max_pending_acks (1,000);
     over it the connection closes and the upload fails with LimitExceeded."""
     def handler(sock, server):
+        # a fixed receive buffer (no autotuning up to tcp_rmem's 32 MiB): the upload fills
+        # it and the client's send buffer, then blocks
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.recv(65536)
         sock.sendall(frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 2**31 - 1))
                      + frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535))   # WINDOW_UPDATE
