@@ -14,8 +14,10 @@ Rules and invariants:
   :class:`Stream` objects; a request greenlet that waits parks on a fresh
   ``gevent.hub.Waiter`` (``stream.waiter``), woken through a hub callback.
 * **A fair reader.**  It feeds at most :data:`SLICE_FRAMES` frames to h2 (about
-  1 ms), then yields through a timer (the hub polls I/O and fires timers, so
-  callers' timeouts run on time) before it feeds the rest of what it read.
+  1 ms) between two whole turns of the hub (counted across reads: a socket that
+  always has data never keeps it), then yields through a zero timer (the hub
+  polls I/O and fires timers, so callers' timeouts run on time) before it feeds
+  the rest of what it read.
 * **Flood limits** (:class:`H2Config`, nghttp2's defaults), counted from the
   9-byte frame headers before h2 sees the frame: ACKs owed behind an unfinished
   write, CONTINUATIONs per header block, SETTINGS entries, a RST_STREAM token
@@ -122,8 +124,6 @@ _Informational = h2.events.InformationalResponseReceived
 DECODE_LIMIT = 16 * 1024 * 1024
 #: frames the reader feeds to h2 before it yields to the hub (~10 us each: about 1 ms)
 SLICE_FRAMES = 100
-#: the reader's pause after a full slice (a timer: the hub runs a whole loop iteration)
-FAIR_PAUSE = 0.0001
 #: frames read after a failed write, looking for a GOAWAY (never yields)
 DRAIN_FRAMES = 1000
 #: how long a GOAWAY(ENHANCE_YOUR_CALM) may take to write before the connection closes
@@ -273,6 +273,7 @@ class H2Protocol:
         self._settings_seen = False
         self._rbuf = b""                       # the start of an incomplete frame, or frames
         self._more = False                     # ... left for the next slice (fairness)
+        self._budget = SLICE_FRAMES            # frames left in this slice
         self._owed = 0                         # SETTINGS/PING ACKs queued since the last drain
         self._conts = 0                        # CONTINUATIONs in the current header block
         self._empty = 0                        # empty frames in a row
@@ -406,9 +407,10 @@ class H2Protocol:
 
     # -- the connection greenlet --
 
-    def _receive(self, data: bytes, budget: int = SLICE_FRAMES
+    def _receive(self, data: bytes, budget: Optional[int] = None
                  ) -> Tuple[List[Any], Optional[Exception]]:
-        """Feed ``data`` to h2 one whole frame at a time, at most ``budget`` frames.
+        """Feed ``data`` to h2 one whole frame at a time, at most ``budget`` frames
+        (default: what is left of the reader's slice, ``self._budget``).
 
         An incomplete frame is kept for later; so are the frames past the budget
         (``self._more`` is then True: the reader yields, then feeds them without
@@ -419,6 +421,9 @@ class H2Protocol:
         buf = self._rbuf + data if self._rbuf else data
         self._rbuf = b""
         self._more = False
+        slice_ = budget is None
+        if budget is None:
+            budget = self._budget
         h2c = self.h2
         events: List[Any] = []
         n = len(buf)
@@ -449,6 +454,9 @@ class H2Protocol:
                 off = end
         except h2.exceptions.ProtocolError as e:
             return events, e
+        finally:
+            if slice_:
+                self._budget = budget
         if off < n:
             self._rbuf = buf[off:]
         return events, None
@@ -521,14 +529,23 @@ class H2Protocol:
                         pass
                     raise mapped from None
                 woke = self._dispatch(events)
-                if woke or self._more:
-                    # Let the greenlets just woken run first (they queue their next
-                    # HEADERS, WINDOW_UPDATEs): one write for the whole batch.  After
-                    # a full slice, yield through a timer, not a callback: the hub then
-                    # polls I/O and fires timers (callers' timeouts) before we go on.
+                if self._budget <= 0:
+                    # A full slice since the hub last had a whole turn: yield through a
+                    # zero timer, not a callback, so the hub polls I/O and fires timers
+                    # (callers' timeouts) before we go on.  (The greenlets just woken
+                    # run too: one write for the whole batch, as below.)
                     self._batching = True
                     try:
-                        gevent.sleep(FAIR_PAUSE if self._more else 0)
+                        self._fair_yield()
+                    finally:
+                        self._batching = False
+                    self._budget = SLICE_FRAMES
+                elif woke:
+                    # Let the greenlets just woken run first (they queue their next
+                    # HEADERS, WINDOW_UPDATEs): one write for the whole batch.
+                    self._batching = True
+                    try:
+                        gevent.sleep(0)
                     finally:
                         self._batching = False
                 if not self.closed:    # (a GOAWAY may have closed it)
@@ -546,6 +563,16 @@ class H2Protocol:
                 log.exception("HTTP/2 reader of %r crashed", self.conn)
                 err = ReadError("HTTP/2 reader failed: %r" % (e,))
             self.fail(err)
+
+    def _fair_yield(self) -> None:
+        """Wait for one whole turn of the hub's loop (a zero timer: I/O polled, timers run)."""
+        w = Waiter()
+        timer = self._loop.timer(0.0)
+        timer.start(w.switch, None)
+        try:
+            w.get()
+        finally:
+            timer.close()
 
     def _dispatch(self, events: List[Any]) -> bool:
         """Apply h2 events to streams; never yields.  Waiters are woken by hub callbacks.
@@ -801,6 +828,11 @@ class H2Protocol:
             def read(size: int) -> bytes:
                 return raw.recv(size, socket.MSG_DONTWAIT)   # type: ignore[no-any-return]
         size = self.config.read_size
+        if self._rbuf:      # frames the reader read but has not fed yet (its slice ended)
+            events, bad = self._receive(b"", DRAIN_FRAMES)
+            self._dispatch(events)
+            if bad is not None or self.closed or self._more:
+                return
         try:
             for _ in range(64):
                 data = read(size)
