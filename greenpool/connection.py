@@ -27,6 +27,13 @@ watchers (no greenlet is spawned on the per-request path):
 A shared connection (HTTP/2, Redis) runs its own reader greenlet, which sees
 the peer's close while busy or idle; only the timer is used for it.
 
+Dead peers.  A peer can stop answering without closing (a black hole).  When a
+user of a shared connection times out waiting for the peer, it calls
+:meth:`Connection.suspect`: one probe greenlet at a time sends the protocol's
+``ping``; no answer within the bound, and the connection leaves rotation and
+closes at once (its other users fail with ``ConnectionClosed``).  Counted in the
+pool's ``pings``, ``ping_failures`` and ``dead_peers``.
+
 Both watchers are ``ref=False``: an idle pool never keeps a script alive.
 """
 from __future__ import annotations
@@ -35,9 +42,11 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
+import gevent
 from gevent import get_hub
 
 from greenpool import net
+from greenpool.errors import ConnectionClosed, ReadTimeout
 
 if TYPE_CHECKING:  # pragma: no cover
     from greenpool.pool import GreenPool
@@ -61,7 +70,7 @@ class Connection:
         "key", "sock", "proto", "id", "created_at", "expires_at", "last_used", "uses",
         "state", "holder", "users", "pool", "_host", "_io", "_timer", "_timer_due", "_ping_at",
         "__weakref__",
-        "proto_state", "idle_timeout", "_probe",
+        "proto_state", "idle_timeout", "_probe", "_suspect",
     )
 
     def __init__(self, key: Key, sock: Any, proto: Any = None) -> None:
@@ -92,6 +101,7 @@ class Connection:
         #: timeout=N``); the pool uses the smaller of it and its ``timeout``
         self.idle_timeout: Optional[float] = None
         self._probe: Optional[net.Probe] = None
+        self._suspect: Any = None     # the dead-peer probe greenlet while it runs
 
     # -- the small interface the pool asks --
 
@@ -133,6 +143,45 @@ class Connection:
 
     def alpn_protocol(self) -> Optional[str]:
         return net.alpn_protocol(self.sock)
+
+    def suspect(self, timeout: float) -> None:
+        """A user of this shared connection timed out waiting for the peer: probe it.
+
+        Starts one probe at a time (``proto.ping(timeout)`` in its own greenlet);
+        if the peer does not answer within ``timeout`` seconds, the connection
+        leaves rotation and closes now: ``proto.fail(ConnectionClosed)`` fails its
+        other users (see "Dead peers" above).  Never yields.
+        """
+        proto = self.proto
+        if proto is None or self.state is CLOSED or self._suspect is not None \
+                or not hasattr(proto, "ping"):
+            return
+        self._suspect = gevent.spawn(self._probe_peer, timeout)
+
+    def _probe_peer(self, timeout: float) -> None:
+        pool = self.pool
+        counters = pool.counters if pool is not None else {}
+        counters["pings"] = counters.get("pings", 0) + 1
+        proto = self.proto
+        try:
+            with gevent.Timeout(timeout, ReadTimeout("no PING answer within %ss" % timeout)):
+                proto.ping(timeout)
+            return
+        except Exception as e:  # noqa: BLE001 - any failure means: dead
+            error: BaseException = e
+        finally:
+            self._suspect = None
+        if self.state is CLOSED or self.proto is not proto:
+            return      # closed meanwhile for another reason
+        counters["ping_failures"] = counters.get("ping_failures", 0) + 1
+        counters["dead_peers"] = counters.get("dead_peers", 0) + 1
+        err = ConnectionClosed("%s:%s stopped answering (a stream timed out, then a PING got no "
+                               "answer: %s); the connection was closed" % (self.key[:2] + (error,)))
+        fail = getattr(proto, "fail", None)
+        if fail is not None:
+            fail(err)
+        else:
+            self.close(str(err))
 
     def close(self, reason: str = "closed by its user") -> None:
         """Close now; the pool frees its slot and wakes the next waiter."""

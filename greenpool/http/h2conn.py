@@ -13,6 +13,16 @@ Rules and invariants:
   request) reads the socket, feeds ``h2`` and dispatches events to
   :class:`Stream` objects; a request greenlet that waits parks on a fresh
   ``gevent.hub.Waiter`` (``stream.waiter``), woken through a hub callback.
+* **A fair reader.**  It feeds at most :data:`SLICE_FRAMES` frames to h2 (about
+  1 ms) between two whole turns of the hub (counted across reads: a socket that
+  always has data never keeps it), then yields through a zero timer (the hub
+  polls I/O and fires timers, so callers' timeouts run on time) before it feeds
+  the rest of what it read.
+* **Flood limits** (:class:`H2Config`, nghttp2's defaults), counted from the
+  9-byte frame headers before h2 sees the frame: ACKs owed behind an unfinished
+  write, CONTINUATIONs per header block, SETTINGS entries, a RST_STREAM token
+  bucket, empty frames in a row.  Over one: GOAWAY(ENHANCE_YOUR_CALM), and the
+  connection fails with :class:`Flooded` (a ``LimitExceeded``).
 * **No yield inside h2.**  ``h2.connection.H2Connection`` is not safe across
   greenlet switches: every state change (``send_headers``, ``send_data``,
   ``reset_stream``, ``acknowledge_received_data``, ``receive_data``) runs
@@ -38,6 +48,9 @@ Rules and invariants:
 * **GOAWAY.**  The pool unregisters the connection at once; streams up to
   ``last_stream_id`` finish; later ones fail with :class:`Refused` (the
   server never processed them) and are retried by the request path.
+* **Dead peers.**  The request path calls ``conn.suspect()`` when a stream's
+  read times out; :meth:`H2Protocol.ping` is the probe and :meth:`H2Protocol.fail`
+  closes a connection whose PING went unanswered.
 * **Failure.**  A broken connection (EOF, socket error, a protocol error by
   the server) fails every open stream with a greenpool error and closes the
   connection through its pool (exact counts); the reader greenlet ends.
@@ -63,6 +76,7 @@ import dataclasses
 import logging
 import socket
 import struct
+import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
@@ -93,6 +107,7 @@ from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
 
 log = logging.getLogger("greenpool.http.h2")
+_monotonic = time.monotonic
 
 TIMEDOUT: Any = type("TIMEDOUT", (), {"__repr__": lambda self: "TIMEDOUT"})()
 
@@ -109,6 +124,12 @@ _Informational = h2.events.InformationalResponseReceived
 
 #: what h2/HPACK may decode in one header block; our own (smaller) limit is checked per stream
 DECODE_LIMIT = 16 * 1024 * 1024
+#: frames the reader feeds to h2 before it yields to the hub (~10 us each: about 1 ms)
+SLICE_FRAMES = 100
+#: frames read after a failed write, looking for a GOAWAY (never yields)
+DRAIN_FRAMES = 1000
+#: how long a GOAWAY(ENHANCE_YOUR_CALM) may take to write before the connection closes
+GOODBYE_TIMEOUT = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,19 +152,45 @@ class H2Config:
     max_streams: int = 1000
     #: bytes per socket read
     read_size: int = 65536
+    #: flood limits (nghttp2's defaults); over one: GOAWAY(ENHANCE_YOUR_CALM), the connection
+    #: closes, its streams fail with LimitExceeded (idempotent ones are sent again elsewhere).
+    #: SETTINGS/PING ACKs we owe but could not write yet (nghttp2 max_outbound_ack)
+    max_pending_acks: int = 1000
+    #: CONTINUATION frames after one HEADERS (nghttp2 max_continuations)
+    max_continuations: int = 8
+    #: entries in one SETTINGS frame (nghttp2 max_settings)
+    max_settings: int = 32
+    #: RST_STREAM token bucket: burst, then refilled per second (nghttp2 stream_reset_rate_limit)
+    reset_burst: int = 1000
+    reset_rate: int = 33
+    #: empty DATA (without END_STREAM), HEADERS or CONTINUATION (without END_HEADERS) in a row
+    max_empty_frames: int = 100
+    #: after a stream's read timeout, a PING must be answered within this many seconds, or
+    #: the connection leaves rotation and closes (``Connection.suspect``)
+    dead_peer_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("initial_window_size", "connection_window_size", "max_header_list_size",
-                     "max_frame_size", "max_streams", "read_size"):
+                     "max_frame_size", "max_streams", "read_size", "max_pending_acks",
+                     "max_continuations", "max_settings", "reset_burst", "reset_rate",
+                     "max_empty_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError("H2Config.%s must be an int >= 1, got %r" % (name, value))
+        t = self.dead_peer_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError("H2Config.dead_peer_timeout must be a number > 0, got %r" % (t,))
         if not 65535 <= self.connection_window_size <= 2**31 - 1:
             raise ValueError("H2Config.connection_window_size must be in 65535..2**31-1")
         if self.initial_window_size > 2**31 - 1:
             raise ValueError("H2Config.initial_window_size must be <= 2**31-1")
         if not 16384 <= self.max_frame_size <= 2**24 - 1:
             raise ValueError("H2Config.max_frame_size must be in 16384..2**24-1")
+
+
+class Flooded(LimitExceeded):
+    """The server made the connection do more than a flood limit allows (see
+    :class:`H2Config`): it was closed with GOAWAY(ENHANCE_YOUR_CALM)."""
 
 
 class Refused(GreenPoolError):
@@ -226,7 +273,14 @@ class H2Protocol:
         self._ping_seq = 0
         self._loop = get_hub().loop
         self._settings_seen = False
-        self._rbuf = b""                       # the start of an incomplete frame
+        self._rbuf = b""                       # the start of an incomplete frame, or frames
+        self._more = False                     # ... left for the next slice (fairness)
+        self._budget = SLICE_FRAMES            # frames left in this slice
+        self._owed = 0                         # SETTINGS/PING ACKs queued since the last drain
+        self._conts = 0                        # CONTINUATIONs in the current header block
+        self._empty = 0                        # empty frames in a row
+        self._resets = float(config.reset_burst)   # RST_STREAM tokens
+        self._reset_at = 0.0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "goaway" if self.goaway is not None else "open"
@@ -325,8 +379,8 @@ class H2Protocol:
             self.flush()
             first = True
             while not self._settings_seen:
-                data = self.sock.recv(cfg.read_size)
-                if not data:
+                data = b"" if self._more else self.sock.recv(cfg.read_size)
+                if not data and not self._more:
                     raise RemoteProtocolError("%s closed the connection during the HTTP/2 handshake "
                                               "(does it speak HTTP/2 on this port?)" % where)
                 if first and len(data) >= 4 and data[3] != 4:
@@ -356,20 +410,33 @@ class H2Protocol:
 
     # -- the connection greenlet --
 
-    def _receive(self, data: bytes) -> Tuple[List[Any], Optional[Exception]]:
-        """Feed ``data`` to h2 one whole frame at a time; keep an incomplete frame for later.
+    def _receive(self, data: bytes, budget: Optional[int] = None
+                 ) -> Tuple[List[Any], Optional[Exception]]:
+        """Feed ``data`` to h2 one whole frame at a time, at most ``budget`` frames
+        (default: what is left of the reader's slice, ``self._budget``).
 
-        Returns the events and the ``h2`` protocol error that stopped it, if any:
-        the events of the frames before a bad one survive.  Never yields.
+        An incomplete frame is kept for later; so are the frames past the budget
+        (``self._more`` is then True: the reader yields, then feeds them without
+        reading).  Returns the events and the ``h2`` protocol error (or
+        :class:`Flooded`) that stopped it, if any: the events of the frames before
+        a bad one survive.  Never yields.
         """
         buf = self._rbuf + data if self._rbuf else data
         self._rbuf = b""
+        self._more = False
+        slice_ = budget is None
+        if budget is None:
+            budget = self._budget
         h2c = self.h2
         events: List[Any] = []
         n = len(buf)
         off = 0
         try:
             while n - off >= 9:
+                if not budget:
+                    self._more = True
+                    break
+                budget -= 1
                 length = int.from_bytes(buf[off:off + 3], "big")
                 if length > h2c.max_inbound_frame_size:
                     end = n      # h2 rejects it from its 9-byte header alone
@@ -377,34 +444,106 @@ class H2Protocol:
                     end = off + 9 + length
                     if end > n:
                         break
+                    kind = buf[off + 3]
+                    if kind > 1 or not length:
+                        flood = self._count(kind, buf[off + 4], length)
+                        if flood is not None:
+                            return events, flood
+                    else:              # DATA or HEADERS with a payload: the common case
+                        self._empty = 0
+                        if kind:
+                            self._conts = 0
                 events.extend(h2c.receive_data(buf[off:end] if off or end < n else buf))
                 off = end
         except h2.exceptions.ProtocolError as e:
             return events, e
+        finally:
+            if slice_:
+                self._budget = budget
         if off < n:
             self._rbuf = buf[off:]
         return events, None
+
+    def _count(self, kind: int, flags: int, length: int) -> Optional[Exception]:
+        """The flood limits for one frame header (not DATA/HEADERS with a payload).
+
+        Returns :class:`Flooded` when the frame is over a limit.  Never yields.
+        """
+        cfg = self.config
+        if length:
+            self._empty = 0
+        elif kind in (0, 1, 9) and not flags & (0x4 if kind else 0x1):
+            self._empty += 1       # DATA without END_STREAM, HEADERS/CONTINUATION without END_HEADERS
+            if self._empty > cfg.max_empty_frames:
+                return Flooded("the server sent more than %d empty HTTP/2 frames in a row "
+                               "(H2Config.max_empty_frames)" % cfg.max_empty_frames)
+        if kind == 4 or kind == 6:     # SETTINGS, PING: h2 queues an ACK for each
+            if not flags & 0x1:
+                self._owed += 1
+                if self._owed > cfg.max_pending_acks:
+                    return Flooded("the server sent more than %d SETTINGS/PING frames whose "
+                                   "ACKs could not be written yet (H2Config.max_pending_acks)"
+                                   % cfg.max_pending_acks)
+                if kind == 4 and length > 6 * cfg.max_settings:
+                    return Flooded("the server sent a SETTINGS frame of more than %d entries "
+                                   "(H2Config.max_settings)" % cfg.max_settings)
+        elif kind == 9:                # CONTINUATION
+            self._conts += 1
+            if self._conts > cfg.max_continuations:
+                return Flooded("the server sent more than %d CONTINUATION frames for one "
+                               "header block (H2Config.max_continuations)" % cfg.max_continuations)
+        elif kind == 3:                # RST_STREAM: a token bucket
+            now = _monotonic()
+            tokens = min(float(cfg.reset_burst),
+                         self._resets + (now - self._reset_at) * cfg.reset_rate) - 1
+            self._reset_at = now
+            self._resets = tokens
+            if tokens < 0:
+                return Flooded("the server sent RST_STREAM faster than %d at once and %d a "
+                               "second (H2Config.reset_burst, reset_rate)" % (cfg.reset_burst, cfg.reset_rate))
+        if kind == 1 or kind == 5:     # HEADERS, PUSH_PROMISE: a new header block
+            self._conts = 0
+        return None
 
     def _run(self) -> None:
         sock = self.sock
         size = self.config.read_size
         try:
             while not self.closed:
-                # TLS: every record already here, so the whole batch is answered in one write
-                data = recv_more(sock, sock.recv(size), size)
-                if not data:
-                    raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
-                                           % self.conn.key[:2])
+                if self._more:
+                    data = b""      # frames left from the last slice
+                else:
+                    # TLS: every record already here, so the whole batch is answered in one write
+                    data = recv_more(sock, sock.recv(size), size)
+                    if not data:
+                        raise ConnectionClosed("the server closed the HTTP/2 connection to %s:%s"
+                                               % self.conn.key[:2])
                 events, bad = self._receive(data)
                 if bad is not None:
-                    mapped = _map_h2_error(bad)
                     self._dispatch(events)   # what came before the bad frame still counts
+                    if isinstance(bad, Flooded):
+                        self._goodbye(ErrorCodes.ENHANCE_YOUR_CALM)
+                        raise Flooded("HTTP/2 connection to %s:%s closed with GOAWAY("
+                                      "ENHANCE_YOUR_CALM): %s" % (self.conn.key[:2] + (bad,)))
+                    mapped = _map_h2_error(bad)
                     try:
                         self.flush()    # h2 queued a GOAWAY: tell the server why
                     except Exception:   # noqa: BLE001 - failing anyway
                         pass
                     raise mapped from None
-                if self._dispatch(events):
+                woke = self._dispatch(events)
+                if self._budget <= 0:
+                    # A full slice since the hub last had a whole turn: yield through a
+                    # zero timer, not a callback, so the hub polls I/O and fires timers
+                    # (callers' timeouts) before we go on.  (The greenlets just woken
+                    # run too: one write for the whole batch, as below.)
+                    self._batching = True
+                    try:
+                        self._fair_yield()
+                    finally:
+                        self._batching = False
+                    self._budget = SLICE_FRAMES
+                elif woke:
                     # Let the greenlets just woken run first (they queue their next
                     # HEADERS, WINDOW_UPDATEs): one write for the whole batch.
                     self._batching = True
@@ -427,6 +566,16 @@ class H2Protocol:
                 log.exception("HTTP/2 reader of %r crashed", self.conn)
                 err = ReadError("HTTP/2 reader failed: %r" % (e,))
             self.fail(err)
+
+    def _fair_yield(self) -> None:
+        """Wait for one whole turn of the hub's loop (a zero timer: I/O polled, timers run)."""
+        w = Waiter()
+        timer = self._loop.timer(0.0)
+        timer.start(w.switch, None)
+        try:
+            w.get()
+        finally:
+            timer.close()
 
     def _dispatch(self, events: List[Any]) -> bool:
         """Apply h2 events to streams; never yields.  Waiters are woken by hub callbacks.
@@ -620,6 +769,7 @@ class H2Protocol:
             return
         data = self.h2.data_to_send()
         if not data:
+            self._owed = 0
             return
         self._writing = True
         sock = self.sock
@@ -634,8 +784,12 @@ class H2Protocol:
                     off += sock.send(view[off:])
                 data = self.h2.data_to_send()
             self._writing = False
+            self._owed = 0          # every ACK h2 had queued is written
         except OSError as e:
             self._writing = False
+            if self.error is not None:
+                # the connection failed first (closed under this write): say why
+                raise _copy_error(self.error) from None
             err = WriteError("writing to the HTTP/2 connection to %s:%s failed: %s"
                              % (self.conn.key[:2] + (e,)))
             self._drain()
@@ -653,26 +807,62 @@ class H2Protocol:
         """After a failed write: read what the server sent before it closed, without waiting.
 
         A server that ends a connection (GOAWAY, then close: nginx after
-        ``keepalive_requests``) makes our next write fail with EPIPE/ECONNRESET,
-        possibly before the reader saw the GOAWAY still in the socket buffer; applying it
-        now marks the streams above its ``last_stream_id`` :class:`Refused` (never
-        processed, safe to send again).  Plain TCP only (a TLS record cannot be read
-        raw); never yields.
+        ``keepalive_requests``, haproxy, h2o and lighttpd at idle) makes our next
+        write fail (EPIPE, ECONNRESET, TLS "EOF in violation of protocol"),
+        possibly before the reader saw the GOAWAY still in the socket buffer;
+        applying it now marks the streams above its ``last_stream_id``
+        :class:`Refused` (never processed, safe to send again).  Plain TCP reads
+        the kernel's buffer with ``MSG_DONTWAIT``; TLS reads the records already
+        received through the TLS object, which never waits on a non-blocking
+        socket.  Never yields.
         """
-        raw = getattr(self.sock, "_sock", None)
-        if raw is None or self.closed or hasattr(self.sock, "getpeercert"):
+        if self.closed:
             return
+        sslobj = getattr(self.sock, "_sslobj", None)
+        if sslobj is not None:
+            read = sslobj.read
+        elif hasattr(self.sock, "getpeercert"):
+            return      # a TLS socket without its TLS object: nothing to read safely
+        else:
+            raw = getattr(self.sock, "_sock", None)
+            if raw is None:
+                return
+
+            def read(size: int) -> bytes:
+                return raw.recv(size, socket.MSG_DONTWAIT)   # type: ignore[no-any-return]
+        size = self.config.read_size
+        if self._rbuf:      # frames the reader read but has not fed yet (its slice ended)
+            events, bad = self._receive(b"", DRAIN_FRAMES)
+            self._dispatch(events)
+            if bad is not None or self.closed or self._more:
+                return
         try:
             for _ in range(64):
-                data = raw.recv(self.config.read_size, socket.MSG_DONTWAIT)
+                data = read(size)
                 if not data:
                     return
-                events, bad = self._receive(data)
+                events, bad = self._receive(data, DRAIN_FRAMES)
                 self._dispatch(events)
-                if bad is not None or self.closed:
+                if bad is not None or self.closed or self._more:
                     return
         except (OSError, ValueError):
-            return   # nothing more buffered (EAGAIN), or reset
+            return   # nothing more buffered (EAGAIN, SSLWantRead), closed, or reset
+
+    def _goodbye(self, code: ErrorCodes) -> None:
+        """Queue GOAWAY(``code``) and try to write what h2 has queued, without waiting
+        for a peer that does not read (the connection is closed right after)."""
+        try:
+            self.h2.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            return
+        data = self.h2.data_to_send()
+        if not data or self._writing:
+            return
+        try:
+            with gevent.Timeout(GOODBYE_TIMEOUT, False):
+                self.sock.send(data[-17:])   # the GOAWAY frame (9 + 8 bytes) alone
+        except OSError:
+            pass
 
     def _finish_write(self, rest: bytes) -> None:
         try:

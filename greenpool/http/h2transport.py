@@ -32,9 +32,15 @@ Promises:
 * ``max_body_size`` (None: no limit): a ``content-length`` over it fails at the
   head, a body growing past it fails then; either way with
   :class:`~greenpool.errors.LimitExceeded` and RST_STREAM for that stream only.
+* A stream that times out waiting for the server makes its connection
+  suspect (:meth:`~greenpool.connection.Connection.suspect`): a PING not
+  answered within ``H2Config.dead_peer_timeout`` closes it, and its other
+  streams fail with ConnectionClosed (idempotent ones are sent again).
 * Timeouts (:class:`~greenpool.http.models.Timeout`): ``pool`` for a stream
   slot, ``read`` for each wait for the head or body data, ``write`` for each
-  wait for flow-control window or socket, all capped by ``deadline``.
+  wait for flow-control window or socket, all capped by ``deadline``; with
+  ``stream=False`` the deadline covers the body too (as on HTTP/1.1), with
+  ``stream=True`` it ends at the head.
 """
 from __future__ import annotations
 
@@ -64,7 +70,7 @@ from greenpool.errors import (
     format_seconds,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
-from greenpool.http.h2conn import H2Config, H2Protocol, Refused, Stream, _copy_error
+from greenpool.http.h2conn import Flooded, H2Config, H2Protocol, Refused, Stream, _copy_error
 from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 
 if TYPE_CHECKING:
@@ -228,11 +234,15 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
             return conn                    # the server chose HTTP/1.1 by ALPN
         try:
             response = _exchange(pool, conn, request, headers, body, timeout, deadline, stale_retry,
-                                 decode_content, max_decoded_size, header_limit, max_body_size)
+                                 decode_content, max_decoded_size, header_limit, max_body_size,
+                                 None if stream else deadline)
         except Refused as e:
             retries += 1
             if retries > MAX_RETRIES or not _rewind(body, start_pos, getattr(e, "body_started", True)):
                 cause = getattr(e, "cause", None) or e
+                if isinstance(cause, Flooded):
+                    raise Flooded("HTTP/2 request %s %s failed on %d connection(s): %s"
+                                  % (request.method, url, retries, cause)) from None
                 raise ConnectionClosed("HTTP/2 request %s %s not processed by the server after %d "
                                        "attempt(s): %s" % (request.method, url, retries, cause)) from None
             continue
@@ -379,7 +389,10 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
               body: Any, timeout: Timeout, deadline: Optional[float], stale_retry: bool,
               decode_content: bool = True,
               max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-              header_limit: Optional[int] = None, max_body_size: Optional[int] = None) -> Response:
+              header_limit: Optional[int] = None, max_body_size: Optional[int] = None,
+              body_deadline: Optional[float] = None) -> Response:
+    """Open a stream, send the body, wait for the head.  ``body_deadline`` caps every
+    wait for body data (``stream=False``: the total deadline covers the whole body)."""
     proto: H2Protocol = conn.proto
     st: Optional[Stream] = None
     body_started = False
@@ -397,6 +410,7 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
             if st.ended:
                 raise RemoteProtocolError("HTTP/2 stream %d ended without a response" % st.id)
             if not proto.wait(st, _remaining(read, deadline)):
+                conn.suspect(proto.config.dead_peer_timeout)   # a dead peer? (probes once)
                 raise ReadTimeout("no response head from %s on HTTP/2 stream %d within %s"
                                   % (format_address(conn.host, conn.port), st.id, format_seconds(read) if
                                      deadline is None else "the read/total timeout"))
@@ -415,20 +429,20 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
         pool.release_shared(conn)
         if isinstance(e, Refused):
             e.body_started = body_started  # type: ignore[attr-defined]
-        elif st is not None and st.head is None and isinstance(e, (ReadError, WriteError)) and (
-                stale_retry or isinstance(st.error, Refused)
-                or (proto.goaway is not None and st.id > proto.goaway)):
-            # the connection broke (EOF, reset, EPIPE) before any response byte: send it
-            # again if the server provably never processed it (above a GOAWAY's
-            # last_stream_id) or if the method is idempotent
+        elif st is not None and st.head is None and isinstance(e, (ReadError, WriteError, Flooded)) \
+                and (stale_retry or isinstance(st.error, Refused)
+                     or (proto.goaway is not None and st.id > proto.goaway)):
+            # the connection broke (EOF, reset, EPIPE, a flood limit) before any response
+            # byte: send it again if the server provably never processed it (above a
+            # GOAWAY's last_stream_id) or if the method is idempotent
             r = Refused("connection lost before any response")
             r.cause = e  # type: ignore[attr-defined]
             r.body_started = body_started  # type: ignore[attr-defined]
             raise r from None
         raise
-    # like HTTP/1.1, the body is read under the read timeout only: the total deadline
-    # ends at the head (a client reading it all at once may set stream.deadline)
-    stream = H2Body(pool, conn, proto, st, timeout.read, None)
+    # as on HTTP/1.1: stream=True reads the body under the read timeout only (the total
+    # deadline ends at the head); stream=False reads it under the total deadline too
+    stream = H2Body(pool, conn, proto, st, timeout.read, body_deadline)
     if st.ended and not st.chunks and st.error is None:
         stream._finish()
     decoder = None
@@ -565,6 +579,10 @@ class H2Body:
             return b""
         st = self.st
         proto = self.proto
+        if self.deadline is not None and self.deadline <= _monotonic():
+            self._finish()    # a body that keeps coming does not outlive the total timeout
+            raise ReadTimeout("the request's total timeout expired while reading the body from "
+                              "%s:%s on HTTP/2 stream %d" % (self.conn.host, self.conn.port, st.id))
         while True:
             chunks = st.chunks
             if chunks:
@@ -597,10 +615,11 @@ class H2Body:
                 self._finish()
                 return b""
             if not proto.wait(st, _remaining(self.read_timeout, self.deadline)):
+                self.conn.suspect(proto.config.dead_peer_timeout)   # a dead peer? (probes once)
                 self._finish()
                 raise ReadTimeout("no body data from %s on HTTP/2 stream %d within the read "
-                                  "timeout (%s)" % (format_address(self.conn.host, self.conn.port), st.id,
-                                                    format_seconds(self.read_timeout)))
+                                  "or total timeout (%s)" % (format_address(self.conn.host, self.conn.port),
+                                                             st.id, format_seconds(self.read_timeout)))
 
     def close(self) -> None:
         """Stop early: RST_STREAM if the stream is still open; the use goes back to the pool."""
