@@ -433,23 +433,26 @@ except OSError:
 def test_a_flooding_peer_does_not_starve_other_greenlets(parser):
     # A server in another process floods valid pushes faster than they can be parsed:
     # the reader must still yield, so a ticker keeps ticking and a timeout fires on time.
-    proc = subprocess.Popen([sys.executable, "-c", FLOOD, "4"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", FLOOD, "8"], stdout=subprocess.PIPE)
+    gaps = []
+    done = []
+
+    def tick():
+        last = time.monotonic()
+        while not done:
+            gevent.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = gevent.spawn(tick)
     try:
         port = int(proc.stdout.readline())
+        gevent.sleep(0.02)
+        assert gaps, "the ticker runs before the flood starts"
+        # the flood starts as soon as the handshake is done, inside the constructor
         with RedisPool(pool_size=1, port=port, parser=parser, protocol=3, timeout=5) as rp:
-            gaps = []
-            done = []
-
-            def tick():
-                last = time.monotonic()
-                while not done:
-                    gevent.sleep(0.005)
-                    now = time.monotonic()
-                    gaps.append(now - last)
-                    last = now
-
-            ticker = gevent.spawn(tick)
-            wait_for(lambda: rp.info()["pushes_dropped"] > 200000, timeout=3.5,
+            wait_for(lambda: rp.info()["pushes_dropped"] > 50000, timeout=5,
                      what="the flood to be under way")
             t0 = time.monotonic()
             with pytest.raises(ReadTimeout):
@@ -458,12 +461,16 @@ def test_a_flooding_peer_does_not_starve_other_greenlets(parser):
             gevent.sleep(0.5)
             done.append(True)
             ticker.join()
-            assert rp.info()["pushes_dropped"] > 200000
-            assert late < 1.5, late  # 0.3 s asked
-            assert len(gaps) > 20 and max(gaps) < 0.5, (len(gaps), max(gaps))
+            flooded = rp.info()["pushes_dropped"]
+            # generous bounds for a busy machine; a reader that never yields holds the
+            # process for the whole flood (8 s)
+            assert late < 2.0, late  # 0.3 s asked
+            assert len(gaps) > 20 and max(gaps) < 1.0, (len(gaps), max(gaps), flooded)
             unchanged(rp)
             assert_exact(rp)
     finally:
+        done.append(True)
+        ticker.join()
         proc.kill()
         proc.wait()
         proc.stdout.close()
