@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import gevent
 import gevent.socket as gsocket
@@ -37,6 +37,7 @@ from qh3.h3.events import DataReceived, HeadersReceived
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 from qh3.quic.events import ProtocolNegotiated
+from qh3.quic.packet import QuicPacketType
 
 from servers import HOST, TLS, Server, _tcp_probe, find_binary  # noqa: E402
 
@@ -124,6 +125,8 @@ class _Peer:
         self.requests: Dict[int, Tuple[List[Tuple[bytes, bytes]], List[bytes]]] = {}
         self.served = 0
         self.goaway_sent = False
+        self.odcid = b""
+        self.cids: Set[bytes] = set()
 
 
 class H3Server:
@@ -145,6 +148,11 @@ class H3Server:
         self.connections = 0   # QUIC connections accepted over the server's life
         self.requests = 0
         self.max_open_seen = 0
+        self.library_errors = 0
+        self.tickets: Dict[bytes, Any] = {}   # issued session tickets, for resumption
+
+    def _keep_ticket(self, ticket: Any) -> None:
+        self.tickets[ticket.ticket] = ticket
 
     @property
     def url(self) -> str:
@@ -201,29 +209,46 @@ class H3Server:
             try:
                 with gevent.Timeout(wait, False):
                     data, addr = sock.recvfrom(65536)
-                    self._datagram(data, addr)
+                    try:
+                        self._datagram(data, addr)
+                    except (ValueError, AssertionError, RuntimeError):
+                        self.library_errors += 1    # qh3's server side under loss: drop it
             except OSError:
                 return
             now = time.monotonic()
             for peer in list(self.peers.values()):
-                t = peer.quic.get_timer()
-                if t is not None and t <= now:
-                    peer.quic.handle_timer(now)
-                    self._events(peer)
-                self._flush(peer)
+                try:
+                    t = peer.quic.get_timer()
+                    if t is not None and t <= now:
+                        peer.quic.handle_timer(now)
+                        self._events(peer)
+                    self._flush(peer)
+                except (ValueError, AssertionError, RuntimeError):
+                    self.library_errors += 1
 
     def _datagram(self, data: bytes, addr: Tuple[str, int]) -> None:
         peer = self.peers.get(addr)
-        if peer is None:
-            if len(data) < 1200 or not data[0] & 0x80:
-                return   # not an Initial: a connection we do not know (e.g. after restart)
+        header = None
+        if len(data) >= 1200 and data[0] & 0x80:     # a long header: is it an Initial?
             try:
                 header = pull_quic_header(data, 0, 8)
             except ValueError:
                 return
+            if header[1] != int(QuicPacketType.INITIAL):
+                header = None
+        if header is not None:
+            if peer is not None and header[3] != peer.odcid and header[4] not in peer.cids:
+                peer = None      # a new connection from a reused port: forget the old one
+        if peer is None:
+            if header is None:
+                return   # not an Initial: a connection we do not know (e.g. after restart)
             quic = QuicConnection(configuration=self._config(),
-                                  original_destination_connection_id=header[3])
+                                  original_destination_connection_id=header[3],
+                                  session_ticket_fetcher=self.tickets.pop,
+                                  session_ticket_handler=self._keep_ticket)
             peer = self.peers[addr] = _Peer(self, quic, addr)
+            peer.odcid = header[3]
+            peer.cids.add(header[4])
             self.connections += 1
         peer.quic.receive_datagram(data, addr, time.monotonic())
         self._events(peer)
@@ -355,3 +380,70 @@ def _varint(v: int) -> bytes:
     if v < 0x40000000:
         return (v | 0x80000000).to_bytes(4, "big")
     return (v | 0xC000000000000000).to_bytes(8, "big")
+
+
+class UdpLossProxy:
+    """A UDP relay on 127.0.0.1 that drops a fraction ``loss`` of the datagrams each way
+    (a seeded ``random.Random``: the same drops every run), or all of them (``loss=1``)."""
+
+    def __init__(self, upstream_port: int, loss: float, seed: int = 7) -> None:
+        import random
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.loss = loss
+        self.rand = random.Random(seed)
+        self.sock: Optional[gsocket.socket] = None
+        self.port = 0
+        self.routes: Dict[Tuple[str, int], gsocket.socket] = {}
+        self.greenlets: List[gevent.Greenlet] = []
+        self.dropped = self.relayed = 0
+
+    def start(self) -> "UdpLossProxy":
+        sock = self.sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.greenlets.append(gevent.spawn(self._from_clients, sock))
+        return self
+
+    def stop(self) -> None:
+        for g in self.greenlets:
+            g.kill()
+        for s in list(self.routes.values()) + ([self.sock] if self.sock else []):
+            s.close()
+        self.routes = {}
+        self.sock = None
+
+    def __enter__(self) -> "UdpLossProxy":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _drop(self) -> bool:
+        if self.rand.random() < self.loss:
+            self.dropped += 1
+            return True
+        self.relayed += 1
+        return False
+
+    def _from_clients(self, sock: gsocket.socket) -> None:
+        while True:
+            data, addr = sock.recvfrom(65536)
+            up = self.routes.get(addr)
+            if up is None:
+                up = self.routes[addr] = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                up.connect(self.upstream)
+                self.greenlets.append(gevent.spawn(self._from_server, up, addr))
+            if not self._drop():
+                try:
+                    up.send(data)
+                except OSError:
+                    pass
+
+    def _from_server(self, up: gsocket.socket, client: Tuple[str, int]) -> None:
+        while True:
+            try:
+                data = up.recv(65536)
+            except OSError:
+                continue
+            if not self._drop() and self.sock is not None:
+                self.sock.sendto(data, client)

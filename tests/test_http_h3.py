@@ -24,7 +24,7 @@ from greenpool.http.h3 import origins, transport  # noqa: E402
 from greenpool.http.models import URL, Timeout  # noqa: E402
 
 from fakes import assert_exact  # noqa: E402
-from h3servers import BODY, CADDY_BODY, Caddy, H3Server, pattern  # noqa: E402
+from h3servers import BODY, CADDY_BODY, Caddy, H3Server, UdpLossProxy, pattern  # noqa: E402
 from servers import SMALL_BODY  # noqa: E402
 
 pytestmark = pytest.mark.interop
@@ -158,6 +158,28 @@ def test_read_and_total_timeouts_hold(no_leaks, h3, pool, tls):
     assert h3.connections == 1
 
 
+@pytest.mark.parametrize("loss", [0.01, 0.05])
+def test_packet_loss_each_way_no_errors(no_leaks, h3, pool, tls, loss):
+    with UdpLossProxy(h3.port, loss) as proxy:
+        c = client(pool, tls)
+        url = "https://127.0.0.1:%d" % proxy.port
+        # the first handshake outside the race (a lost Initial waits a PTO, past RACE_DELAY,
+        # and the proxy port has no TCP to fall back to)
+        route_pool = c._route(pool, URL(url)).pool
+        conn = transport.acquire(route_pool, "127.0.0.1", proxy.port, Timeout(20), None,
+                                 {"verify": str(tls.ca_path), "cert": None})
+        route_pool.release_shared(conn)
+
+        def one(i):
+            return c.get(url + "/n/%d" % (i * 97), timeout=30).content == pattern(i * 97)
+        gs = [gevent.spawn(one, i) for i in range(100)]
+        assert all(g.get(timeout=60) for g in gs)
+        assert c.post(url + "/echo", body=pattern(200000), timeout=30).content == pattern(200000)
+        assert proxy.dropped > 0
+        assert quic_books(pool)[1] == 0
+        pool.close()
+
+
 def test_goaway_moves_new_requests_to_a_new_connection(no_leaks, tls, pool):
     with H3Server(str(tls.cert_path), str(tls.key_path), goaway_after=1) as h3:
         c = client(pool, tls)
@@ -242,6 +264,21 @@ def _register_tcp(pool):
             conn.close()
     finally:
         lsock.close()
+
+
+def test_session_ticket_resumes_the_next_connection(no_leaks, h3, pool, tls):
+    c = client(pool, tls)
+    assert c.get(h3.url + "/").content == BODY
+    route_pool = c._route(pool, URL(h3.url)).pool
+    gevent.sleep(0.05)                     # the ticket arrives after the handshake
+    assert origins.stats(route_pool)["session_tickets"] == 1
+    for h in list(route_pool._hosts.values()):
+        for conn in list(h.shared):
+            conn.close()
+    assert c.get(h3.url + "/").content == BODY
+    st = origins.stats(route_pool)
+    assert (st["handshakes"], st["resumed"], st["quic_connections"]) == (2, 1, 1)
+    assert h3.connections == 2
 
 
 def test_wrong_ca_and_wrong_host_are_rejected(no_leaks, tls, pool):

@@ -670,10 +670,20 @@ class Client:
         if t.connect is not None:
             connect_opts = dict(connect_opts, connect_timeout=t.connect)
         conn = None
-        if self.http3 and route.key[2] == "ssl" and not route.absolute:
+        if self.http3 and route.key[2] == "ssl" and not route.absolute and "h3_lost" not in req.extensions:
             resp = self._send_h3(route, req, t, deadline, connect_opts, stream)
             if resp is not None:
                 return resp
+            req.extensions["h3_lost"] = True   # the race went to TCP: send it there
+            try:
+                return self._send(gp, req, t, deadline, stream)
+            except ConnectError:   # TCP failed: the QUIC handshake still running may not
+                resp = self._send_h3(route, req, t, deadline, connect_opts, stream, rescue=True)
+                if resp is None:
+                    raise
+                return resp
+            finally:
+                del req.extensions["h3_lost"]
         http2 = self.http2
         if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute:
             from greenpool.http import h2transport  # written separately; imported on use
@@ -698,10 +708,11 @@ class Client:
         return resp
 
     def _send_h3(self, route: _Route, req: Request, t: Timeout, deadline: Optional[float],
-                 connect_opts: Dict[str, Any], stream: bool) -> Optional[Response]:
+                 connect_opts: Dict[str, Any], stream: bool, rescue: bool = False) -> Optional[Response]:
         from greenpool.http.h3 import origins  # needs the http3 extra; imported on use
         opts = self.h1_options
-        resp = origins.try_h3(route.pool, req, t, deadline, connect_opts, self.http3, stream=stream,
+        resp = origins.try_h3(route.pool, req, t, deadline, connect_opts, self.http3, rescue=rescue,
+                              stream=stream,
                               decode_content=opts.decode_content,
                               max_decoded_size=opts.max_decoded_size,
                               max_header_size=opts.max_header_size, max_body_size=opts.max_body_size)

@@ -80,7 +80,8 @@ def _configuration(server_name: str, verify: Any, cert: Any, idle_timeout: float
 class H3Conn:
     """One client QUIC connection speaking HTTP/3; see the module docstring."""
 
-    __slots__ = ("quic", "h3", "addr", "ready", "closed", "goaway", "_on_ticket", "zero_rtt")
+    __slots__ = ("quic", "h3", "addr", "ready", "closed", "goaway", "_on_ticket", "zero_rtt",
+                 "resumed")
 
     def __init__(self, server_name: str, addr: Tuple[Any, ...], now: float, *, verify: Any = True,
                  cert: Any = None, idle_timeout: float = 30.0, ticket: Any = None,
@@ -94,6 +95,7 @@ class H3Conn:
         self.closed: Optional[str] = None
         self.goaway: Optional[int] = None
         self.zero_rtt = False
+        self.resumed = False
         self.quic.connect(addr, now)
         self.h3 = H3Connection(self.quic)
 
@@ -208,6 +210,7 @@ class H3Conn:
             if isinstance(ev, HandshakeCompleted):
                 self.ready = True
                 self.zero_rtt = bool(ev.early_data_accepted)
+                self.resumed = bool(ev.session_resumed)
                 out.append((READY, -1, self.zero_rtt, False))
                 continue
             if isinstance(ev, ConnectionTerminated):

@@ -36,8 +36,8 @@ from greenpool.http.models import Request, Response, Timeout
 if TYPE_CHECKING:
     from greenpool.pool import GreenPool
 
-__all__ = ["try_h3", "learn", "alt_svc", "blocked", "block", "unblock", "BLOCKED_TTL", "RACE_DELAY",
-           "DEFAULT_MA"]
+__all__ = ["try_h3", "learn", "alt_svc", "blocked", "block", "unblock", "blocked_count", "stats",
+           "BLOCKED_TTL", "RACE_DELAY", "DEFAULT_MA"]
 
 BLOCKED_TTL = 300.0
 RACE_DELAY = 0.25
@@ -134,16 +134,35 @@ def blocked_count(pool: Any) -> int:
     return sum(1 for until in _blocked.get(pool, {}).values() if until > now)
 
 
+def stats(pool: Any) -> Dict[str, int]:
+    """HTTP/3 numbers of one pool: its QUIC connections (``quic_connections``, users in
+    ``quic_streams``), ``blocked_origins``, ``alt_svc_origins``, ``session_tickets``, and the
+    counters of :func:`greenpool.http.h3.transport.counters`."""
+    out = transport.counters(pool)
+    conns = streams = 0
+    for key, h in getattr(pool, "_hosts", {}).items():
+        if key[2] == "quic":
+            conns += h.open
+            streams += sum(c.users for c in h.shared)
+    now = _monotonic()
+    out.update(quic_connections=conns, quic_streams=streams, blocked_origins=blocked_count(pool),
+               alt_svc_origins=sum(1 for _, exp in _alt.get(pool, {}).values() if exp > now),
+               session_tickets=len(transport.session_tickets.get(pool, {})))
+    return out
+
+
 # -- the decision --
 
 
 def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Optional[float],
            connect_opts: Dict[str, Any], mode: Any, *, race_delay: float = RACE_DELAY,
-           blocked_ttl: float = BLOCKED_TTL, **kw: Any) -> Optional[Response]:
+           blocked_ttl: float = BLOCKED_TTL, rescue: bool = False, **kw: Any) -> Optional[Response]:
     """The response over HTTP/3, or None: send it over TCP (see the module docstring).
 
     ``mode``: True (only origins that advertised h3 by Alt-Svc) or
-    ``"prior_knowledge"`` (every https origin, on its own port).
+    ``"prior_knowledge"`` (every https origin, on its own port).  ``rescue=True``:
+    TCP failed after this origin's race went to TCP: wait for the QUIC handshake
+    still running (None when there is none, or it fails too).
     """
     url = request.url
     host, port = url.host, url.port
@@ -156,12 +175,32 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
         if qport is None:
             return None
     assert qport is not None
+    if rescue:
+        hs = _racing.get(pool, {}).get((host, qport))
+        if hs is not None and hs.greenlet is not None:
+            hs.greenlet.join(_remaining_connect(pool, timeout, deadline))
+            if not hs.greenlet.dead:
+                return None
+        conn = hs.take() if hs is not None else None
+        if conn is None and (blocked(pool, host, port)
+                             or not pool.host_stats(host, qport, "quic")["active"]):
+            return None
+        return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport,
+                                conn=conn, **kw)
     conn = pool.checkout_h3(host, qport)
     if conn is None and not pool.host_stats(host, qport, "quic")["active"]:
         conn = _race(pool, host, port, qport, timeout, deadline, connect_opts, race_delay, blocked_ttl)
         if conn is _TCP or blocked(pool, host, port):
             return None
     return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn, **kw)
+
+
+def _remaining_connect(pool: Any, timeout: Timeout, deadline: Optional[float]) -> Optional[float]:
+    wait = timeout.connect if timeout.connect is not None else pool.options.connect_timeout
+    if deadline is not None:
+        left = max(deadline - _monotonic(), 0.0)
+        wait = left if wait is None or left < wait else wait
+    return wait
 
 
 class _Handshake:

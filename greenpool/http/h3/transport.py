@@ -70,7 +70,8 @@ if TYPE_CHECKING:
     from greenpool.pool import GreenPool
 
 __all__ = ["H3Config", "H3Protocol", "H3Body", "Refused", "handle", "DEFAULT_CONFIG", "MAX_RETRIES",
-           "session_tickets", "acquire"]
+           "session_tickets", "acquire",
+           "counters", "COUNTERS"]
 
 READ_BATCH = 64          # datagrams per reader slice before it yields
 UPLOAD_CHUNK = 65536
@@ -110,6 +111,23 @@ class Refused(GreenPoolError):
 
 # session tickets: per pool, (host, port, trust) -> ticket (kept for resumption)
 session_tickets: "weakref.WeakKeyDictionary[Any, Dict[Tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
+# per pool: what happened to its QUIC connections (see stats())
+_counters: "weakref.WeakKeyDictionary[Any, Dict[str, int]]" = weakref.WeakKeyDictionary()
+COUNTERS = ("handshakes", "resumed", "handshake_failures", "goaway", "dead_peer", "closed_by_peer",
+            "retried")
+
+
+def count(pool: Any, what: str) -> None:
+    c = _counters.get(pool)
+    if c is None:
+        c = _counters[pool] = dict.fromkeys(COUNTERS, 0)
+    c[what] += 1
+
+
+def counters(pool: Any) -> Dict[str, int]:
+    """This pool's HTTP/3 counters: handshakes (resumed), handshake_failures, goaway,
+    dead_peer, closed_by_peer, retried (requests sent again on another connection)."""
+    return dict(_counters.get(pool) or dict.fromkeys(COUNTERS, 0))
 
 
 def _copy(err: BaseException) -> BaseException:
@@ -256,6 +274,13 @@ class H3Protocol:
             self._ready = None
             if timer is not None:
                 timer.close()
+        pool = self.conn.pool
+        if result is _TIMEDOUT or isinstance(result, BaseException):
+            count(pool, "handshake_failures")
+        else:
+            count(pool, "handshakes")
+            if self.q.resumed:
+                count(pool, "resumed")
         if result is _TIMEDOUT:
             raise ConnectTimeout("QUIC handshake with %s:%s timed out after %ss" % (host, port, timeout))
         if isinstance(result, BaseException):
@@ -326,6 +351,7 @@ class H3Protocol:
             if since is None:
                 since = self._unacked_since = now
             if now - max(since, self.last_rx) >= self.config.dead_peer_timeout:
+                count(self.conn.pool, "dead_peer")
                 self._die(ConnectionClosed(
                     "no packet from %s:%s for %.1fs while data was unacknowledged: the HTTP/3 "
                     "server is gone or restarted" % (self.conn.key[0], self.conn.key[1],
@@ -446,6 +472,8 @@ class H3Protocol:
                                                    % (sid, payload))
                 self._notify(st)
             elif kind is GOAWAY:
+                if self.goaway is None:
+                    count(self.conn.pool, "goaway")
                 self.goaway = payload
                 for st in list(streams.values()):
                     if st.id >= payload and st.head is None and st.error is None:
@@ -455,6 +483,7 @@ class H3Protocol:
                 if pool is not None:
                     pool.unregister_h3(self.conn)
             elif kind is CLOSED:
+                count(self.conn.pool, "closed_by_peer")
                 self._die(ConnectionClosed("%s (%s:%s)" % (payload, self.conn.key[0], self.conn.key[1])))
                 return
             elif kind is READY:
@@ -595,6 +624,7 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
                                  decode_content, max_decoded_size, header_limit, max_body_size)
         except Refused as e:
             retries += 1
+            count(pool, "retried")
             if retries > MAX_RETRIES or not _rewind(body, start_pos, e.body_started):
                 cause = e.cause or e
                 raise ConnectionClosed("HTTP/3 request %s %s not processed by the server after %d "
