@@ -14,7 +14,9 @@ QUIC connection per client address.  Routes:
 - ``GET /chunks/<n>`` -> ``n`` DATA frames of ``b"chunk%d\\n"``, 10 ms apart;
 - ``GET /hang`` -> headers, then nothing (the stream stays open);
 - ``GET /close`` -> headers and a little data, then CONNECTION_CLOSE mid-stream;
-- ``GET /goaway`` -> the answer, then a GOAWAY whose id is the next client stream.
+- ``GET /goaway`` -> the answer, then a GOAWAY whose id is the next client stream;
+- ``GET /goaway-first`` -> a GOAWAY whose id is the next client stream, then the answer;
+  streams at or above a GOAWAY's id are never answered (not processed).
 
 Knobs: ``max_streams`` (the initial MAX_STREAMS for bidirectional streams),
 ``idle_timeout``, ``goaway_after`` (send GOAWAY after that many requests, with the id of
@@ -125,6 +127,7 @@ class _Peer:
         self.requests: Dict[int, Tuple[List[Tuple[bytes, bytes]], List[bytes]]] = {}
         self.served = 0
         self.goaway_sent = False
+        self.goaway_id: Optional[int] = None
         self.odcid = b""
         self.cids: Set[bytes] = set()
 
@@ -150,6 +153,9 @@ class H3Server:
         self.max_open_seen = 0
         self.library_errors = 0
         self.tickets: Dict[bytes, Any] = {}   # issued session tickets, for resumption
+
+    def _fetch_ticket(self, label: bytes) -> Any:
+        return self.tickets.pop(label, None)
 
     def _keep_ticket(self, ticket: Any) -> None:
         self.tickets[ticket.ticket] = ticket
@@ -244,7 +250,7 @@ class H3Server:
                 return   # not an Initial: a connection we do not know (e.g. after restart)
             quic = QuicConnection(configuration=self._config(),
                                   original_destination_connection_id=header[3],
-                                  session_ticket_fetcher=self.tickets.pop,
+                                  session_ticket_fetcher=self._fetch_ticket,
                                   session_ticket_handler=self._keep_ticket)
             peer = self.peers[addr] = _Peer(self, quic, addr)
             peer.odcid = header[3]
@@ -284,6 +290,8 @@ class H3Server:
         """qh3 servers advertise its defaults; a test may want fewer streams."""
 
     def _respond(self, peer: _Peer, sid: int) -> None:
+        if peer.goaway_id is not None and sid >= peer.goaway_id:
+            return      # above our GOAWAY: never processed (the client sends it elsewhere)
         headers, body = peer.requests[sid]
         h = dict(headers)
         method = h.get(b":method", b"GET")
@@ -292,6 +300,8 @@ class H3Server:
         peer.served += 1
         h3 = peer.h3
         assert h3 is not None
+        if path == "/goaway-first":
+            self._goaway(peer, sid + 4)         # before answering: streams after it are refused
         if method in (b"POST", b"PUT"):
             self._send(peer, sid, 200, b"".join(body))
         elif path.startswith("/n/"):
@@ -328,6 +338,7 @@ class H3Server:
         h3 = peer.h3
         assert h3 is not None
         peer.goaway_sent = True
+        peer.goaway_id = next_id
         control = h3._local_control_stream_id
         assert control is not None
         payload = _varint(next_id)

@@ -191,6 +191,27 @@ def test_goaway_moves_new_requests_to_a_new_connection(no_leaks, tls, pool):
         assert quic_books(pool) == (0, 0)
 
 
+def test_goaway_streams_above_its_id_are_sent_again(no_leaks, h3, pool, tls):
+    c = client(pool, tls)
+    assert c.get(h3.url + "/").content == BODY       # the connection exists
+    gate = Event()
+
+    def one(i):
+        gate.wait()
+        return c.get(h3.url + ("/goaway-first" if i == 0 else "/n/%d" % i), timeout=20).content
+    gs = [gevent.spawn(one, i) for i in range(10)]
+    gevent.sleep(0.01)
+    gate.set()                                # the 10 requests leave in one flush
+    assert [g.get(timeout=30) for g in gs] == [BODY] + [pattern(i) for i in range(1, 10)]
+    route_pool = c._route(pool, URL(h3.url)).pool
+    st = origins.stats(route_pool)
+    assert (st["goaway"], st["retried"]) == (1, 9), st
+    # one new connection is enough; the pool may open more while the first is in its
+    # handshake (its slot no longer counts as connecting then), never over max_per_host
+    assert 2 <= h3.connections <= 1 + 4, repr((st, route_pool.get_stats()))
+    assert quic_books(pool)[1] == 0
+
+
 def test_connection_close_mid_stream_fails_only_that_request(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     r = c.get(h3.url + "/close", stream=True)
@@ -232,6 +253,22 @@ def test_idle_connection_expires_and_closes(no_leaks, h3, tls):
         gevent.sleep(0.8)
         assert quic_books(p) == (0, 0)
         assert sum(q.counters["expired"] for q in all_pools(p)) == 1
+    finally:
+        p.close()
+
+
+def test_idle_connection_is_pinged_per_idle_interval(no_leaks, h3, tls):
+    p = GreenPool("h3ping", idle_interval=0.2, timeout=30)
+    try:
+        c = client(p, tls)
+        assert c.get(h3.url + "/").content == BODY
+        gevent.sleep(0.9)
+        pools = all_pools(p)
+        assert sum(q.counters["pings"] for q in pools) >= 2
+        assert sum(q.counters["ping_failures"] for q in pools) == 0
+        assert quic_books(p) == (1, 0)
+        assert c.get(h3.url + "/").content == BODY
+        assert h3.connections == 1
     finally:
         p.close()
 

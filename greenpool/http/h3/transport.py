@@ -187,6 +187,7 @@ class H3Protocol:
         self._woken = False
         self._flush_pending = False
         self._blocked: Set[Stream] = set()
+        self._pings: Set[Stream] = set()
         self._left = 0
         self._io = self._loop.io(self.sock.fileno(), 1)
         self._timer: Any = None
@@ -244,15 +245,15 @@ class H3Protocol:
         before = self.datagrams_received
         self.q.ping(int(_monotonic() * 1000) & 0xFFFFFFFF)
         self.request_flush()
-        st = Stream(-1, 0, None)
-        self.streams[-1] = st
+        st = Stream(-1, 0, None)         # not a stream: a place to wait for any packet
+        self._pings.add(st)
         try:
             deadline = None if timeout is None else _monotonic() + timeout
             while self.datagrams_received == before and self.is_alive():
                 if not self.wait(st, _remaining(None, deadline)):
-                    raise ReadTimeout("no answer to an HTTP/3 PING")
+                    raise ReadTimeout("no answer to an HTTP/3 PING from %s:%s" % self.conn.key[:2])
         finally:
-            self.streams.pop(-1, None)
+            self._pings.discard(st)
         if not self.is_alive():
             raise ConnectionClosed("the HTTP/3 connection died during a PING")
 
@@ -337,6 +338,8 @@ class H3Protocol:
             self._unacked_since = None
             self.datagrams_received += len(datagrams)
             events = q.receive(datagrams, now)
+            for st in self._pings:
+                self._notify(st)
         due = q.timer()
         if due is not None and due <= now:
             events.extend(q.on_timer(now))
@@ -493,6 +496,8 @@ class H3Protocol:
                     self._loop.run_callback(w.switch, None)
 
     def _fail_all(self, err: BaseException) -> None:
+        for st in list(self._pings):
+            self._notify(st)
         for st in list(self.streams.values()):
             if st.error is None and not st.ended:
                 st.error = err
