@@ -90,6 +90,18 @@ def test_get_post_over_one_shared_connection(no_leaks, h3, pool, tls):
     assert quic_books(pool) == (0, 0)
 
 
+def test_module_level_request_takes_http3(no_leaks, h3, pool, tls):
+    import greenpool
+    r = greenpool.request("GET", h3.url + "/", pool=pool, http3="prior_knowledge",
+                          verify=str(tls.ca_path))
+    assert (r.http_version, r.content) == ("HTTP/3", BODY)
+    r = greenpool.post(h3.url + "/echo", body=b"abc", pool=pool, http3="prior_knowledge",
+                       verify=str(tls.ca_path))
+    assert (r.http_version, r.content) == ("HTTP/3", b"abc")
+    assert h3.connections == 1
+    pool.close()
+
+
 def test_many_greenlets_multiplex_one_connection(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     c.get(h3.url + "/")           # the connection exists: everyone shares it
