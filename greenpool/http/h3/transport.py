@@ -395,7 +395,9 @@ class H3Protocol:
             return
         if timer is not None:
             timer.close()
-        timer = self._timer = self._loop.timer(max(due - now, 0.0))
+        # an idle connection's timers (QUIC idle, ACK delay) never keep the process alive
+        timer = self._timer = self._loop.timer(max(due - now, 0.0), ref=bool(self.streams)
+                                               or self._ready is not None or bool(self._pings))
         self._timer_due = due
         timer.start(self._wake)
 
