@@ -102,6 +102,18 @@ def test_module_level_request_takes_http3(no_leaks, h3, pool, tls):
     pool.close()
 
 
+def test_requests_adapter_takes_http3(no_leaks, h3, pool, tls):
+    requests = pytest.importorskip("requests")
+    from greenpool.contrib.requests import GreenPoolAdapter
+    with requests.Session() as s:
+        s.mount("https://", GreenPoolAdapter(pool=pool, http3="prior_knowledge"))
+        r = s.get(h3.url + "/n/5000", verify=str(tls.ca_path))
+        assert (r.status_code, r.content) == (200, pattern(5000))
+        assert (r.raw.version, r.raw.version_string) == (30, "HTTP/3")
+    assert h3.connections == 1
+    pool.close()
+
+
 def test_many_greenlets_multiplex_one_connection(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     c.get(h3.url + "/")           # the connection exists: everyone shares it
