@@ -547,7 +547,9 @@ class H3Protocol:
         st.released = True
         self.streams.pop(st.id, None)
         self._blocked.discard(st)
-        if reset and not self.closed:
+        # a request body cut short (the server answered first, an error, a kill) is reset
+        # too: a half-open stream would hold one of the server's MAX_STREAMS for good
+        if (reset or not st.sent_end) and not self.closed:
             self.q.reset(st.id, not st.sent_end)
             self.request_flush()
         if not self.streams and self._io is not None and not self.closed:
