@@ -168,6 +168,21 @@ def test_streamed_body_and_early_close(no_leaks, h3, pool, tls):
     assert h3.connections == 1
 
 
+def test_unread_body_is_bounded(no_leaks, h3, pool, tls):
+    from greenpool.errors import LimitExceeded
+    from greenpool.http.models import Request
+    cfg = transport.H3Config(max_stream_buffer=256 * 1024)
+    opts = {"verify": str(tls.ca_path)}
+    r = transport.handle(pool, Request("GET", h3.url + "/n/2000000"), Timeout(10), None, opts, cfg)
+    gevent.sleep(0.5)                       # the server sends; nobody reads
+    with pytest.raises(LimitExceeded):
+        r.read()
+    r = transport.handle(pool, Request("GET", h3.url + "/"), Timeout(10), None, opts, cfg)
+    assert r.read() == BODY                 # only that stream was cancelled
+    assert_exact(pool)
+    pool.close()
+
+
 def test_read_and_total_timeouts_hold(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     c.get(h3.url + "/")

@@ -54,6 +54,7 @@ from greenpool.errors import (
     ConnectionClosed,
     ConnectTimeout,
     GreenPoolError,
+    LimitExceeded,
     PoolTimeout,
     ReadError,
     ReadTimeout,
@@ -90,12 +91,16 @@ class H3Config:
     server's applies); the pool retires an unused connection before it.
     ``dead_peer_timeout``: silence that ends a connection while the server owes
     an ACK (see the module docstring).  ``max_header_list_size``: the largest
-    response header list accepted.
+    response header list accepted.  ``max_stream_buffer``: the most body bytes a
+    stream holds unread (the QUIC library grants the server more as it receives,
+    not as the caller reads): past it the stream is cancelled with
+    :class:`~greenpool.errors.LimitExceeded`.
     """
 
     idle_timeout: float = 30.0
     dead_peer_timeout: float = 1.0
     max_header_list_size: int = 65536
+    max_stream_buffer: int = 16 * 1024 * 1024
 
 
 DEFAULT_CONFIG = H3Config()
@@ -446,6 +451,16 @@ class H3Protocol:
                         continue
                     st.chunks.append(payload)
                     st.buffered += n
+                    if st.buffered > self.config.max_stream_buffer:
+                        st.error = LimitExceeded(
+                            "HTTP/3 stream %d holds %d unread bytes, over H3Config.max_stream_buffer="
+                            "%d: read the body as it comes, or raise the limit"
+                            % (sid, st.buffered, self.config.max_stream_buffer))
+                        st.chunks.clear()
+                        st.buffered = 0
+                        self.q.reset(sid, not st.sent_end)
+                        self._notify(st)
+                        continue
                 if ended:
                     st.ended = True
                 self._notify(st)
@@ -455,7 +470,6 @@ class H3Protocol:
                     continue
                 size = sum(len(k) + len(v) + 32 for k, v in payload)
                 if size > st.header_limit:
-                    from greenpool.errors import LimitExceeded
                     st.error = LimitExceeded("the server sent a header list of %d bytes, over "
                                              "max_header_size=%d" % (size, st.header_limit))
                     self.q.reset(sid, not st.sent_end)
@@ -468,8 +482,8 @@ class H3Protocol:
                 self._notify(st)
             elif kind is RESET:
                 st = streams.get(sid)
-                if st is None:
-                    continue
+                if st is None or st.error is not None:
+                    continue      # unknown, or the answer to our own cancel
                 if payload == H3_REQUEST_REJECTED and st.head is None:
                     st.error = Refused("the server rejected HTTP/3 stream %d" % sid)
                 elif not st.ended:
