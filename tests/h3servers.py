@@ -10,7 +10,7 @@ QUIC connection per client address.  Routes:
 
 - ``GET /`` -> :data:`BODY`; ``GET /n/<size>`` -> ``size`` bytes of :func:`pattern`;
 - ``POST``/``PUT`` anything -> the request body echoed;
-- ``GET /slow/<seconds>`` -> ``b"slow"`` after a delay (the server keeps serving others);
+- ``/slow/<seconds>`` (any method) -> ``b"slow"`` after a delay (others are served meanwhile);
 - ``GET /chunks/<n>`` -> ``n`` DATA frames of ``b"chunk%d\\n"``, 10 ms apart;
 - ``GET /hang`` -> headers, then nothing (the stream stays open);
 - ``GET /close`` -> headers and a little data, then CONNECTION_CLOSE mid-stream;
@@ -302,14 +302,14 @@ class H3Server:
         assert h3 is not None
         if path == "/goaway-first":
             self._goaway(peer, sid + 4)         # before answering: streams after it are refused
+        if path.startswith("/slow/"):
+            delay = float(path[6:])
+            self.greenlets.append(gevent.spawn_later(delay, self._send_later, peer, sid, b"slow"))
+            return
         if method in (b"POST", b"PUT"):
             self._send(peer, sid, 200, b"".join(body))
         elif path.startswith("/n/"):
             self._send(peer, sid, 200, pattern(int(path[3:])))
-        elif path.startswith("/slow/"):
-            delay = float(path[6:])
-            self.greenlets.append(gevent.spawn_later(delay, self._send_later, peer, sid, b"slow"))
-            return
         elif path.startswith("/chunks/"):
             self.greenlets.append(gevent.spawn(self._chunks, peer, sid, int(path[8:])))
             return

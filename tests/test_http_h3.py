@@ -312,6 +312,39 @@ def test_idle_connection_is_pinged_per_idle_interval(no_leaks, h3, tls):
         p.close()
 
 
+def test_fork_with_a_post_in_flight(no_leaks, h3, tls):
+    """In the child the copied POST fails at once with ConnectionClosed (the QUIC connection
+    is the parent's, nothing is written to it); in the parent it completes."""
+    from test_faults import _fork_and_report
+
+    import greenpool
+    greenpool.start_pool("h3fork", max_connections=4)
+    c = Client(pool="h3fork", http3="prior_knowledge", verify=str(tls.ca_path))
+    try:
+        assert c.get(h3.url + "/").http_version == "HTTP/3"
+        post = gevent.spawn(c.post, h3.url + "/slow/0.5", b"not to be sent twice")
+        gevent.sleep(0.1)
+
+        def child():
+            h3.stop()        # the parent's server copy must not serve in the child
+            started = time.monotonic()
+            try:
+                post.get(timeout=5)
+                return {"posted": "answered"}
+            except ConnectionClosed as e:
+                return {"posted": "ConnectionClosed: %s" % e, "waited": time.monotonic() - started}
+
+        report = _fork_and_report(child)
+        assert report["posted"].startswith("ConnectionClosed") and "parent process" in report["posted"]
+        assert report["waited"] < 0.3, report
+        assert post.get(timeout=5).content == b"slow"
+        assert h3.connections == 1
+        for p in all_pools(greenpool.find_pool("h3fork")):
+            assert_exact(p)
+    finally:
+        greenpool.stop_pool("h3fork")
+
+
 def test_pool_methods_checkout_register_unregister_h3(no_leaks, h3, pool, tls):
     assert pool.checkout_h3("127.0.0.1", h3.port) is None
     conn = transport.acquire(pool, "127.0.0.1", h3.port, Timeout(5), None, {"verify": str(tls.ca_path)})

@@ -200,6 +200,7 @@ class H3Protocol:
         self.reader: Optional[gevent.Greenlet] = None
         self.datagrams_sent = 0
         self.datagrams_received = 0
+        self._abandoned = False
 
     def __repr__(self) -> str:
         return "<H3Protocol %s:%s streams=%d%s>" % (
@@ -223,12 +224,13 @@ class H3Protocol:
         if self.error is None:
             self.error = ConnectionClosed("the HTTP/3 connection to %s:%s was closed (pool "
                                           "stopped, idle timeout or an error)" % self.conn.key[:2])
-        self.q.close()
-        try:
-            for d in self.q.datagrams(_monotonic()):   # CONNECTION_CLOSE, best effort
-                net.udp_send(self.sock, d)
-        except OSError:
-            pass
+        if not self._abandoned:
+            self.q.close()
+            try:
+                for d in self.q.datagrams(_monotonic()):   # CONNECTION_CLOSE, best effort
+                    net.udp_send(self.sock, d)
+            except OSError:
+                pass
         self._fail_all(self.error)
         self._stop_watchers()
         reader = self.reader
@@ -236,12 +238,14 @@ class H3Protocol:
             reader.kill(block=False)
 
     def abandon_in_child(self) -> None:
-        """After ``os.fork()``, in the child: fail the copied streams, write nothing."""
-        self.closed = True
-        self.error = ConnectionClosed("the HTTP/3 connection belongs to the parent process")
-        self._fail_all(self.error)
-        self._io = None
-        self._timer = None
+        """After ``os.fork()``, in the child: fail the copied streams, stop the copied
+        reader, write nothing (the parent's QUIC connection goes on there)."""
+        if self.error is None:
+            self.error = ConnectionClosed(
+                "the HTTP/3 connection to %s:%s belongs to the parent process (os.fork()); "
+                "the request may or may not have been processed there" % self.conn.key[:2])
+        self._abandoned = True
+        self.close()
 
     def ping(self, timeout: Optional[float]) -> None:
         """The pool's idle health check: one PING, and any packet back within ``timeout``."""
