@@ -479,6 +479,16 @@ def test_http3_true_uses_quic_only_after_alt_svc(no_leaks, caddy, pool, tls):
     assert quic_books(pool) == (1, 0)
 
 
+def test_alt_svc_learned_from_http2(no_leaks, caddy, pool, tls):
+    c = client(pool, tls, http3=True, http2=True)
+    r = c.get(caddy.url + "/")
+    assert (r.http_version, r.content) == ("HTTP/2", CADDY_BODY)
+    r = c.get(caddy.url + "/")
+    assert (r.http_version, r.content) == ("HTTP/3", CADDY_BODY)
+    assert quic_books(pool) == (1, 0)
+    pool.close()
+
+
 # -- Caddy --
 
 
