@@ -259,8 +259,9 @@ class Connector:
     parent, stop the copied reader, write nothing).
     """
 
-    #: transports this connector accepts
-    transports: Tuple[str, ...] = net.TRANSPORTS
+    #: transports this connector accepts (``"quic"``: a connected UDP socket, the
+    #: QUIC handshake being the ``setup`` of :meth:`GreenPool.acquire_shared`)
+    transports: Tuple[str, ...] = net.TRANSPORTS + ("quic",)
     #: True: connections are used by many greenlets at once (acquire_shared)
     shared = False
     #: True: ``ping(conn)`` checks an idle connection every idle_interval
@@ -271,6 +272,8 @@ class Connector:
 
     def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
         host, port, transport = key
+        if transport == "quic":
+            return Connection(key, net.connect_udp(host, port, timeout=timeout))
         sock = net.connect(host, port, transport, timeout=timeout, **opts)
         return Connection(key, sock)
 

@@ -19,7 +19,11 @@ What this owns:
   ``send`` takes everything (the common case for requests and batches);
 * :func:`recv_more`: after a TLS read, the records already in the socket,
   without waiting (a TLS ``recv`` returns one record; a multiplexing reader
-  wants the whole batch to answer it with one write).
+  wants the whole batch to answer it with one write);
+* UDP for QUIC: :func:`connect_udp` (a connected datagram socket, so an ICMP
+  port-unreachable comes back as ``ECONNREFUSED``), :func:`udp_recv_batch`
+  and :func:`udp_send` (never wait: the QUIC connection greenlet reads and
+  writes from hub wakeups).
 
 Promises: every failure is a greenpool :class:`~greenpool.errors.ConnectError`
 (``DNSError``, ``TLSError``, ``ConnectTimeout``) whose message names the
@@ -436,3 +440,84 @@ def alpn_protocol(sock: Any) -> Optional[str]:
     """The protocol the TLS peer chose by ALPN, or None (plain TCP or no ALPN)."""
     fn = getattr(sock, "selected_alpn_protocol", None)
     return fn() if fn is not None else None
+
+
+# -- UDP (QUIC) ---------------------------------------------------------------------------
+
+
+def connect_udp(host: str, port: int, *, timeout: Optional[float] = None,
+                family: int = 0) -> gsocket.socket:
+    """A connected UDP socket to ``host:port`` (for QUIC); returns a gevent socket.
+
+    "Connected" makes the kernel drop datagrams from other addresses and report
+    an ICMP port-unreachable as ``ECONNREFUSED`` on the next receive, so a
+    closed UDP port fails fast instead of looking like a black hole.  Only DNS
+    can wait here (under ``timeout``); failures are :class:`ConnectError`.
+    """
+    where = "%s:%s" % (host, port)
+    deadline = gevent.Timeout(timeout) if timeout is not None else None
+    if deadline is not None:
+        deadline.start()
+    try:
+        try:
+            infos = gsocket.getaddrinfo(host, port, family, _stdsocket.SOCK_DGRAM)
+        except _stdsocket.gaierror as e:
+            raise DNSError("cannot resolve %s: %s" % (where, e)) from None
+        except UnicodeError as e:
+            raise DNSError("invalid host name %r: %s" % (host, e)) from None
+        except gevent.Timeout as t:
+            if t is not deadline:
+                raise
+            raise ConnectTimeout("resolving %s timed out after %ss" % (where, timeout)) from None
+    finally:
+        if deadline is not None:
+            deadline.close()
+    if not infos:
+        raise DNSError("cannot resolve %s: no addresses" % where)
+    error: Optional[OSError] = None
+    for fam, type_, proto, _, sockaddr in interleave(infos):
+        sock = gsocket.socket(fam, type_, proto)
+        try:
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+        except BaseException:
+            sock.close()
+            raise
+    raise ConnectError("cannot open a UDP socket to %s: %s" % (where, error))
+
+
+def udp_peer(sock: Any) -> Tuple[Any, ...]:
+    """The address a connected UDP socket sends to."""
+    return tuple(sock.getpeername())
+
+
+def udp_recv_batch(sock: Any, limit: int, size: int = 65536) -> List[bytes]:
+    """The datagrams queued on a connected UDP socket right now, at most ``limit``; never waits.
+
+    Raises ``ConnectionRefusedError`` when the kernel reports an ICMP
+    port-unreachable for the peer (nothing listens there).
+    """
+    raw = getattr(sock, "_sock", sock)
+    out: List[bytes] = []
+    recv = raw.recv
+    while len(out) < limit:
+        try:
+            out.append(recv(size, _stdsocket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            break
+    return out
+
+
+def udp_send(sock: Any, datagram: bytes) -> bool:
+    """Send one datagram without waiting; False when the kernel buffer was full (the
+    datagram is dropped: QUIC recovers it as a loss).  ``ConnectionRefusedError``
+    propagates (ICMP port-unreachable)."""
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.send(datagram, _stdsocket.MSG_DONTWAIT)
+        return True
+    except (BlockingIOError, InterruptedError):
+        return False

@@ -432,6 +432,22 @@ class GreenPool:
         h.retired.add(conn)
         self._dispatch()
 
+    # HTTP/3: the same mechanism, on the key (host, port, "quic") (hackney's names)
+
+    def checkout_h3(self, host: str, port: int) -> Optional[Connection]:
+        """A live shared QUIC connection with a free stream (one use taken), or None."""
+        return self.checkout_h2(host, port, "quic")
+
+    def register_h3(self, conn: Connection) -> None:
+        """:meth:`register_h2` for a QUIC connection (key transport ``"quic"``)."""
+        if conn.key[2] != "quic":
+            raise ValueError("register_h3 takes a QUIC connection, not %r" % (conn,))
+        self.register_h2(conn)
+
+    def unregister_h3(self, conn: Connection) -> None:
+        """Out of rotation (GOAWAY, a dead peer): it finishes its users, then closes."""
+        self.unregister_h2(conn)
+
     def capacity_changed(self, conn: Connection) -> None:
         """A shared connection can now take more users (e.g. the peer raised its stream
         limit): serve queued waiters at once instead of at the next release.  Never yields."""

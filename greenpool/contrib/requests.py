@@ -161,7 +161,8 @@ class GreenPoolRaw(io.IOBase):
         self.status = response.status
         self.reason = response.reason
         self.version_string = response.http_version
-        self.version = 20 if response.http_version == "HTTP/2" else 11
+        self.version = 20 if response.http_version == "HTTP/2" else (
+            30 if response.http_version == "HTTP/3" else 11)
         self.decode_content = True
         self.headers = HTTPHeaderDict()
         msg = HTTPMessage()

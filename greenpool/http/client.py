@@ -431,6 +431,8 @@ class Client:
     ``verify``: True (system CAs), False, a CA bundle path, or an SSLContext.
     ``cert``: a client certificate (path, or (cert, key[, password])).
     ``http2``: False, True (h2 by ALPN on https) or ``"prior_knowledge"`` (h2c too).
+    ``http3``: False, True (QUIC for https origins that advertised ``Alt-Svc: h3``) or
+    ``"prior_knowledge"`` (every https origin tries QUIC first); see :mod:`greenpool.http.h3`.
     ``http1_parser``: ``"auto"`` (httptools if installed), ``"httptools"``, ``"h11"``.
     ``proxy``/``trust_env``: see the module docstring.
     ``decode_content``: undo gzip/deflate/br (default True; Accept-Encoding sent).
@@ -453,7 +455,8 @@ class Client:
                  max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
                  expect_continue: bool = False, max_header_size: int = 65536,
                  max_headers: int = 256, user_agent: Optional[str] = None,
-                 max_body_size: Optional[int] = None) -> None:
+                 max_body_size: Optional[int] = None,
+                 http3: Union[bool, str] = False) -> None:
         if not (pool is None or isinstance(pool, (str, GreenPool))):
             raise TypeError("pool must be a pool name or a GreenPool, not %s" % type(pool).__name__)
         if http2 not in (False, True, "prior_knowledge"):
@@ -473,6 +476,12 @@ class Client:
         self.verify = verify
         self.cert = cert
         self.http2 = http2
+        if http3 not in (False, True, "prior_knowledge"):
+            raise ValueError("http3 must be False, True or 'prior_knowledge', not %r" % (http3,))
+        if http3 and not isinstance(verify, (bool, str, os.PathLike)):
+            raise ValueError("http3 cannot use an ssl.SSLContext for verify= (QUIC has its own "
+                             "TLS): pass True, False or a CA bundle path")
+        self.http3 = http3
         self.h1_options = h1transport.H1Options(
             http1_parser, max_header_size=max_header_size, max_headers=max_headers,
             expect_continue=expect_continue, max_decoded_size=max_decoded_size,
@@ -661,6 +670,20 @@ class Client:
         if t.connect is not None:
             connect_opts = dict(connect_opts, connect_timeout=t.connect)
         conn = None
+        if self.http3 and route.key[2] == "ssl" and not route.absolute and "h3_lost" not in req.extensions:
+            resp = self._send_h3(route, req, t, deadline, connect_opts, stream)
+            if resp is not None:
+                return resp
+            req.extensions["h3_lost"] = True   # the race went to TCP: send it there
+            try:
+                return self._send(gp, req, t, deadline, stream)
+            except ConnectError:   # TCP failed: the QUIC handshake still running may not
+                resp = self._send_h3(route, req, t, deadline, connect_opts, stream, rescue=True)
+                if resp is None:
+                    raise
+                return resp
+            finally:
+                del req.extensions["h3_lost"]
         http2 = self.http2
         if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute:
             from greenpool.http import h2transport  # written separately; imported on use
@@ -671,13 +694,31 @@ class Client:
                                         max_header_size=opts.max_header_size,
                                         max_body_size=opts.max_body_size)
             if isinstance(result, Response):
+                if self.http3 is True:
+                    h3_learn(route.pool, req.url, result)
                 if not stream:
                     result.read()
                 return result
             conn = result  # the TLS peer chose http/1.1 by ALPN: an exclusive connection
-        return h1transport.handle(route.pool, req, t, deadline, connect_opts, conn, stream=stream,
+        resp = h1transport.handle(route.pool, req, t, deadline, connect_opts, conn, stream=stream,
                                   options=self.h1_options, key=route.key,
                                   target=str(req.url).encode("ascii") if route.absolute else None)
+        if self.http3 is True and route.key[2] == "ssl":
+            h3_learn(route.pool, req.url, resp)
+        return resp
+
+    def _send_h3(self, route: _Route, req: Request, t: Timeout, deadline: Optional[float],
+                 connect_opts: Dict[str, Any], stream: bool, rescue: bool = False) -> Optional[Response]:
+        from greenpool.http.h3 import origins  # needs the http3 extra; imported on use
+        opts = self.h1_options
+        resp = origins.try_h3(route.pool, req, t, deadline, connect_opts, self.http3, rescue=rescue,
+                              stream=stream,
+                              decode_content=opts.decode_content,
+                              max_decoded_size=opts.max_decoded_size,
+                              max_header_size=opts.max_header_size, max_body_size=opts.max_body_size)
+        if resp is not None and not stream:
+            resp.read()
+        return resp
 
     def _send_handling(self, gp: GreenPool, req: Request, t: Timeout, deadline: Optional[float],
                        stream: bool, follow: bool, max_redirects: int, retry: Optional[Retry],
@@ -794,9 +835,17 @@ def _sleep(seconds: float, deadline: Optional[float], error: Optional[BaseExcept
         gevent.sleep(seconds)
 
 
+def h3_learn(pool: Any, url: URL, resp: Response) -> None:
+    """Remember an https origin's ``Alt-Svc: h3=...`` for ``http3=True``."""
+    value = resp.headers.get("alt-svc")
+    if value is not None:
+        from greenpool.http.h3 import origins
+        origins.learn(pool, url.host, url.port, value)
+
+
 # -- module-level functions ------------------------------------------------------------------
 
-_CLIENT_OPTIONS = frozenset(("base_url", "verify", "cert", "http2", "http1_parser", "proxy",
+_CLIENT_OPTIONS = frozenset(("base_url", "verify", "cert", "http2", "http3", "http1_parser", "proxy",
                              "trust_env", "decode_content", "max_decoded_size",
                              "expect_continue", "max_header_size", "max_headers", "user_agent",
                              "max_body_size"))

@@ -1,0 +1,244 @@
+"""The sans-IO HTTP/3 connection: qh3's QuicConnection + H3Connection behind a small adapter.
+
+What this owns: the only import of the QUIC library (qh3, installed by the
+``greenpool[http3]`` extra), the client TLS configuration of a QUIC connection
+(verify / cert as for TCP), and the translation of the library's events into
+the few :class:`Event` tuples the transport acts on.  No socket here: the
+transport feeds datagrams in (:meth:`H3Conn.receive`), takes datagrams out
+(:meth:`H3Conn.datagrams`) and calls :meth:`H3Conn.on_timer` when
+:meth:`H3Conn.timer` is due.
+
+Promises:
+
+* :meth:`H3Conn.streams_left` is how many request streams the peer's
+  MAX_STREAMS allows us to open now; :meth:`H3Conn.open_request` never opens
+  one over it (qh3 would raise): it raises :class:`NoStream` instead.
+* Events are ``(kind, stream_id, payload, ended)`` with ``kind`` one of
+  ``HEAD`` (payload: the header list), ``INFO`` (1xx, ignored by callers),
+  ``DATA`` (bytes), ``RESET`` (the error code), ``GOAWAY`` (payload: the id
+  above which nothing was processed), ``CLOSED`` (payload: a message),
+  ``READY`` (the handshake finished; payload: True when 0-RTT was accepted).
+* Session tickets: a ticket received is handed to ``on_ticket``; one given
+  at construction is offered for resumption.
+"""
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any, Callable, List, Optional, Tuple
+
+from qh3.h3.connection import H3Connection
+from qh3.h3.events import DataReceived, GoawayReceived, HeadersReceived, InformationalHeadersReceived
+from qh3.h3.exceptions import H3Error
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
+
+from greenpool.errors import GreenPoolError
+
+__all__ = ["H3Conn", "NoStream", "Event", "HEAD", "INFO", "DATA", "RESET", "GOAWAY", "CLOSED",
+           "READY", "ALPN"]
+
+ALPN = ["h3"]
+HEAD, INFO, DATA, RESET, GOAWAY, CLOSED, READY = "head", "info", "data", "reset", "goaway", "closed", "ready"
+Event = Tuple[str, int, Any, bool]
+H3_REQUEST_CANCELLED = 0x10C
+H3_NO_ERROR = 0x100
+
+
+class NoStream(GreenPoolError):
+    """The peer's MAX_STREAMS allows no new stream now (the library would raise)."""
+
+
+def _configuration(server_name: str, verify: Any, cert: Any, idle_timeout: float,
+                   ticket: Any) -> QuicConfiguration:
+    if isinstance(verify, ssl.SSLContext):
+        raise ValueError("HTTP/3 cannot use an ssl.SSLContext (QUIC has its own TLS): pass "
+                         "verify=True/False or a CA bundle path, and cert=")
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=list(ALPN), server_name=server_name,
+                            idle_timeout=idle_timeout, max_datagram_frame_size=65536)
+    if verify is False:
+        cfg.verify_mode = ssl.CERT_NONE
+        cfg.verify_hostname = False
+    elif isinstance(verify, str):
+        if os.path.isdir(verify):
+            cfg.load_verify_locations(capath=verify)
+        else:
+            cfg.load_verify_locations(cafile=verify)
+    else:
+        cfg.verify_mode = ssl.CERT_REQUIRED   # the library's default trust store
+    if cert is not None:
+        if isinstance(cert, str):
+            cfg.load_cert_chain(cert)
+        else:
+            cfg.load_cert_chain(*cert)
+    if ticket is not None:
+        cfg.session_ticket = ticket
+    return cfg
+
+
+class H3Conn:
+    """One client QUIC connection speaking HTTP/3; see the module docstring."""
+
+    __slots__ = ("quic", "h3", "addr", "ready", "closed", "goaway", "_on_ticket", "zero_rtt",
+                 "resumed")
+
+    def __init__(self, server_name: str, addr: Tuple[Any, ...], now: float, *, verify: Any = True,
+                 cert: Any = None, idle_timeout: float = 30.0, ticket: Any = None,
+                 on_ticket: Optional[Callable[[Any], None]] = None) -> None:
+        cfg = _configuration(server_name, verify, cert, idle_timeout, ticket)
+        self._on_ticket = on_ticket
+        self.quic = QuicConnection(configuration=cfg,
+                                   session_ticket_handler=self._ticket if on_ticket else None)
+        self.addr = addr
+        self.ready = False
+        self.closed: Optional[str] = None
+        self.goaway: Optional[int] = None
+        self.zero_rtt = False
+        self.resumed = False
+        self.quic.connect(addr, now)
+        self.h3 = H3Connection(self.quic)
+
+    def _ticket(self, ticket: Any) -> None:
+        if self._on_ticket is not None:
+            self._on_ticket(ticket)
+
+    # -- bytes in and out --
+
+    def receive(self, datagrams: List[bytes], now: float) -> List[Event]:
+        quic = self.quic
+        try:
+            if len(datagrams) == 1 or not self.ready:
+                for d in datagrams:
+                    quic.receive_datagram(d, self.addr, now)
+            else:
+                quic.receive_many_datagrams(datagrams, self.addr, now)
+        except (QuicConnectionError, H3Error) as e:
+            return [(CLOSED, -1, "QUIC error: %s" % (e,), True)] + self._events()
+        return self._events()
+
+    def datagrams(self, now: float) -> List[bytes]:
+        try:
+            return [d for d, _ in self.quic.datagrams_to_send(now)]
+        except QuicConnectionError:
+            return []
+
+    def timer(self) -> Optional[float]:
+        return self.quic.get_timer()
+
+    def on_timer(self, now: float) -> List[Event]:
+        try:
+            self.quic.handle_timer(now)
+        except QuicConnectionError as e:
+            return [(CLOSED, -1, "QUIC error: %s" % (e,), True)]
+        return self._events()
+
+    def awaiting_ack(self, now: float) -> bool:
+        """Sent ack-eliciting packets the peer has not acknowledged yet (a dead-peer hint)."""
+        try:
+            return self.quic.should_wait_for_ack(now)
+        except QuicConnectionError:
+            return False
+
+    # -- streams --
+
+    def streams_left(self) -> int:
+        if self.closed is not None or self.goaway is not None:
+            return 0
+        core = self.quic._core
+        if core is None:
+            return 0
+        limits = core.stream_limits    # (peer max bidi, peer max uni, opened bidi, opened uni)
+        return max(0, limits[0] - limits[2])
+
+    def open_request(self, headers: List[Tuple[bytes, bytes]], end_stream: bool) -> int:
+        if self.streams_left() <= 0:
+            raise NoStream("no HTTP/3 stream left under the server's MAX_STREAMS")
+        quic = self.quic
+        sid = quic.get_next_available_stream_id()
+        try:
+            self.h3.send_headers(sid, headers, end_stream=end_stream)
+        except (QuicConnectionError, H3Error, AssertionError) as e:
+            raise NoStream("cannot open an HTTP/3 stream: %s" % (e,)) from None
+        return sid
+
+    def send_data(self, sid: int, data: bytes, end_stream: bool) -> None:
+        self.h3.send_data(sid, data, end_stream)
+
+    def end_stream(self, sid: int) -> None:
+        self.quic.send_stream_data(sid, b"", True)
+
+    def send_buffered(self, sid: int) -> int:
+        """Bytes of ``sid`` queued and not sent yet (flow control, congestion)."""
+        try:
+            return self.quic.get_send_buffer_size(sid)
+        except (QuicConnectionError, ValueError):
+            return 0
+
+    def reset(self, sid: int, sending: bool) -> None:
+        """Cancel a stream: RESET_STREAM if we still send on it, STOP_SENDING always."""
+        if self.closed is not None:
+            return
+        try:
+            if sending:
+                self.quic.reset_stream(sid, H3_REQUEST_CANCELLED)
+            self.quic.stop_stream(sid, H3_REQUEST_CANCELLED)
+        except (QuicConnectionError, AssertionError, ValueError):
+            pass
+
+    def ping(self, uid: int) -> None:
+        self.quic.send_ping(uid)
+
+    def close(self, reason: str = "") -> None:
+        if self.closed is None:
+            self.closed = reason or "closed"
+            try:
+                self.quic.close(error_code=H3_NO_ERROR, reason_phrase=reason[:64])
+            except QuicConnectionError:
+                pass
+
+    # -- events --
+
+    def _events(self) -> List[Event]:
+        out: List[Event] = []
+        quic = self.quic
+        h3 = self.h3
+        while True:
+            ev = quic.next_event()
+            if ev is None:
+                return out
+            if isinstance(ev, HandshakeCompleted):
+                self.ready = True
+                self.zero_rtt = bool(ev.early_data_accepted)
+                self.resumed = bool(ev.session_resumed)
+                out.append((READY, -1, self.zero_rtt, False))
+                continue
+            if isinstance(ev, ConnectionTerminated):
+                why = ev.reason_phrase or "error code 0x%x" % ev.error_code
+                if self.closed is None:
+                    self.closed = why
+                out.append((CLOSED, -1, "the server closed the QUIC connection: %s" % why, True))
+                continue
+            if isinstance(ev, StreamReset):
+                out.append((RESET, ev.stream_id, ev.error_code, True))
+            try:
+                hevents = h3.handle_event(ev)
+            except (QuicConnectionError, H3Error) as e:
+                if self.closed is None:
+                    self.closed = str(e)
+                out.append((CLOSED, -1, "QUIC error: %s" % (e,), True))
+                continue
+            for hev in hevents:
+                if isinstance(hev, HeadersReceived):
+                    out.append((HEAD, hev.stream_id, hev.headers, hev.stream_ended))
+                elif isinstance(hev, DataReceived):
+                    out.append((DATA, hev.stream_id, hev.data, hev.stream_ended))
+                elif isinstance(hev, InformationalHeadersReceived):
+                    out.append((INFO, hev.stream_id, hev.headers, False))
+                elif isinstance(hev, GoawayReceived):
+                    if self.goaway is None or hev.stream_id < self.goaway:
+                        self.goaway = hev.stream_id
+                    out.append((GOAWAY, -1, self.goaway, False))
+            if h3._is_done and self.closed is None:
+                self.closed = "HTTP/3 protocol error"
+                out.append((CLOSED, -1, "HTTP/3 protocol error from the server", True))
