@@ -141,14 +141,40 @@ class GreenpoolHttptools(GreenpoolHTTP):
     parser = "httptools"
 
 
-class GreenpoolH2c(GreenpoolHTTP):
+class GreenpoolH2(GreenpoolHTTP):
+    """greenpool's HTTP/2 on a chosen core (GREENPOOL_H2_BACKEND, set before greenpool
+    imports its HTTP/2 adapter: the core is chosen once per process)."""
+
+    core = "h2"
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        os.environ["GREENPOOL_H2_BACKEND"] = self.core
+        try:
+            from greenpool.http import h2backend
+        except ImportError as e:
+            raise Unavailable("greenpool HTTP/2 core %s: %s" % (self.core, e))
+        if h2backend.name != self.core:
+            raise Unavailable("greenpool HTTP/2 core is already %s" % h2backend.name)
+        super().__init__(spec)
+        self.note += ", %s %s" % (h2backend.name, h2backend.version)
+
+
+class GreenpoolH2c(GreenpoolH2):
     http2 = "prior_knowledge"
     target = "h2c"
 
 
-class GreenpoolH2TLS(GreenpoolHTTP):
+class GreenpoolH2TLS(GreenpoolH2):
     http2 = True
     target = "https"
+
+
+class GreenpoolH2cJh2(GreenpoolH2c):
+    core = "jh2"
+
+
+class GreenpoolH2TLSJh2(GreenpoolH2TLS):
+    core = "jh2"
 
 
 class GreenpoolRedis(Runner):
@@ -582,18 +608,22 @@ class _Stream:
 
 
 class RawH2(Runner):
-    """h2 on one pre-opened connection, C concurrent streams; a reader greenlet dispatches."""
+    """h2 (or jh2, its fork with a compiled core: ``core``) on one pre-opened connection, C
+    concurrent streams; a reader greenlet dispatches."""
 
     tls = False
+    core = "h2"
 
     def __init__(self, spec: Dict[str, Any]) -> None:
         super().__init__(spec)
-        import h2
-        import h2.config
-        import h2.connection
-        import h2.events
-        import h2.settings
+        import importlib
 
+        try:
+            h2 = importlib.import_module(self.core)
+            for sub in ("config", "connection", "events", "settings"):
+                importlib.import_module(self.core + "." + sub)
+        except ImportError as e:
+            raise Unavailable("%s is not installed (%s): pip install %s" % (self.core, e, self.core))
         self.ev = h2.events
         base = self.t["https" if self.tls else "h2c"]
         self.sock = _connect(base, alpn="h2" if self.tls else None, ca=self.t["ca"])
@@ -617,10 +647,10 @@ class RawH2(Runner):
         self.slots = Semaphore(min(self.c, max_streams))
         self.headers = [(b":method", self.method.encode()), (b":scheme", b"https" if self.tls else b"http"),
                         (b":authority", ("%s:%d" % (host, port)).encode()),
-                        (b":path", self.path.encode()), (b"user-agent", b"raw-h2")]
+                        (b":path", self.path.encode()), (b"user-agent", b"raw-" + self.core.encode())]
         if self.body is not None:
             self.headers.append((b"content-length", str(len(self.body)).encode()))
-        self.note = "h2 %s, max_concurrent_streams=%d" % (h2.__version__, max_streams)
+        self.note = "%s %s, max_concurrent_streams=%d" % (self.core, h2.__version__, max_streams)
 
     def flush(self) -> None:
         with self.wlock:
@@ -710,6 +740,14 @@ class RawH2TLS(RawH2):
     tls = True
 
 
+class RawJh2(RawH2):
+    core = "jh2"
+
+
+class RawJh2TLS(RawH2TLS):
+    core = "jh2"
+
+
 # -------------------------------------------------------------------------------------------
 # name -> runner (families and ratio references are in benchmarks/catalog.py)
 
@@ -724,11 +762,15 @@ RUNNERS: Dict[str, type] = {
     "raw-h11": RawH11,
     "raw-httptools": RawHttptools,
     "greenpool-h2c": GreenpoolH2c,
+    "greenpool-h2c-jh2": GreenpoolH2cJh2,
     "httpx-h2c": HttpxH2c,
     "raw-h2": RawH2,
+    "raw-jh2": RawJh2,
     "greenpool-h2-tls": GreenpoolH2TLS,
+    "greenpool-h2-tls-jh2": GreenpoolH2TLSJh2,
     "httpx-h2-tls": HttpxH2TLS,
     "raw-h2-tls": RawH2TLS,
+    "raw-jh2-tls": RawJh2TLS,
     "greenpool-redis": GreenpoolRedis,
     "redis-py": RedisPy,
     "greenpool-redis-cluster": GreenpoolRedisCluster,

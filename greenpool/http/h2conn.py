@@ -81,15 +81,8 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Set, Tuple
 
 import gevent
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
 from gevent import GreenletExit, get_hub, getcurrent
 from gevent.hub import Waiter
-from h2.connection import ConnectionState
-from h2.errors import ErrorCodes
 
 from greenpool.errors import (
     ConnectionClosed,
@@ -103,6 +96,8 @@ from greenpool.errors import (
     format_address,
     format_seconds,
 )
+from greenpool.http.h2backend import ConnectionState, ErrorCodes
+from greenpool.http.h2backend import core as h2
 from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
 

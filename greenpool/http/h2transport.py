@@ -52,7 +52,6 @@ import weakref
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import gevent
-import h2.exceptions
 from gevent.event import Event
 
 from greenpool.connection import Connection
@@ -70,6 +69,7 @@ from greenpool.errors import (
     format_seconds,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
+from greenpool.http.h2backend import core as h2
 from greenpool.http.h2conn import Flooded, H2Config, H2Protocol, Refused, Stream, _copy_error
 from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 
