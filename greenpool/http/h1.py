@@ -54,9 +54,16 @@ Promises, identical for both backends (the tests feed every case to both):
   status line plus ``name: value\\r\\n`` per field) or with more than
   ``max_headers`` fields raises :class:`~greenpool.errors.LimitExceeded`; EOF
   before any response byte of the cycle raises
-  :class:`~greenpool.errors.ConnectionClosed` (the caller may retry); EOF inside
-  a head, a Content-Length body or a chunked body is a RemoteProtocolError,
-  never a short body.  Events parsed before an error are delivered first; the
+  :class:`~greenpool.errors.ConnectionClosed` (the caller may retry); EOF after
+  any byte (empty lines included: the server answered), inside a head, a
+  Content-Length body or a chunked body is a RemoteProtocolError, never a
+  short body and never called retryable.
+
+* **Bounds before the final head**: at most :data:`MAX_INTERIM_RESPONSES`
+  (32) interim responses (counted as they are parsed), and at most
+  ``2 * max_header_size`` bytes received before the final head is complete
+  (interim heads and empty lines included, counted as they arrive); past
+  either, :class:`~greenpool.errors.LimitExceeded`.  Events parsed before an error are delivered first; the
   error is then raised by ``next_event()``, and again on every later call.
 
 * **Body end**: HEAD responses, 1xx, 204 and 304 have no body whatever their
@@ -104,6 +111,9 @@ HeadFields = Tuple[Fields, int, Fields]
 
 NO_BODY = -1
 CHUNKED = None
+
+#: interim (1xx) responses accepted before the final one; one more is LimitExceeded
+MAX_INTERIM_RESPONSES = 32
 
 # -- events ---------------------------------------------------------------------
 
@@ -464,6 +474,8 @@ class H1Connection:
         "_reusable",
         "_received_any",
         "_head_raw",
+        "_head_mark",
+        "_interim",
         "_eof",
         "_error",
     )
@@ -495,6 +507,8 @@ class H1Connection:
         self._reusable = False
         self._received_any = False
         self._head_raw = 0
+        self._head_mark = 0
+        self._interim = 0
         self._eof = False
         self._error: Optional[Exception] = None
 
@@ -613,10 +627,16 @@ class H1Connection:
             raise self._too_many_headers()
         if size + len(reason) + 15 > self._max_header_size:
             raise self._head_too_large()
-        self._head_raw = 0
         if status < 200:
             if status == 101:
                 raise RemoteProtocolError(UPGRADE_REFUSED)
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise LimitExceeded(
+                    "the server sent more than %d interim (1xx) responses before its final "
+                    "response" % (MAX_INTERIM_RESPONSES,)
+                )
+            self._head_mark = self._head_raw  # the next head's bytes start about here
             return Informational(status, reason, http_version, headers)
         key = tuple(specials)  # the backends give (bytes, bytes) pairs
         fields = _framing_fields.get(key)
@@ -654,6 +674,13 @@ class H1Connection:
             % (self._max_header_size,)
         )
 
+    def _too_much_before_head(self) -> LimitExceeded:
+        return LimitExceeded(
+            "the server sent more than %d bytes (2 x max_header_size: interim responses and "
+            "empty lines included) without completing its final response head"
+            % (2 * self._max_header_size,)
+        )
+
     def _trailers_too_large(self) -> LimitExceeded:
         return LimitExceeded(
             "response trailer section exceeds max_header_size=%d bytes or max_headers=%d fields"
@@ -685,14 +712,18 @@ class H1Connection:
                 self.keep_alive = False
             return None
         if state == _R_HEAD:
+            # every byte before the final head counts, empty lines included: see
+            # _no_more_events for the bounds, and EOF after any of them is not retryable
+            self._head_raw += len(data)
             if not self._received_any:
-                # empty lines before a response are skipped, and are not a response byte
+                # empty lines before a response are skipped (they are still counted)
                 if data[0] in (13, 10):
                     data = data.lstrip(b"\r\n")
+                    # they count against the bytes before the final head, not this head
+                    self._head_mark = self._head_raw - len(data)
                     if not data:
                         return None
                 self._received_any = True
-            self._head_raw += len(data)
             return data
         if state == _R_BODY:
             return data
@@ -710,16 +741,27 @@ class H1Connection:
                 "the response is complete: call start_next_cycle() before reading more"
             )
         if not self._eof:
-            # +2: the blank line ending the head is not counted in max_header_size
-            if state == _R_HEAD and self._head_raw > self._max_header_size + 2:
-                raise self._fail(self._head_too_large())
+            if state == _R_HEAD:
+                raw = self._head_raw
+                if raw > 2 * self._max_header_size:
+                    raise self._fail(self._too_much_before_head())
+                # +2: the blank line ending the head is not counted in max_header_size
+                if raw - self._head_mark > self._max_header_size + 2:
+                    raise self._fail(self._head_too_large())
             return NEED_DATA
         if state == _R_HEAD:
-            if not self._received_any:
+            if not self._head_raw:
                 raise self._fail(
                     ConnectionClosed(
                         "peer closed connection before sending any response byte "
                         "(the request may be retried on a new connection)"
+                    )
+                )
+            if not self._received_any:
+                raise self._fail(
+                    RemoteProtocolError(
+                        "peer closed connection after %d bytes of empty lines and no response "
+                        "head" % (self._head_raw,)
                     )
                 )
             raise self._fail(

@@ -1,0 +1,112 @@
+"""HTTP/1.1 against hostile servers: bounded work, a fair hub, errors that say what happened.
+
+Every case runs with both parsers (h11, httptools), through the client and a real socket:
+in-process scripted servers (tests/httpfakes.py) where the point is the answer, a server in
+another process where the point is that this process keeps running during a flood.  Each
+test ends with the pool's books exact and (``no_leaks``) no file descriptor or greenlet left.
+"""
+from __future__ import annotations
+
+import pytest
+from httpfakes import CLOSE, HTTPFake, ok
+
+import greenpool
+from greenpool import errors
+from greenpool.http.h1 import MAX_INTERIM_RESPONSES
+from greenpool.http.models import Timeout
+
+from fakes import assert_exact
+
+PARSERS = ["h11", "httptools"]
+
+
+@pytest.fixture(params=PARSERS)
+def parser(request):
+    return request.param
+
+
+@pytest.fixture
+def pool():
+    p = greenpool.GreenPool("test-hostile-h1", max_connections=4)
+    yield p
+    p.close()
+
+
+def client(pool, parser, **kw):
+    return greenpool.Client(pool=pool, http1_parser=parser, timeout=Timeout(10.0), **kw)
+
+
+def closed_after(pool, srv):
+    """The connection the failure happened on was closed, nothing is left open."""
+    assert pool.get_stats()["open"] == 0, pool.get_stats()
+    assert_exact(pool)
+
+
+# -- bounds before the final head -------------------------------------------------------------
+
+
+def _flood(piece, total=8 * 1024 * 1024):
+    def respond(req, sock):
+        sent = 0
+        try:
+            while sent < total:
+                sock.sendall(piece * 512)
+                sent += len(piece) * 512
+        except OSError:
+            pass
+        return CLOSE
+    return respond
+
+
+@pytest.mark.parametrize("piece", [b"HTTP/1.1 100 Continue\r\n\r\n", b"\r\n"],
+                         ids=["100-continue", "empty-lines"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_flood_before_the_final_head_is_limit_exceeded(pool, parser, piece, method, no_leaks):
+    """A server that never stops sending 100 Continue heads or empty lines: LimitExceeded
+    after a bounded amount (not 8 MiB later), the connection closed, never retried (the
+    server answered, so the error must not say the request may be retried)."""
+    with HTTPFake(_flood(piece)) as srv, client(pool, parser) as c:
+        with pytest.raises(errors.LimitExceeded) as e:
+            c.request(method, srv.url + "/", body=b"x" if method == "POST" else None)
+        assert "retried" not in str(e.value) and "before sending any" not in str(e.value)
+        assert srv.accepted == 1 and len(srv.requests) == 1
+        closed_after(pool, srv)
+
+
+def test_interim_responses_up_to_the_cap_pass(pool, parser, no_leaks):
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
+    with HTTPFake(lambda r, s: interim * MAX_INTERIM_RESPONSES + ok(b"fine")) as srv, \
+            client(pool, parser) as c:
+        assert c.get(srv.url + "/").content == b"fine"
+        assert pool.get_stats()["free_count"] == 1
+        assert_exact(pool)
+
+
+def test_one_interim_response_too_many(pool, parser, no_leaks):
+    interim = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+    with HTTPFake(lambda r, s: interim * (MAX_INTERIM_RESPONSES + 1) + ok(b"late")) as srv, \
+            client(pool, parser) as c:
+        with pytest.raises(errors.LimitExceeded, match="interim"):
+            c.get(srv.url + "/")
+        closed_after(pool, srv)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_empty_lines_then_close_on_a_reused_connection_is_not_retried(pool, parser, method,
+                                                                      no_leaks):
+    """The stale keep-alive retry is for a server that sent nothing; one that sent bytes
+    (even empty lines) answered: a clear error, the request is not sent again."""
+    def respond(req, sock):
+        if req.n == 1:
+            return ok(b"first")
+        sock.sendall(b"\r\n\r\n")
+        return CLOSE
+
+    with HTTPFake(respond) as srv, client(pool, parser) as c:
+        assert c.get(srv.url + "/").content == b"first"
+        with pytest.raises(errors.RemoteProtocolError) as e:
+            c.request(method, srv.url + "/", body=b"body" if method == "POST" else None)
+        assert not isinstance(e.value, errors.ConnectionClosed)
+        assert "empty lines" in str(e.value) and "retried" not in str(e.value)
+        assert srv.accepted == 1 and len(srv.requests) == 2
+        closed_after(pool, srv)
