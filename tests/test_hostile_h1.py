@@ -110,3 +110,44 @@ def test_empty_lines_then_close_on_a_reused_connection_is_not_retried(pool, pars
         assert "empty lines" in str(e.value) and "retried" not in str(e.value)
         assert srv.accepted == 1 and len(srv.requests) == 2
         closed_after(pool, srv)
+
+
+# -- chunk framing: httptools bounded as h11 ---------------------------------------------------
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _endless(start, filler=b"x" * 65536, total=64 * 1024 * 1024):
+    def respond(req, sock):
+        sock.sendall(start)
+        sent = 0
+        try:
+            while sent < total:
+                sock.sendall(filler)
+                sent += len(filler)
+        except OSError:
+            pass
+        return CLOSE
+    return respond
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_two_mib_chunk_extension(pool, parser, stream, no_leaks):
+    wire = CHUNKED + b"5;e=" + b"x" * (2 << 20) + b"\r\nhello\r\n0\r\n\r\n"
+    with HTTPFake(lambda r, s: wire) as srv, client(pool, parser) as c:
+        with pytest.raises(errors.LimitExceeded, match="max_header_size"):
+            r = c.get(srv.url + "/", stream=stream)
+            r.read()
+        closed_after(pool, srv)
+
+
+@pytest.mark.parametrize("start", [CHUNKED + b"5;e=", CHUNKED + b"2\r\nhi\r\n0\r\nX-T: "],
+                         ids=["extension", "trailer-value"])
+def test_endless_chunk_framing_is_limit_exceeded_not_read_timeout(pool, parser, start, no_leaks):
+    """Before: read until the server stopped (67 MB), then ReadTimeout, or buffered
+    without limit (33.6 MB of one trailer value).  Now: LimitExceeded after about
+    max_header_size bytes."""
+    with HTTPFake(_endless(start)) as srv, client(pool, parser) as c:
+        with pytest.raises(errors.LimitExceeded, match="max_header_size"):
+            c.get(srv.url + "/", timeout=Timeout(read=30.0))
+        closed_after(pool, srv)

@@ -738,6 +738,64 @@ def test_empty_lines_count_against_the_bytes_before_the_head(backend):
         conn.next_event()
 
 
+# -- chunk framing bounds (the same counter for both backends) ------------------------------
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("how", ["whole", "head apart", "64 KiB pieces"])
+def test_two_mib_chunk_extension_is_limit_exceeded(backend, how):
+    """h11 refused it only when the bytes came apart; llhttp took it: now both refuse it
+    however it arrives, after the data before it."""
+    wire = CHUNKED_HEAD + b"2\r\nhi\r\n5;ext=" + b"x" * (2 << 20) + b"\r\nhello\r\n0\r\n\r\n"
+    if how == "whole":
+        parts = [wire]
+    elif how == "head apart":
+        parts = [CHUNKED_HEAD, wire[len(CHUNKED_HEAD):]]
+    else:
+        parts = [wire[i:i + 65536] for i in range(0, len(wire), 65536)]
+    conn = make_connection(backend)
+    conn.send_request(b"GET", b"/", HOST, -1)
+    events = []
+    with pytest.raises(LimitExceeded, match="max_header_size=65536"):
+        for piece in parts:
+            conn.receive_data(piece)
+            drain(conn, events)
+    assert merged(events) == [head(headers=[(b"transfer-encoding", b"chunked")]), Data(b"hi")]
+    assert conn.keep_alive is False
+
+
+@pytest.mark.parametrize("what", ["extension", "trailer value", "trailer name"])
+def test_endless_chunk_framing_is_cut_off_with_bounded_memory(backend, what):
+    """An extension or a trailer that never ends: LimitExceeded once max_header_size bytes
+    of it arrived (not a read until the server stops), and what the parser kept stays
+    about that size."""
+    import tracemalloc
+
+    start = {"extension": b"5;e=", "trailer value": b"0\r\nX-T: ",
+             "trailer name": b"0\r\nX-"}[what]
+    conn = make_connection(backend, max_header_size=16384)
+    conn.send_request(b"GET", b"/", HOST, -1)
+    conn.receive_data(CHUNKED_HEAD + b"2\r\nhi\r\n" + start)
+    events = []
+    drain(conn, events)
+    tracemalloc.start()
+    try:
+        fed = 0
+        with pytest.raises(LimitExceeded):
+            while fed < 64 * 1024 * 1024:
+                conn.receive_data(b"a" * 4096)
+                fed += 4096
+                drain(conn, events)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fed <= 16384 + 4096
+    assert peak < 1024 * 1024, peak
+    assert merged(events)[1:] == [Data(b"hi")]
+
+
 def test_invalid_limits():
     with pytest.raises(ValueError):
         make_connection("h11", max_header_size=0)
