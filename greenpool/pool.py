@@ -509,11 +509,14 @@ class GreenPool:
         start = _monotonic()
         deadline = None if timeout is None else start + timeout
         codel = self.options.queue_target is not None
+        shedding = False   # this wait was shortened by CoDel (the flag may change meanwhile)
         if codel:
             self._codel_start()
             if self._codel_slow:
                 shed = start + 2 * self.options.queue_target  # type: ignore[operator]
-                deadline = shed if deadline is None else min(deadline, shed)
+                if deadline is None or shed < deadline:
+                    deadline = shed
+                    shedding = True
         while True:
             if self._closed:
                 raise self._closed_error()
@@ -525,12 +528,12 @@ class GreenPool:
             if grant is None:
                 remaining = None if deadline is None else deadline - _monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise self._timeout_error(h, start, codel)
+                    raise self._timeout_error(h, start, shedding)
                 grant = self._wait(h, remaining, shared)
                 if grant is None:
                     if codel:
                         self._codel_record(_monotonic() - start)
-                    raise self._timeout_error(h, start, codel)
+                    raise self._timeout_error(h, start, shedding)
                 if grant is _STOPPED:
                     raise self._closed_error()
             if codel:
@@ -1043,12 +1046,12 @@ class GreenPool:
         return PoolClosed(self.name, "the pool was stopped; start it again with "
                                      "greenpool.start_pool(%r, ...)" % (self.name,))
 
-    def _timeout_error(self, h: _Host, start: float, codel: bool) -> PoolTimeout:
+    def _timeout_error(self, h: _Host, start: float, shed: bool) -> PoolTimeout:
         host, port, transport = h.key
         waited = _monotonic() - start
         if _listeners:
             _emit("timeout", self, h.key, waited)
-        if codel and self._codel_slow:
+        if shed:
             self.counters["shed"] += 1
             why = ("load shed: waits exceeded queue_target=%ss during the last queue_interval"
                    % self.options.queue_target)
