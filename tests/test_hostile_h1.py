@@ -7,6 +7,11 @@ test ends with the pool's books exact and (``no_leaks``) no file descriptor or g
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
+import gevent
 import pytest
 from httpfakes import CLOSE, HTTPFake, ok
 
@@ -150,4 +155,125 @@ def test_endless_chunk_framing_is_limit_exceeded_not_read_timeout(pool, parser, 
     with HTTPFake(_endless(start)) as srv, client(pool, parser) as c:
         with pytest.raises(errors.LimitExceeded, match="max_header_size"):
             c.get(srv.url + "/", timeout=Timeout(read=30.0))
+        closed_after(pool, srv)
+
+
+# -- a fair hub: a flood from another process does not stop this one -------------------------
+
+FLOOD_SERVER = r"""
+import socket, sys, threading, time
+MODES = {
+    "100-continue": (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 2048),
+    "empty-lines": (b"", b"\r\n" * 32768),
+    "huge-body": (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n", b"x" * 262144),
+    "tiny-chunks": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                    b"1;e=0123456789abcdef0123456789\r\nx\r\n" * 4096),
+}
+def serve(conn, mode, seconds):
+    start, piece = MODES[mode]
+    try:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = conn.recv(65536)
+            if not d:
+                return
+            buf += d
+        conn.sendall(start)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            conn.sendall(piece)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(16)
+print(lst.getsockname()[1], flush=True)
+while True:
+    c, _ = lst.accept()
+    threading.Thread(target=serve, args=(c, sys.argv[1], float(sys.argv[2])), daemon=True).start()
+"""
+
+
+class ProcessFloodServer:
+    """A server in a child process that answers every request with an endless flood
+    (for ``seconds``): this process shares nothing with it, so only our own read loop can
+    keep our hub from running."""
+
+    def __init__(self, mode, seconds=8.0):
+        self.mode = mode
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", FLOOD_SERVER, self.mode,
+                                      str(self.seconds)], stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+        self.url = "http://127.0.0.1:%d" % self.port
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+class Ticker:
+    """A greenlet that wakes every 5 ms and keeps the largest gap between its wakeups."""
+
+    def __enter__(self):
+        self.gaps = []
+        self.greenlet = gevent.spawn(self._run)
+        gevent.sleep(0.02)
+        return self
+
+    def _run(self):
+        last = time.monotonic()
+        while True:
+            gevent.sleep(0.005)
+            now = time.monotonic()
+            self.gaps.append(now - last)
+            last = now
+
+    @property
+    def largest(self):
+        return max(self.gaps)
+
+    def __exit__(self, *exc):
+        self.greenlet.kill()
+
+
+#: how long the ticker may go without running; a read loop that never yields stops it for
+#: the whole flood (8 s).  Generous, for busy machines.
+MAX_GAP = 0.5
+
+
+@pytest.mark.parametrize("mode", ["100-continue", "empty-lines"])
+def test_flood_before_the_head_from_another_process(pool, parser, mode, no_leaks):
+    with ProcessFloodServer(mode) as srv, client(pool, parser) as c, Ticker() as ticker:
+        with pytest.raises(errors.LimitExceeded):
+            c.get(srv.url + "/")
+        assert ticker.largest < MAX_GAP, ticker.largest
+        closed_after(pool, srv)
+
+
+@pytest.mark.parametrize("mode, stream", [("huge-body", True), ("tiny-chunks", True),
+                                          ("tiny-chunks", False)])
+def test_flood_of_body_from_another_process_timeout_fires_on_time(pool, parser, mode, stream,
+                                                                  no_leaks):
+    """A body that never ends, always ready to read: other greenlets keep running, and the
+    caller's own gevent.Timeout(1) fires after about 1 s (bound generous: 4 s), not when
+    the server stops (8 s)."""
+    with ProcessFloodServer(mode) as srv, client(pool, parser) as c, Ticker() as ticker:
+        t0 = time.monotonic()
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(1.0):
+                # stream=False keeps what it reads: only the tiny-chunk flood (one byte of
+                # data per 37 on the wire) is read whole, which keeps that small
+                r = c.get(srv.url + "/", stream=stream)
+                for _ in r.iter_bytes():
+                    pass
+        took = time.monotonic() - t0
+        assert 0.9 < took < 4.0, took
+        assert ticker.largest < MAX_GAP, ticker.largest
         closed_after(pool, srv)
