@@ -277,3 +277,50 @@ def test_flood_of_body_from_another_process_timeout_fires_on_time(pool, parser, 
         assert 0.9 < took < 4.0, took
         assert ticker.largest < MAX_GAP, ticker.largest
         closed_after(pool, srv)
+
+
+# -- adaptive idle timeout: retire idle connections before the server closes them ------------
+
+
+def test_adaptive_idle_timeout_against_nginx(nginx_factory, parser, no_leaks):
+    """nginx closes idle connections after 1 s and does not say so (no Keep-Alive header).
+    The pool sees two such closes, learns ~1 s, and from then on retires an idle connection
+    before nginx would close it: a POST after an idle gap longer than nginx's timeout goes
+    out on a fresh connection and succeeds, and nginx closes nothing under it."""
+    n = nginx_factory(keepalive_timeout="1s")
+    pool = greenpool.GreenPool("test-adaptive-nginx", max_connections=4, timeout=60)
+    try:
+        with client(pool, parser) as c:
+            # two connections idle at once, closed by nginx after its 1 s
+            gevent.joinall([gevent.spawn(c.get, n.http_url + "/") for _ in range(2)],
+                           raise_error=True)
+            assert pool.count() == 2 and "keep-alive" not in c.get(n.http_url + "/").headers
+            deadline = time.monotonic() + 30
+            while pool.count() and time.monotonic() < deadline:
+                gevent.sleep(0.05)
+            stats = pool.host_stats("127.0.0.1", n.http_port)
+            assert pool.get_stats()["dropped"] == 2, pool.get_stats()
+            learned = stats["server_idle_timeout"]
+            assert learned is not None and 0.9 <= learned < 10, stats
+            assert stats["retire_idle_after"] < learned
+            # learned: the next idle connection leaves before nginx closes it
+            assert c.get(n.http_url + "/").status == 200
+            created = pool.get_stats()["created"]
+            gevent.sleep(learned + 0.5)          # longer than nginx keeps it
+            assert pool.count() == 0 and pool.get_stats()["expired"] == 1
+            r = c.post(n.http_url + "/upload", body=b"x" * 1000)
+            assert r.status == 200 and r.content == b"ok\n"
+            assert pool.get_stats()["created"] == created + 1   # a fresh connection
+            assert pool.get_stats()["dropped"] == 2             # nginx closed none of ours
+            assert_exact(pool)
+    finally:
+        pool.close()
+
+
+def test_keep_alive_header_is_learned_for_the_host(pool, parser, no_leaks):
+    with HTTPFake(lambda r, s: ok(b"ka", "Keep-Alive: timeout=3")) as srv, \
+            client(pool, parser) as c:
+        assert c.get(srv.url + "/").content == b"ka"
+        stats = pool.host_stats("127.0.0.1", srv.port)
+        assert stats["server_idle_timeout"] == 3.0 and stats["retire_idle_after"] == 2.0
+        assert_exact(pool)

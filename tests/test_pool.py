@@ -372,8 +372,7 @@ def test_killed_holder_is_reclaimed(server):
         gevent.sleep(10)
 
     g = gevent.spawn(leaky)
-    settle()
-    assert pool.get_stats()["in_use_count"] == 1
+    assert wait_until(lambda: len(pool._in_use) == 1)   # connected (not still connecting)
     g.kill()
     conn = pool.checkout("127.0.0.1", server.port, timeout=1)
     assert pool.get_stats()["reclaimed"] == 1
@@ -391,7 +390,7 @@ def test_holder_dying_while_others_wait_is_reclaimed_by_reaper(server):
         holder_may_end.wait()   # then returns without checkin
 
     g = gevent.spawn(leaky)
-    settle()
+    assert wait_until(lambda: len(pool._in_use) == 1)   # connected (not still connecting)
     w = gevent.spawn(pool.checkout, "127.0.0.1", server.port)
     settle()
     holder_may_end.set()
@@ -531,7 +530,8 @@ def test_prewarm_in_background(server):
     assert pool.count() <= 4
     assert g.get(timeout=2) == 4
     assert pool.host_stats("127.0.0.1", server.port) == {
-        "active": 4, "in_use": 0, "free": 4, "queue": 0, "shared_users": 0}
+        "active": 4, "in_use": 0, "free": 4, "queue": 0, "shared_users": 0,
+        "server_idle_timeout": None, "retire_idle_after": None}
     assert pool.get_stats()["created"] == 4 and pool.get_stats()["reused"] == 0
     assert_exact(pool)
     pool.close()
@@ -807,3 +807,89 @@ def test_dead_shared_connection_is_skipped_and_replaced(server):
 
 def test_registry_default_pool():
     assert greenpool.get_pool() is greenpool.get_pool("default")
+
+
+# -- adaptive idle timeout (rule 9) --
+
+
+def _idle_pair(pool, server):
+    """Two connections of one key, checked in together (idle from the same moment)."""
+    a = pool.checkout("127.0.0.1", server.port)
+    b = pool.checkout("127.0.0.1", server.port)
+    assert wait_until(lambda: len(server.clients) == 2)
+    pool.checkin(a)
+    pool.checkin(b)
+    return a, b
+
+
+def test_adaptive_idle_timeout_learns_from_idle_closes(server):
+    pool = GreenPool("adapt", timeout=60)
+    a, b = _idle_pair(pool, server)
+    gevent.sleep(0.7)                 # a server whose idle timeout is ~0.7 s closes them
+    server.close_clients()
+    assert wait_until(lambda: a.closed and b.closed)
+    stats = pool.host_stats("127.0.0.1", server.port)
+    learned = stats["server_idle_timeout"]
+    assert 0.7 <= learned < 30, stats          # at least the idle time; generous above
+    assert stats["retire_idle_after"] == pytest.approx(learned - min(1.0, learned / 2))
+    assert pool.get_stats()["dropped"] == 2 and pool.get_stats()["expired"] == 0
+    # from now on an idle connection leaves before the server would close it
+    c = pool.checkout("127.0.0.1", server.port)
+    pool.checkin(c)
+    assert wait_until(lambda: c.closed)
+    assert pool.get_stats()["expired"] == 1 and pool.get_stats()["dropped"] == 2
+    assert_exact(pool)
+    pool.close()
+
+
+def test_adaptive_idle_timeout_is_not_lowered_by_one_early_close(server):
+    """One idle close alone (a restart, a reset) teaches nothing; nor do closes of
+    connections idle under LEARN_MIN_IDLE (a restart right after a burst of requests)."""
+    from greenpool.pool import LEARN_MIN_IDLE
+    pool = GreenPool("adapt1", timeout=60)
+    a, b = _idle_pair(pool, server)
+    server.close_clients()          # idle for ~0 s: not a keep-alive policy
+    assert wait_until(lambda: a.closed and b.closed)
+    assert pool.host_stats("127.0.0.1", server.port)["server_idle_timeout"] is None
+    c = pool.checkout("127.0.0.1", server.port)
+    assert wait_until(lambda: len(server.clients) == 1)
+    pool.checkin(c)
+    gevent.sleep(LEARN_MIN_IDLE + 0.1)
+    server.close_clients()          # one close: not confirmed by another
+    assert wait_until(lambda: c.closed)
+    assert pool.host_stats("127.0.0.1", server.port)["server_idle_timeout"] is None
+    assert_exact(pool)
+    pool.close()
+
+
+def test_adaptive_idle_timeout_off(server):
+    pool = GreenPool("adapt-off", timeout=60, adaptive_idle_timeout=False)
+    a, b = _idle_pair(pool, server)
+    gevent.sleep(0.7)
+    server.close_clients()
+    assert wait_until(lambda: a.closed and b.closed)
+    c = pool.checkout("127.0.0.1", server.port)
+    pool.learn_server_idle_timeout(c, 2.0)
+    pool.checkin(c)
+    stats = pool.host_stats("127.0.0.1", server.port)
+    assert stats["server_idle_timeout"] is None and stats["retire_idle_after"] is None
+    assert not c.closed
+    assert_exact(pool)
+    pool.close()
+
+
+def test_learn_server_idle_timeout_from_a_protocol(server):
+    pool = GreenPool("adapt-ka", timeout=60)
+    c = pool.checkout("127.0.0.1", server.port)
+    pool.learn_server_idle_timeout(c, 4.0)   # e.g. HTTP/1.1 Keep-Alive: timeout=4
+    pool.checkin(c)
+    stats = pool.host_stats("127.0.0.1", server.port)
+    assert stats["server_idle_timeout"] == 4.0 and stats["retire_idle_after"] == 3.0
+    assert pool._idle_timeout(c, time.monotonic()) == 3.0
+    assert_exact(pool)
+    pool.close()
+
+
+def test_adaptive_idle_timeout_option_validated():
+    with pytest.raises(TypeError, match="adaptive_idle_timeout"):
+        GreenPool("bad", adaptive_idle_timeout="yes")

@@ -20,7 +20,8 @@ Rules:
    connection is closed.
 3. **Release exactly once.**  The connection goes back to its pool (checkin)
    when the response ended and ``keep_alive`` holds, with its idle timeout
-   lowered to the server's ``Keep-Alive: timeout=N`` (minus a margin);
+   lowered to the server's ``Keep-Alive: timeout=N`` (minus a margin; the pool
+   learns it for the host's other connections too);
    otherwise, and on every error or early close, it is closed: never a
    half-read socket back in the pool.  ``close()`` before the end first
    drains what the adapter already holds (no socket read, at most
@@ -263,6 +264,7 @@ def release(conn: Any, st: _State) -> None:
         if kat is not None:
             # expire before the server does: its clock started when it sent the response
             conn.idle_timeout = max(0.0, kat - min(1.0, kat / 2))
+            conn.pool.learn_server_idle_timeout(conn, kat)  # for its other connections too
         h1.start_next_cycle()
         st.cycles += 1
         conn.pool.checkin(conn)
