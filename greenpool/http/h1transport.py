@@ -468,11 +468,11 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     data = _recv(sock, st)
                 except OSError as e:
                     raise _read_error(e) from e
+                h1.receive_data(data)
                 budget -= len(data)
                 if budget <= 0:  # rule 6
                     _sleep(PAUSE)
                     budget = SLICE
-                h1.receive_data(data)
             elif cls is _EndOfMessage:
                 break
     except _Stale as s:
@@ -612,11 +612,11 @@ class H1Body:
                         data = _recv(sock, st)
                     except OSError as e:
                         raise _read_error(e) from e
+                    h1.receive_data(data)
                     self.budget -= len(data)
                     if self.budget <= 0:  # rule 6
                         _sleep(PAUSE)
                         self.budget = SLICE
-                    h1.receive_data(data)
                 elif cls is _EndOfMessage:
                     self.conn = None
                     release(conn, st)
