@@ -72,6 +72,9 @@ class PoolOptions:
     #: an exclusive checkout yields once to the hub first when other connections of its
     #: key are in use (greenlets ready in the same loop turn then send together)
     checkout_yield: bool = True
+    #: learn per host how long the server keeps an idle connection (idle closes seen, a
+    #: ``Keep-Alive: timeout=``) and retire idle connections a margin before that
+    adaptive_idle_timeout: bool = True
 
     def __post_init__(self) -> None:
         _count("max_connections", self.max_connections)
@@ -107,6 +110,9 @@ class PoolOptions:
             raise ValueError("strategy must be one of %s, not %r" % (", ".join(STRATEGIES), self.strategy))
         if not isinstance(self.checkout_yield, bool):
             raise TypeError("checkout_yield must be True or False, not %r" % (self.checkout_yield,))
+        if not isinstance(self.adaptive_idle_timeout, bool):
+            raise TypeError("adaptive_idle_timeout must be True or False, not %r"
+                            % (self.adaptive_idle_timeout,))
 
     @property
     def per_host(self) -> int:

@@ -37,6 +37,17 @@ Rules (each one is tested in tests/test_pool.py):
    machine wakes once for several of them (README.rst, "Benchmarks").  A
    caller alone on its key, or one that will wait or connect anyway, does
    not yield here.
+9. Adaptive idle timeout (``adaptive_idle_timeout``, on by default).  A
+   server closes idle keep-alive connections after its own timeout, and a
+   request written at that instant fails (a POST cannot be retried).  The pool
+   learns that timeout per key: the longest idle time after which the server
+   was seen closing idle connections, confirmed by two closes within 20% of
+   each other among the last five (one early close, e.g. a restart, cannot
+   lower it; closes after under :data:`LEARN_MIN_IDLE` do not count; what closes
+   taught is forgotten after :data:`LEARN_TTL`), or what a protocol reports (HTTP/1.1 ``Keep-Alive:
+   timeout=N``: :meth:`learn_server_idle_timeout`); idle connections of the key
+   then leave ``min(1, t/2)`` seconds before it (``retire_after``, used like a
+   lower ``timeout`` by the idle timer).  ``host_stats`` shows both.
 
 Shared mode (HTTP/2, Redis): one connection serves many greenlets at once.
 :meth:`acquire_shared` picks a registered connection with spare capacity by
@@ -84,6 +95,10 @@ _DEFAULT: Any = object()
 PERMIT: Any = type("PERMIT", (), {"__repr__": lambda self: "PERMIT"})()
 _STOPPED: Any = type("STOPPED", (), {"__repr__": lambda self: "STOPPED"})()
 REAP_INTERVAL = 0.25
+#: rule 9: idle closes sooner than this are not taken for a server's idle timeout (a restart
+#: closing connections just used); a value learned from closes is trusted this long
+LEARN_MIN_IDLE = 0.5
+LEARN_TTL = 600.0
 # every pool of this process, registered or not (companion pools, direct GreenPool(...)):
 # the registry's fork handler empties them all in the child
 _ALL_POOLS: "weakref.WeakSet[GreenPool]" = weakref.WeakSet()
@@ -93,7 +108,8 @@ class _Host:
     """Everything the pool keeps for one key."""
 
     __slots__ = ("key", "open", "in_use", "connecting", "idle", "waiters", "live",
-                 "shared", "retired", "rr", "prewarmed")
+                 "shared", "retired", "rr", "prewarmed", "server_idle", "retire_after", "idle_closes",
+                 "learned_until")
 
     def __init__(self, key: Key) -> None:
         self.key = key
@@ -107,6 +123,10 @@ class _Host:
         self.retired: Set[Connection] = set()    # unregistered, finishing their users
         self.rr = 0
         self.prewarmed = False
+        self.server_idle: Optional[float] = None   # learned: the server's idle timeout (rule 9)
+        self.retire_after: Optional[float] = None  # idle connections leave after this (rule 9)
+        self.idle_closes: List[float] = []         # idle times of the last idle closes seen
+        self.learned_until = 0.0                   # when a value learned from closes expires
 
 
 class _Waiter:
@@ -235,10 +255,15 @@ class GreenPool:
         stats.update(self.counters)
         return stats
 
-    def host_stats(self, host: str, port: int, transport: Optional[str] = None) -> Dict[str, int]:
-        """``active`` (open), ``in_use``, ``free``, ``queue`` for one host."""
+    def host_stats(self, host: str, port: int, transport: Optional[str] = None) -> Dict[str, Any]:
+        """``active`` (open), ``in_use``, ``free``, ``queue``, ``shared_users`` for one host,
+        and what the pool learned of its idle timeout (rule 9): ``server_idle_timeout``
+        and ``retire_idle_after`` (seconds, or None before anything was learned)."""
         active = in_use = free = queue = users = 0
+        server_idle = retire_after = None
         for h in self._match((host, port) if transport is None else (host, port, transport)):
+            if h.server_idle is not None and (server_idle is None or h.server_idle < server_idle):
+                server_idle, retire_after = h.server_idle, h.retire_after
             active += h.open
             in_use += h.in_use + h.connecting + len(h.retired)
             free += len(h.idle)
@@ -249,7 +274,9 @@ class GreenPool:
                     in_use += 1
                 else:
                     free += 1
-        return {"active": active, "in_use": in_use, "free": free, "queue": queue, "shared_users": users}
+        return {"active": active, "in_use": in_use, "free": free, "queue": queue,
+                "shared_users": users, "server_idle_timeout": server_idle,
+                "retire_idle_after": retire_after}
 
     def __repr__(self) -> str:
         s = self.get_stats()
@@ -529,11 +556,14 @@ class GreenPool:
         start = _monotonic()
         deadline = None if timeout is None else start + timeout
         codel = self.options.queue_target is not None
+        shedding = False   # this wait was shortened by CoDel (the flag may change meanwhile)
         if codel:
             self._codel_start()
             if self._codel_slow:
                 shed = start + 2 * self.options.queue_target  # type: ignore[operator]
-                deadline = shed if deadline is None else min(deadline, shed)
+                if deadline is None or shed < deadline:
+                    deadline = shed
+                    shedding = True
         while True:
             if self._closed:
                 raise self._closed_error()
@@ -545,12 +575,12 @@ class GreenPool:
             if grant is None:
                 remaining = None if deadline is None else deadline - _monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise self._timeout_error(h, start, codel)
+                    raise self._timeout_error(h, start, shedding)
                 grant = self._wait(h, remaining, shared)
                 if grant is None:
                     if codel:
                         self._codel_record(_monotonic() - start)
-                    raise self._timeout_error(h, start, codel)
+                    raise self._timeout_error(h, start, shedding)
                 if grant is _STOPPED:
                     raise self._closed_error()
             if codel:
@@ -586,8 +616,7 @@ class GreenPool:
         while idle:
             conn = idle[-1]
             if conn.peer_dropped():
-                self.counters["dropped"] += 1
-                self._close(conn, "peer closed while idle")  # takes it out of idle
+                self._dropped_while_idle(conn, False)  # takes it out of idle
                 continue
             idle.pop()
             self._idle_count -= 1
@@ -891,7 +920,7 @@ class GreenPool:
     def _arm(self, conn: Connection, now: float) -> None:
         """Start an idle connection's self-expiry watchers."""
         due = None
-        timeout = self._idle_timeout(conn)
+        timeout = self._idle_timeout(conn, now)
         if timeout is not None:
             due = conn.last_used + timeout
         if conn.expires_at is not None and (due is None or conn.expires_at < due):
@@ -904,19 +933,66 @@ class GreenPool:
         watch = self._on_readable if self.connector.watch_socket(conn) else None
         conn._watch(due, now, watch, self._on_timer)
 
-    def _idle_timeout(self, conn: Connection) -> Optional[float]:
-        """The pool's idle timeout, lowered by the connection's own (``conn.idle_timeout``)."""
+    def _idle_timeout(self, conn: Connection, now: Optional[float] = None) -> Optional[float]:
+        """The pool's idle timeout, lowered by the connection's own (``conn.idle_timeout``)
+        and by what the pool learned of its server's (rule 9; ``now``: monotonic)."""
         timeout = self._timeout
         own = conn.idle_timeout
         if own is not None and (timeout is None or own < timeout):
-            return own
+            timeout = own
+        h = conn._host
+        learned: Optional[float] = h.retire_after
+        if learned is not None:
+            if (_monotonic() if now is None else now) > h.learned_until:
+                # learned from closes long ago: learn it again
+                h.server_idle = h.retire_after = None
+                h.idle_closes.clear()
+            elif timeout is None or learned < timeout:
+                return learned
         return timeout
+
+    def learn_server_idle_timeout(self, conn: Connection, seconds: float) -> None:
+        """The server of ``conn`` keeps idle connections ``seconds`` (e.g. HTTP/1.1's
+        ``Keep-Alive: timeout=N``): rule 9.  Never yields."""
+        h = conn._host
+        if h is not None and self.options.adaptive_idle_timeout and h.server_idle != seconds:
+            self._learn(h, seconds, float("inf"))
+
+    def _learn(self, h: _Host, seconds: float, until: float) -> None:
+        h.learned_until = until
+        h.server_idle = seconds
+        h.retire_after = max(0.0, seconds - min(1.0, seconds / 2))
+        log.debug("pool %r: %s:%s closes idle connections after %.3fs; retiring them after "
+                  "%.3fs", self.name, h.key[0], h.key[1], seconds, h.retire_after)
+
+    def _dropped_while_idle(self, conn: Connection, learn: bool) -> None:
+        """An idle connection's peer closed (reset, wrote): close it; ``learn``: the hub saw
+        it at once (its idle time is the server's), not a check at checkout later on."""
+        self.counters["dropped"] += 1
+        if learn and self.options.adaptive_idle_timeout:
+            h = conn._host
+            now = _monotonic()
+            idle = now - conn.last_used
+            seen = h.idle_closes if idle >= LEARN_MIN_IDLE else ()
+            # a timeout closes connections after the same idle time: two closes within 20%
+            # of each other confirm it; the longest confirmed wins, so one early close (a
+            # restart, a reset) cannot lower it
+            for other in seen:
+                if abs(other - idle) <= 0.2 * max(other, idle):
+                    value = max(other, idle)
+                    if h.server_idle is None or value > h.server_idle:
+                        self._learn(h, value, now + LEARN_TTL)
+                    break
+            if idle >= LEARN_MIN_IDLE:
+                h.idle_closes.append(idle)
+                if len(h.idle_closes) > 4:
+                    del h.idle_closes[0]
+        self._close(conn, "peer closed while idle")
 
     def _on_readable(self, conn: Connection) -> None:
         """Hub callback: an idle socket became readable."""
         if conn.state is IDLE and conn.peer_dropped():
-            self.counters["dropped"] += 1
-            self._close(conn, "peer closed while idle")
+            self._dropped_while_idle(conn, True)
 
     def _on_timer(self, conn: Connection) -> None:
         """Hub callback: an idle connection's timer fired."""
@@ -924,7 +1000,7 @@ class GreenPool:
         if not idle:
             return
         now = _monotonic()
-        timeout = self._idle_timeout(conn)
+        timeout = self._idle_timeout(conn, now)
         if conn.expires_at is not None and now >= conn.expires_at:
             self.counters["expired"] += 1
             self._close(conn, "max_lifetime reached")
@@ -1063,12 +1139,12 @@ class GreenPool:
         return PoolClosed(self.name, "the pool was stopped; start it again with "
                                      "greenpool.start_pool(%r, ...)" % (self.name,))
 
-    def _timeout_error(self, h: _Host, start: float, codel: bool) -> PoolTimeout:
+    def _timeout_error(self, h: _Host, start: float, shed: bool) -> PoolTimeout:
         host, port, transport = h.key
         waited = _monotonic() - start
         if _listeners:
             _emit("timeout", self, h.key, waited)
-        if codel and self._codel_slow:
+        if shed:
             self.counters["shed"] += 1
             why = ("load shed: waits exceeded queue_target=%ss during the last queue_interval"
                    % self.options.queue_target)

@@ -264,3 +264,106 @@ def test_eof_mid_body_is_never_a_short_body(backend):
 def test_empty_line_after_informational():
     wire = b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     assert outcome(parse("h11", b"GET", wire)) == outcome(parse("httptools", b"GET", wire))
+
+
+# -- chunk extensions and trailers: bounded and judged alike ---------------------------------
+
+_ext_name = st.text("abcxyzXY019-_.!", min_size=1, max_size=8).map(str.encode)
+
+
+@st.composite
+def chunked_with_extensions_and_trailers(draw):
+    """A chunked response whose chunk-size lines carry extensions (``;name``,
+    ``;name=value``, quoted values, blanks) and which may end with trailers."""
+    def ext():
+        parts = []
+        for _ in range(draw(st.integers(0, 3))):
+            name = draw(_ext_name)
+            kind = draw(st.sampled_from(("bare", "token", "quoted", "blanks")))
+            if kind == "bare":
+                parts.append(b";" + name)
+            elif kind == "token":
+                parts.append(b";" + name + b"=" + draw(_ext_name))
+            elif kind == "quoted":
+                parts.append(b';' + name + b'="' + draw(st.binary(max_size=12)).replace(
+                    b'"', b"").replace(b"\\", b"") + b'"')
+            else:
+                parts.append(b" ;" + name)
+        return b"".join(parts)
+    body = b""
+    for data in draw(st.lists(st.binary(min_size=1, max_size=20), max_size=4)):
+        body += b"%x%s\r\n%s\r\n" % (len(data), ext(), data)
+    trailers = b"".join(b"%s: %s\r\n" % (draw(_ext_name), draw(_ext_name))
+                        for _ in range(draw(st.integers(0, 3))))
+    return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0" + ext()
+            + b"\r\n" + trailers + b"\r\n")
+
+
+@FUZZ
+@given(chunked_with_extensions_and_trailers(), st.lists(st.integers(0, 400), max_size=6))
+def test_chunk_extensions_and_trailers_agree(wire, cuts):
+    check_agree(b"GET", wire, cuts)
+
+
+@FUZZ
+@given(chunked_with_extensions_and_trailers(), st.data())
+def test_mutated_chunk_extensions_and_trailers_agree(wire, data):
+    mutated = mutate(wire, data.draw)
+    check_agree(b"GET", mutated, data.draw(st.lists(st.integers(0, len(mutated)), max_size=6)))
+
+
+LIMIT = 1024
+
+
+def _splits(data, draw=None):
+    yield "whole", ()
+    yield "bytewise", range(1, len(data))
+    for k in (7, 500, 1024):
+        yield "every %d" % k, range(k, len(data), k)
+
+
+@pytest.mark.parametrize("where", ["extension", "last-chunk extension", "trailer value",
+                                   "many trailers"])
+def test_framing_limit_is_exact_whatever_the_split(where):
+    """A run of framing of n bytes passes when n <= max_header_size and is LimitExceeded one
+    byte later, on both backends, for every way of splitting the same bytes."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def wire(n):
+        # n: the bytes of framing between the first chunk's data and the next data (or the
+        # end): "\r\n" ending the data, then the next line(s)
+        if where == "extension":
+            line = b"3;x=" + b"e" * (n - 2 - len(b"3;x=\r\n")) + b"\r\n"
+            return head + b"2\r\nhi\r\n" + line + b"abc\r\n0\r\n\r\n"
+        if where == "last-chunk extension":
+            line = b"0;x=" + b"e" * (n - 2 - len(b"0;x=\r\n") - 2) + b"\r\n"
+            return head + b"2\r\nhi\r\n" + line + b"\r\n"
+        if where == "trailer value":
+            pad = n - 2 - len(b"0\r\nX-T: \r\n\r\n")
+            return head + b"2\r\nhi\r\n0\r\nX-T: " + b"t" * pad + b"\r\n\r\n"
+        fields = b"".join(b"T%03d: v\r\n" % i for i in range(50))  # 9 bytes each
+        pad = n - 2 - len(b"0\r\n" + fields + b"X: \r\n\r\n")
+        return head + b"2\r\nhi\r\n0\r\n" + fields + b"X: " + b"v" * pad + b"\r\n\r\n"
+
+    for n, fits in ((LIMIT - 1, True), (LIMIT, True), (LIMIT + 1, False), (3 * LIMIT, False)):
+        data = wire(n)
+        for backend in BACKENDS:
+            for how, cuts in _splits(data):
+                got = parse(backend, b"GET", data, cuts, max_header_size=LIMIT, max_headers=64)
+                if fits:
+                    assert got[0] == "ok", (where, n, backend, how, got)
+                    assert merged(got[1])[1:] == [
+                        Data(b"hiabc" if where == "extension" else b"hi"), EndOfMessage()]
+                else:
+                    assert got[0] == "error" and isinstance(got[1], LimitExceeded), (
+                        where, n, backend, how, got)
+                    assert "max_header_size=%d" % LIMIT in str(got[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bare_lf_in_trailers_is_refused_by_both(backend):
+    for wire in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\n",
+                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n"):
+        for cuts in ((), range(1, len(wire))):
+            got = parse(backend, b"GET", wire, cuts)
+            assert got[0] == "error" and not isinstance(got[1], LimitExceeded), got

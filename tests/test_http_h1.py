@@ -20,6 +20,7 @@ from greenpool.errors import (
     RemoteProtocolError,
 )
 from greenpool.http.h1 import (
+    MAX_INTERIM_RESPONSES,
     NEED_DATA,
     Data,
     EndOfMessage,
@@ -558,14 +559,18 @@ def test_eof_before_any_byte_is_connection_closed(backend):
         conn.next_event()
 
 
-def test_eof_after_empty_lines_is_connection_closed(backend):
+def test_eof_after_empty_lines_is_not_retryable(backend):
+    """Empty lines are bytes from the server: it answered, so EOF after them is not the
+    stale-connection ConnectionClosed (which invites a retry)."""
     conn = make_connection(backend)
     conn.send_request(b"GET", b"/", HOST, -1)
     conn.receive_data(b"\r\n")
     assert conn.next_event() is NEED_DATA
     conn.receive_data(b"")
-    with pytest.raises(ConnectionClosed):
+    with pytest.raises(RemoteProtocolError) as e:
         conn.next_event()
+    assert not isinstance(e.value, ConnectionClosed)
+    assert "2 bytes of empty lines" in str(e.value) and "retried" not in str(e.value)
 
 
 def test_eof_in_head(backend, feeding):
@@ -681,6 +686,113 @@ def test_too_many_trailers(backend, feeding):
         for piece in pieces(response, feeding):
             conn.receive_data(piece)
             drain(conn, events)
+    assert merged(events)[1:] == [Data(b"hi")]
+
+
+# -- bounds before the final head ---------------------------------------------------------
+
+
+def test_interim_responses_are_capped(backend, feeding):
+    """MAX_INTERIM_RESPONSES 1xx heads pass; one more is LimitExceeded, counted as parsed
+    (the same however the bytes arrive)."""
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    events, conn = exchange(backend, interim * MAX_INTERIM_RESPONSES + final, feeding)
+    assert [type(e) for e in events] == [Informational] * MAX_INTERIM_RESPONSES + [
+        ResponseHead, Data, EndOfMessage]
+    assert conn.keep_alive
+    events, exc = exchange_error(backend, interim * (MAX_INTERIM_RESPONSES + 1) + final, feeding)
+    assert type(exc) is LimitExceeded and "interim (1xx)" in str(exc)
+    assert events == [head(103, [(b"link", b"</a.css>")], b"Early Hints", cls=Informational)
+                      ] * MAX_INTERIM_RESPONSES
+
+
+@pytest.mark.parametrize("flood", [b"HTTP/1.1 100 Continue\r\n\r\n", b"\r\n", b"\n"])
+def test_endless_flood_before_the_head_is_cut_off(backend, flood):
+    """100 Continue heads or empty lines forever: LimitExceeded after a bounded number of
+    bytes (2 x max_header_size), not a read that goes on as long as the server sends."""
+    conn = make_connection(backend, max_header_size=4096)
+    conn.send_request(b"POST", b"/", HOST, 0)
+    fed = 0
+    with pytest.raises(LimitExceeded) as e:
+        while fed < 10 * 1024 * 1024:
+            conn.receive_data(flood * 256)
+            fed += len(flood) * 256
+            while conn.next_event() is not NEED_DATA:
+                pass
+    assert fed <= 2 * 4096 + 256 * len(flood)
+    assert "retried" not in str(e.value)
+    assert conn.keep_alive is False
+
+
+def test_empty_lines_count_against_the_bytes_before_the_head(backend):
+    limit = 1000
+    final = b"HTTP/1.1 204 No Content\r\n\r\n"
+    events, _ = exchange(backend, b"\r\n" * 900 + final, "whole",
+                         conn=make_connection(backend, max_header_size=limit))
+    assert [type(e) for e in events] == [ResponseHead, EndOfMessage]
+    conn = make_connection(backend, max_header_size=limit)
+    conn.send_request(b"GET", b"/", HOST, -1)
+    conn.receive_data(b"\r\n" * 1001)
+    with pytest.raises(LimitExceeded, match="2 x max_header_size"):
+        conn.next_event()
+
+
+# -- chunk framing bounds (the same counter for both backends) ------------------------------
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("how", ["whole", "head apart", "64 KiB pieces"])
+def test_two_mib_chunk_extension_is_limit_exceeded(backend, how):
+    """h11 refused it only when the bytes came apart; llhttp took it: now both refuse it
+    however it arrives, after the data before it."""
+    wire = CHUNKED_HEAD + b"2\r\nhi\r\n5;ext=" + b"x" * (2 << 20) + b"\r\nhello\r\n0\r\n\r\n"
+    if how == "whole":
+        parts = [wire]
+    elif how == "head apart":
+        parts = [CHUNKED_HEAD, wire[len(CHUNKED_HEAD):]]
+    else:
+        parts = [wire[i:i + 65536] for i in range(0, len(wire), 65536)]
+    conn = make_connection(backend)
+    conn.send_request(b"GET", b"/", HOST, -1)
+    events = []
+    with pytest.raises(LimitExceeded, match="max_header_size=65536"):
+        for piece in parts:
+            conn.receive_data(piece)
+            drain(conn, events)
+    assert merged(events) == [head(headers=[(b"transfer-encoding", b"chunked")]), Data(b"hi")]
+    assert conn.keep_alive is False
+
+
+@pytest.mark.parametrize("what", ["extension", "trailer value", "trailer name"])
+def test_endless_chunk_framing_is_cut_off_with_bounded_memory(backend, what):
+    """An extension or a trailer that never ends: LimitExceeded once max_header_size bytes
+    of it arrived (not a read until the server stops), and what the parser kept stays
+    about that size."""
+    import tracemalloc
+
+    start = {"extension": b"5;e=", "trailer value": b"0\r\nX-T: ",
+             "trailer name": b"0\r\nX-"}[what]
+    conn = make_connection(backend, max_header_size=16384)
+    conn.send_request(b"GET", b"/", HOST, -1)
+    conn.receive_data(CHUNKED_HEAD + b"2\r\nhi\r\n" + start)
+    events = []
+    drain(conn, events)
+    tracemalloc.start()
+    try:
+        fed = 0
+        with pytest.raises(LimitExceeded):
+            while fed < 64 * 1024 * 1024:
+                conn.receive_data(b"a" * 4096)
+                fed += 4096
+                drain(conn, events)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fed <= 16384 + 4096
+    assert peak < 1024 * 1024, peak
     assert merged(events)[1:] == [Data(b"hi")]
 
 

@@ -44,7 +44,12 @@ Promises, identical for both backends (the tests feed every case to both):
   ``Transfer-Encoding`` only as a single ``chunked`` and never together with
   ``Content-Length``; ``101 Switching Protocols`` is rejected (upgrades are not
   supported here).  Chunk extensions and trailers are parsed and dropped
-  (trailers count against the same limits as the head).  Header names are
+  (trailers count against the same limits as the head); a run of chunk
+  framing between two pieces of data (a chunk-size line with its extensions,
+  or the trailer section) longer than ``max_header_size`` bytes is
+  :class:`~greenpool.errors.LimitExceeded`, counted as the bytes arrive by one
+  shared counter (:class:`ChunkFraming`), so it cannot make either backend
+  buffer more, and both fail at the same byte.  Header names are
   lowercased, values stripped of surrounding blanks; order and duplicates are
   kept.  Empty lines (CR/LF) before a response are skipped.
 
@@ -54,9 +59,16 @@ Promises, identical for both backends (the tests feed every case to both):
   status line plus ``name: value\\r\\n`` per field) or with more than
   ``max_headers`` fields raises :class:`~greenpool.errors.LimitExceeded`; EOF
   before any response byte of the cycle raises
-  :class:`~greenpool.errors.ConnectionClosed` (the caller may retry); EOF inside
-  a head, a Content-Length body or a chunked body is a RemoteProtocolError,
-  never a short body.  Events parsed before an error are delivered first; the
+  :class:`~greenpool.errors.ConnectionClosed` (the caller may retry); EOF after
+  any byte (empty lines included: the server answered), inside a head, a
+  Content-Length body or a chunked body is a RemoteProtocolError, never a
+  short body and never called retryable.
+
+* **Bounds before the final head**: at most :data:`MAX_INTERIM_RESPONSES`
+  (32) interim responses (counted as they are parsed), and at most
+  ``2 * max_header_size`` bytes received before the final head is complete
+  (interim heads and empty lines included, counted as they arrive); past
+  either, :class:`~greenpool.errors.LimitExceeded`.  Events parsed before an error are delivered first; the
   error is then raised by ``next_event()``, and again on every later call.
 
 * **Body end**: HEAD responses, 1xx, 204 and 304 have no body whatever their
@@ -104,6 +116,9 @@ HeadFields = Tuple[Fields, int, Fields]
 
 NO_BODY = -1
 CHUNKED = None
+
+#: interim (1xx) responses accepted before the final one; one more is LimitExceeded
+MAX_INTERIM_RESPONSES = 32
 
 # -- events ---------------------------------------------------------------------
 
@@ -437,6 +452,124 @@ _framing_fields: Dict[Tuple[Tuple[bytes, bytes], ...], Any] = {}
 _FRAMING_FIELDS_MAX = 512
 
 
+# ChunkFraming states
+_C_LINE = 0  # in a chunk-size line (size, extensions, CRLF)
+_C_DATA = 1  # in chunk data: ``left`` bytes to skip
+_C_DATA_END = 2  # in the CRLF that ends chunk data
+_C_TRAILER = 3  # in the trailer section (after the last chunk), up to its empty line
+_C_DONE = 4  # the body ended, or the framing is broken (the parser refuses it)
+_EXT_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_EXT_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+# chunk-size [ chunk-ext ] CRLF, with no blanks in the extensions (RFC 9112 allows some,
+# llhttp takes fewer, h11 any text): what both backends take; blanks alone after the size
+# are taken by both (llhttp with the leniency switched on in h1_httptools)
+_chunk_line_re = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:(?:;%s(?:=(?:%s|%s))?)*|[ \t]+)\r\n"
+    % (_EXT_TOKEN, _EXT_TOKEN, _EXT_QUOTED)
+)
+
+
+class ChunkFraming:
+    """Counts a chunked body's framing bytes as they arrive, the same for both backends.
+
+    Framing is everything between two pieces of body data: the CRLF ending a chunk, the
+    next chunk-size line with its extensions, and after the last chunk the trailer
+    section.  A run of more than ``limit`` framing bytes is an error, whatever the
+    parser would make of it and however the bytes are split: a chunk extension or a
+    trailer value that never ends cannot make a backend buffer more than ``limit`` bytes.
+    This only counts lines and skips data by the announced sizes; the parser still
+    judges the syntax (a line this cannot read stops the counting: the parser refuses it).
+    """
+
+    __slots__ = ("limit", "state", "left", "run", "line", "prev", "data", "error")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.state = _C_LINE
+        self.left = 0  # chunk data still to skip (_C_DATA), or the trailer line's length
+        self.run = 0  # framing bytes since the last data byte
+        self.line = b""  # the start of the current chunk-size line (its size digits)
+        self.prev = 0  # the last byte of the previous feed
+        self.data = 0  # chunk data bytes counted (when ``error`` is set: those before it)
+        self.error: Optional[RemoteProtocolError] = None
+
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> int:
+        """Count ``data``; return how many of its bytes are within the limit (all of them
+        unless ``error`` was just set)."""
+        pos = 0
+        n = len(data)
+        while pos < n:
+            state = self.state
+            if state == _C_DATA:
+                take = min(self.left, n - pos)
+                pos += take
+                self.left -= take
+                self.data += take
+                if not self.left:
+                    self.state = _C_DATA_END
+                continue
+            if state == _C_DONE:
+                return n
+            i = data.find(b"\n", pos)  # type: ignore[union-attr]
+            end = n if i < 0 else i + 1
+            self.run += end - pos
+            if self.run > self.limit:
+                self.state = _C_DONE
+                self.error = LimitExceeded(
+                    "chunked body: more than max_header_size=%d bytes of framing (a chunk-size "
+                    "line with its extensions, or the trailer section) between data"
+                    % (self.limit,)
+                )
+                return end - (self.run - self.limit)
+            if state == _C_LINE:
+                self.line += bytes(data[pos:end])  # at most limit bytes (the run)
+            elif state == _C_TRAILER:
+                self.left += end - pos
+            if i < 0:
+                self.prev = data[-1]
+                return n
+            if state == _C_TRAILER and (data[i - 1] if i else self.prev) != 13:
+                # h11 takes a bare LF there, llhttp does not: the stricter rule, for both
+                self.state = _C_DONE
+                self.error = RemoteProtocolError(
+                    "malformed response: bare LF line ending in the trailer section"
+                )
+                return i
+            pos = end
+            if state == _C_DATA_END:
+                self.state = _C_LINE
+            elif state == _C_LINE:
+                line = self.line
+                self.line = b""
+                m = _chunk_line_re.fullmatch(line)
+                if m is None:
+                    # what one parser takes and the other does not (blanks around an
+                    # extension, h11 takes any text after ";") is refused for both; what
+                    # neither takes, too
+                    self.state = _C_DONE
+                    self.error = RemoteProtocolError(
+                        "malformed response: invalid chunk-size line %r" % (line[:40],)
+                    )
+                    return i
+                size = int(m.group(1), 16)
+                if size > 0:
+                    self.state = _C_DATA
+                    self.left = size
+                    self.run = 0
+                elif size == 0:
+                    self.state = _C_TRAILER
+                    self.left = 0
+                else:
+                    self.state = _C_DONE
+            elif self.left <= 2:  # the trailer section's empty line: the body is complete
+                self.state = _C_DONE
+            else:
+                self.left = 0
+        if n:
+            self.prev = data[n - 1]
+        return n
+
+
 class H1Connection:
     """Client side of one HTTP/1.1 connection; see the module docstring.
 
@@ -464,6 +597,9 @@ class H1Connection:
         "_reusable",
         "_received_any",
         "_head_raw",
+        "_head_mark",
+        "_interim",
+        "_chunks",
         "_eof",
         "_error",
     )
@@ -495,6 +631,9 @@ class H1Connection:
         self._reusable = False
         self._received_any = False
         self._head_raw = 0
+        self._head_mark = 0
+        self._interim = 0
+        self._chunks: Optional[ChunkFraming] = None
         self._eof = False
         self._error: Optional[Exception] = None
 
@@ -613,10 +752,16 @@ class H1Connection:
             raise self._too_many_headers()
         if size + len(reason) + 15 > self._max_header_size:
             raise self._head_too_large()
-        self._head_raw = 0
         if status < 200:
             if status == 101:
                 raise RemoteProtocolError(UPGRADE_REFUSED)
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                raise LimitExceeded(
+                    "the server sent more than %d interim (1xx) responses before its final "
+                    "response" % (MAX_INTERIM_RESPONSES,)
+                )
+            self._head_mark = self._head_raw  # the next head's bytes start about here
             return Informational(status, reason, http_version, headers)
         key = tuple(specials)  # the backends give (bytes, bytes) pairs
         fields = _framing_fields.get(key)
@@ -629,6 +774,7 @@ class H1Connection:
             framing = _F_NONE
         elif chunked:
             framing = _F_CHUNKED
+            self._chunks = ChunkFraming(self._max_header_size)
         elif length >= 0:
             framing = _F_LENGTH
             self._length = length
@@ -652,6 +798,13 @@ class H1Connection:
         return LimitExceeded(
             "response header section is larger than max_header_size=%d bytes"
             % (self._max_header_size,)
+        )
+
+    def _too_much_before_head(self) -> LimitExceeded:
+        return LimitExceeded(
+            "the server sent more than %d bytes (2 x max_header_size: interim responses and "
+            "empty lines included) without completing its final response head"
+            % (2 * self._max_header_size,)
         )
 
     def _trailers_too_large(self) -> LimitExceeded:
@@ -685,16 +838,27 @@ class H1Connection:
                 self.keep_alive = False
             return None
         if state == _R_HEAD:
+            # every byte before the final head counts, empty lines included: see
+            # _no_more_events for the bounds, and EOF after any of them is not retryable
+            self._head_raw += len(data)
             if not self._received_any:
-                # empty lines before a response are skipped, and are not a response byte
+                # empty lines before a response are skipped (they are still counted)
                 if data[0] in (13, 10):
                     data = data.lstrip(b"\r\n")
+                    # they count against the bytes before the final head, not this head
+                    self._head_mark = self._head_raw - len(data)
                     if not data:
                         return None
                 self._received_any = True
-            self._head_raw += len(data)
             return data
         if state == _R_BODY:
+            chunks = self._chunks
+            if chunks is not None:
+                if chunks.error is not None:
+                    return None  # over a limit: nothing more is parsed or kept
+                cut = chunks.feed(data)
+                if cut < len(data):
+                    return data[:cut] if cut else None
             return data
         if state == _R_DONE and data.strip(b"\r\n"):
             self.keep_alive = False
@@ -709,17 +873,31 @@ class H1Connection:
             raise LocalProtocolError(
                 "the response is complete: call start_next_cycle() before reading more"
             )
+        chunks = self._chunks
+        if chunks is not None and chunks.error is not None and state == _R_BODY:
+            raise self._fail(chunks.error)
         if not self._eof:
-            # +2: the blank line ending the head is not counted in max_header_size
-            if state == _R_HEAD and self._head_raw > self._max_header_size + 2:
-                raise self._fail(self._head_too_large())
+            if state == _R_HEAD:
+                raw = self._head_raw
+                if raw > 2 * self._max_header_size:
+                    raise self._fail(self._too_much_before_head())
+                # +2: the blank line ending the head is not counted in max_header_size
+                if raw - self._head_mark > self._max_header_size + 2:
+                    raise self._fail(self._head_too_large())
             return NEED_DATA
         if state == _R_HEAD:
-            if not self._received_any:
+            if not self._head_raw:
                 raise self._fail(
                     ConnectionClosed(
                         "peer closed connection before sending any response byte "
                         "(the request may be retried on a new connection)"
+                    )
+                )
+            if not self._received_any:
+                raise self._fail(
+                    RemoteProtocolError(
+                        "peer closed connection after %d bytes of empty lines and no response "
+                        "head" % (self._head_raw,)
                     )
                 )
             raise self._fail(

@@ -181,6 +181,12 @@ class H11Connection(H1Connection):
         t = type(ev)
         if t is _Data:
             data = bytes(ev.data)  # type: ignore[union-attr]
+            chunks = self._chunks
+            if chunks is not None and chunks.error is not None:
+                left = chunks.data - self._body_received
+                if left <= 0:
+                    raise self._fail(chunks.error)
+                data = data[:left]
             self._body_received += len(data)
             return Data(data)
         if ev is _H11_NEED_DATA:
@@ -192,6 +198,9 @@ class H11Connection(H1Connection):
             except RemoteProtocolError as e:
                 raise self._fail(e) from None
         if t is _EndOfMessage:
+            chunks = self._chunks
+            if chunks is not None and chunks.error is not None:
+                raise self._fail(chunks.error)
             if ev.headers:  # type: ignore[union-attr]
                 self._check_trailers(ev.headers)  # type: ignore[union-attr]
             trailing = self._h11.trailing_data[0]
@@ -221,6 +230,11 @@ class H11Connection(H1Connection):
             ev.status_code, ev.reason, ev.http_version, list(head[0]), head[1], head[2]
         )
         if self._rstate == _R_BODY:
+            chunks = self._chunks
+            if chunks is not None and end < len(raw):
+                # the body bytes that came with the head; h11 has them all: over a limit,
+                # the data before the faulty framing is delivered, then the error
+                chunks.feed(raw[end:])
             raw.clear()
         else:
             del raw[:end]

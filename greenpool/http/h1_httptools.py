@@ -14,6 +14,11 @@ single ``chunked``, trailing blanks in values) the shared head rules in
 ``h1.py`` apply; one llhttp leniency is switched on to match h11: blanks after
 a chunk size.
 
+Chunk framing is bounded by the counter both backends share (``h1.ChunkFraming``), fed
+the body bytes as they arrive; llhttp does not say where in a feed a head ended, so for
+the rare feed that completes a chunked response's head, :func:`_body_start` finds it
+(from what :func:`_partial_head` kept of a head split across feeds).
+
 llhttp cannot be told that a response answers a HEAD request (httptools does
 not expose ``F_SKIPBODY``), so for HEAD we feed the parser only up to each
 head's blank line, end the message ourselves, and use a fresh parser for the
@@ -108,6 +113,38 @@ def _head_fields(
     return head
 
 
+def _partial_head(probe: bytes) -> bytes:
+    """What to remember of a head region that ended mid-head: the bytes after the last
+    head's blank line (empty lines dropped), shortened to what :func:`_body_start`
+    needs, its status digit (12 first bytes) and a blank line split across feeds (3
+    last bytes).  Every CRLFCRLF before the final head ends a head or is empty lines:
+    a head never contains one."""
+    i = probe.rfind(b"\r\n\r\n")
+    rest = (probe[i + 4 :] if i >= 0 else probe).lstrip(b"\r\n")
+    return bytes(rest) if len(rest) <= 16 else bytes(rest[:12]) + b"\0" + bytes(rest[-3:])
+
+
+def _body_start(partial: bytes, data: bytes) -> int:
+    """Where the final head ended in ``data`` (the feed in which llhttp completed it),
+    given what :func:`_partial_head` kept of the head in progress before it."""
+    probe = partial + bytes(data)
+    pos = 0
+    at_start = not partial
+    n = len(probe)
+    while True:
+        if at_start:
+            while pos < n and probe[pos] in (13, 10):
+                pos += 1
+        i = probe.find(b"\r\n\r\n", pos)
+        if i < 0:  # llhttp ends a head only there: not reached
+            return len(data)
+        end = i + 4
+        if probe[pos + 9 : pos + 10] != b"1":  # "HTTP/1.1 " then the status: not 1xx
+            return end - len(partial)
+        pos = end
+        at_start = True
+
+
 class _StopParsing(Exception):
     """Raised in a callback when bytes follow the complete final response."""
 
@@ -165,23 +202,57 @@ class HttptoolsConnection(H1Connection):
             self._feed(chunk)
 
     def _feed(self, data: bytes) -> None:
+        in_head = self._rstate == _R_HEAD
         try:
             self._parser.feed_data(data)
         except (_ParserError, _ParserUpgrade) as e:
             err = self._cb_error
             self._cb_error = None
-            if self._rstate == _R_DONE:  # bytes after the final response
-                self.keep_alive = False
-                self._dirty = True
+            if self._rstate != _R_DONE:
+                if err is None:
+                    err = RemoteProtocolError("malformed response: %s" % (e,))
+                self._fail(err)
                 return
-            if err is None:
-                err = RemoteProtocolError("malformed response: %s" % (e,))
-            self._fail(err)
-            return
+            # bytes after the final response (the body's framing is still checked below)
+            self.keep_alive = False
+            self._dirty = True
+        if in_head and not self._is_head:
+            if self._rstate == _R_HEAD:
+                self._tail = _partial_head(self._tail + data)
+            elif self._chunks is not None:
+                # the final head of a chunked body ended in this feed: llhttp does not say
+                # where, so find it, and count the body bytes that came with it
+                start = _body_start(self._tail, data)
+                chunks = self._chunks
+                if start < len(data) and chunks.feed(data[start:]) < len(data) - start:
+                    # faulty framing: the data before it is delivered, then the error (as
+                    # with h11, and as when the bytes come apart); the rest llhttp made
+                    # of this feed is dropped
+                    self._keep_body_events(chunks.data)
+                    self._fail(chunks.error)  # type: ignore[arg-type]
+                    return
         if self._hdrs and self._rstate == _R_BODY:  # a trailer section in progress
             err = self._trailers_over()
             if err is not None:
                 self._fail(err)
+
+    def _keep_body_events(self, allowed: int) -> None:
+        """Keep the events up to the final head and then ``allowed`` body bytes only."""
+        kept: Deque[Event] = deque()
+        body = False
+        for ev in self._events:
+            if body:
+                if ev.__class__ is not Data or allowed <= 0:
+                    break
+                data = ev.data
+                if len(data) > allowed:
+                    data = data[:allowed]
+                    ev = Data(data)
+                allowed -= len(data)
+            elif ev.__class__ is ResponseHead:
+                body = True
+            kept.append(ev)
+        self._events = kept
 
     def _feed_heads_only(self, data: bytes) -> None:
         # A response to HEAD: feed each head up to its blank line and no further.

@@ -20,7 +20,8 @@ Rules:
    connection is closed.
 3. **Release exactly once.**  The connection goes back to its pool (checkin)
    when the response ended and ``keep_alive`` holds, with its idle timeout
-   lowered to the server's ``Keep-Alive: timeout=N`` (minus a margin);
+   lowered to the server's ``Keep-Alive: timeout=N`` (minus a margin; the pool
+   learns it for the host's other connections too);
    otherwise, and on every error or early close, it is closed: never a
    half-read socket back in the pool.  ``close()`` before the end first
    drains what the adapter already holds (no socket read, at most
@@ -38,7 +39,16 @@ Rules:
 5. **Header checks first.**  The adapter validates the request (CR/LF/NUL in
    names or values, a bad method or target) before any byte is written; the
    untouched connection goes back to the pool.
-6. **Body size limit** (``H1Options.max_body_size``, None by default): body
+6. **A fair hub.**  A socket that always has bytes ready never blocks, so a read
+   loop over it would never give the hub a turn: a server flooding one
+   connection would stop every other greenlet, and the caller's own
+   ``gevent.Timeout``, until it stopped.  Every read loop (the head, a body read
+   whole, a streamed body) yields to the hub (a full turn of its loop:
+   :data:`PAUSE`) once :data:`SLICE` bytes were received since its last pause,
+   each piece of body data counting :data:`EVENT_COST` bytes more; a response smaller than that never yields
+   (one subtraction per read).  The parser's own bounds (h1.py) cap what the
+   bytes of one slice can cost.
+7. **Body size limit** (``H1Options.max_body_size``, None by default): body
    bytes as framed on the wire (dechunked, before Content-Encoding decoding)
    are counted; a ``Content-Length`` over the limit fails at the head, before
    any body byte is read, and a body that grows past it fails as soon as it
@@ -52,6 +62,8 @@ import socket
 import ssl
 import time
 from typing import Any, Dict, List, Optional, Tuple
+
+from gevent import sleep as _sleep
 
 from greenpool.errors import (
     ConnectionClosed,
@@ -85,6 +97,14 @@ RECV_SIZE = 65536
 EXPECT_WAIT = 1.0
 #: bodies up to this size are written together with the head (one send)
 COALESCE_LIMIT = 16 * 1024
+#: a read loop yields to the hub after receiving this many bytes without a pause (rule 6)
+SLICE = 64 * 1024
+#: how it yields: a timer, not sleep(0), whose callback gevent may run again before it
+#: polls the loop (its timers, the caller's gevent.Timeout, other sockets) for up to 50 turns
+PAUSE = 1e-6
+#: what one body event (a piece of data) counts against SLICE, as if that many bytes: a
+#: flood of tiny chunks costs per event, not per byte
+EVENT_COST = 256
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"))
 _RESET_ERRNOS = frozenset((errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ESHUTDOWN))
@@ -246,6 +266,7 @@ def release(conn: Any, st: _State) -> None:
         if kat is not None:
             # expire before the server does: its clock started when it sent the response
             conn.idle_timeout = max(0.0, kat - min(1.0, kat / 2))
+            conn.pool.learn_server_idle_timeout(conn, kat)  # for its other connections too
         h1.start_next_cycle()
         st.cycles += 1
         conn.pool.checkin(conn)
@@ -381,6 +402,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 raise _Stale(err, written) from e
             raise err from e
         # -- read the response head ---------------------------------------------------
+        budget = SLICE
         if ev is None:
             _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
             got = False
@@ -400,6 +422,10 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                             raise _Stale(err, True) from e
                         raise err from e
                     got = True
+                    budget -= len(data)
+                    if budget <= 0:  # rule 6
+                        _sleep(PAUSE)
+                        budget = SLICE
                     h1.receive_data(data)
                     continue
                 if ev.__class__ is _ResponseHead:
@@ -428,6 +454,10 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             ev = h1.next_event()
             cls = ev.__class__
             if cls is _Data:
+                budget -= EVENT_COST
+                if budget <= 0:  # rule 6
+                    _sleep(PAUSE)
+                    budget = SLICE
                 if limit is not None:
                     received += len(ev.data)
                     if received > limit:
@@ -441,6 +471,10 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                 except OSError as e:
                     raise _read_error(e, sock) from e
                 h1.receive_data(data)
+                budget -= len(data)
+                if budget <= 0:  # rule 6
+                    _sleep(PAUSE)
+                    budget = SLICE
             elif cls is _EndOfMessage:
                 break
     except _Stale as s:
@@ -520,7 +554,7 @@ class H1Body:
     """The body stream of one HTTP/1.1 response (see ``models`` for the seam)."""
 
     __slots__ = ("conn", "state", "read_timeout", "pending", "trailers", "limit", "received",
-                 "__weakref__")
+                 "budget", "__weakref__")
 
     def __init__(self, conn: Any, state: _State, read_timeout: Optional[float],
                  limit: Optional[int] = None) -> None:
@@ -531,6 +565,7 @@ class H1Body:
         self.trailers: Optional[Headers] = None
         self.limit = limit          # max_body_size (None: no limit)
         self.received = 0           # body bytes taken from the adapter so far
+        self.budget = SLICE         # bytes left to receive before yielding (rule 6)
 
     @property
     def done(self) -> bool:
@@ -559,6 +594,10 @@ class H1Body:
                     data = ev.data
                     if not data:
                         continue
+                    self.budget -= EVENT_COST
+                    if self.budget <= 0:  # rule 6
+                        _sleep(PAUSE)
+                        self.budget = SLICE
                     if self.limit is not None:
                         self.received += len(data)
                         if self.received > self.limit:
@@ -576,6 +615,10 @@ class H1Body:
                     except OSError as e:
                         raise _read_error(e, sock) from e
                     h1.receive_data(data)
+                    self.budget -= len(data)
+                    if self.budget <= 0:  # rule 6
+                        _sleep(PAUSE)
+                        self.budget = SLICE
                 elif cls is _EndOfMessage:
                     self.conn = None
                     release(conn, st)
