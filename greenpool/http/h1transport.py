@@ -404,6 +404,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     break
         # -- the response -------------------------------------------------------------
         head = ev
+        head_at = _monotonic()  # Response.elapsed ends here
         decoder = None
         codings = h1.content_encodings
         if codings and opts.decode_content:
@@ -455,6 +456,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     request.url, request)
     resp._content = content
     resp._consumed = True
+    resp._started = head_at
     return resp
 
 
