@@ -502,6 +502,15 @@ class Client:
     ``expect_continue``: send ``Expect: 100-continue`` before request bodies.
     ``max_header_size``/``max_headers``: response head limits (64 KiB, 256 fields).
     ``user_agent``: the User-Agent header (default ``greenpool/<version>``).
+    ``cookies``: initial cookies (a mapping, pairs, or a ``CookieJar`` used as it is);
+    ``client.cookies`` is the jar every response's ``Set-Cookie`` goes into (default empty).
+    ``auth``: ``(user, password)`` (Basic), a :class:`~greenpool.http.auth.Auth` (e.g.
+    ``DigestAuth``), or a callable changing the request (default None; URL userinfo then
+    becomes Basic).
+    ``event_hooks``: ``{"request": [f], "response": [f]}``, called for every request
+    sent, redirects and retries included (default None).
+    ``default_encoding``: the text encoding when no charset is given, or a callable
+    guessing it from the bytes (default ``"utf-8"``, latin-1 when the body is not UTF-8).
     """
 
     def __init__(self, *, pool: Any = "default", base_url: Optional[str] = None,
