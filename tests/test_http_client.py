@@ -869,3 +869,16 @@ def test_elapsed_until_the_head(no_leaks, gunicorn, pool, parser):
     r = c.get(gunicorn.url + "/stall-body?seconds=1&size=100")
     assert len(r.content) == 100 and r.elapsed.total_seconds() < 0.9, r.elapsed
     pool.close()
+
+
+def test_http2_after_http1_on_one_pool(no_leaks, nginx, tls):
+    pool = greenpool.GreenPool("test-h2-after-h1", max_connections=4)
+    try:
+        url = nginx.https_url + "/"
+        h1 = greenpool.Client(pool=pool, verify=tls.ca_bundle)
+        assert h1.get(url).http_version == "HTTP/1.1"
+        h2 = greenpool.Client(pool=pool, verify=tls.ca_bundle, http2=True)
+        assert [h2.get(url).http_version for _ in range(3)] == ["HTTP/2"] * 3
+        assert h1.get(url).http_version == "HTTP/1.1"
+    finally:
+        pool.close()
