@@ -211,7 +211,7 @@ class Connector:
     """
 
     #: transports this connector accepts
-    transports: Tuple[str, ...] = net.TRANSPORTS
+    transports: Tuple[str, ...] = net.ALL_TRANSPORTS
     #: True: connections are used by many greenlets at once (acquire_shared)
     shared = False
     #: True: ``ping(conn)`` checks an idle connection every idle_interval

@@ -224,3 +224,16 @@ def test_is_success_links_elapsed():
     r = Response(200, Headers())
     r._sent = r._started - 0.25
     assert isinstance(r.elapsed, datetime.timedelta) and r.elapsed.total_seconds() == pytest.approx(0.25)
+
+
+def test_http_unix_url():
+    u = URL("http+unix://%2Ftmp%2FApp.sock/x?y=1")
+    assert (u.host, u.port, u.transport, u.authority, u.target) == ("/tmp/App.sock", 80, "unix",
+                                                                    "localhost", b"/x?y=1")
+    assert str(u) == "http+unix://%2Ftmp%2FApp.sock/x?y=1"
+    assert str(u.join("/z")) == "http+unix://%2Ftmp%2FApp.sock/z"
+    assert str(u.join("http://other/")) == "http://other/"
+    with pytest.raises(errors.InvalidURL):
+        URL("http+unix:///x")
+    with pytest.raises(errors.InvalidURL, match="http, https or http\\+unix"):
+        URL("ftp://h/")

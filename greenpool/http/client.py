@@ -69,6 +69,7 @@ from greenpool.errors import (
     ConnectTimeout,
     GreenPoolError,
     HTTPError,
+    InvalidURL,
     LocalProtocolError,
     TLSError,
     TooManyRedirects,
@@ -511,6 +512,9 @@ class Client:
     sent, redirects and retries included (default None).
     ``default_encoding``: the text encoding when no charset is given, or a callable
     guessing it from the bytes (default ``"utf-8"``, latin-1 when the body is not UTF-8).
+    ``uds``: the path of a Unix domain socket every request goes to (http:// URLs; the
+    URL's host is the Host header; HTTP/1.1; default None). ``http+unix://%2Fpath/...``
+    URLs name the socket per request.
     """
 
     def __init__(self, *, pool: Any = "default", base_url: Optional[str] = None,
@@ -523,8 +527,8 @@ class Client:
                  max_headers: int = 256, user_agent: Optional[str] = None,
                  max_body_size: Optional[int] = None, cookies: CookieInput = None,
                  auth: AuthInput = None, event_hooks: Optional[EventHooks] = None,
-                 default_encoding: Union[str, Callable[[bytes], Optional[str]]] = "utf-8"
-                 ) -> None:
+                 default_encoding: Union[str, Callable[[bytes], Optional[str]]] = "utf-8",
+                 uds: Optional[str] = None) -> None:
         if not (pool is None or isinstance(pool, (str, GreenPool))):
             raise TypeError("pool must be a pool name or a GreenPool, not %s" % type(pool).__name__)
         if http2 not in (False, True, "prior_knowledge"):
@@ -568,6 +572,12 @@ class Client:
         self._tls_default = verify is True and cert is None
         self._routes: Dict[Tuple[Any, ...], _Route] = {}
         self._closed = False
+        if uds is not None:
+            uds = os.fspath(uds)
+            if not isinstance(uds, str) or not uds:
+                raise TypeError("uds must be the path of a Unix domain socket (a str), not %r"
+                                % (uds,))
+        self.uds: Optional[str] = uds
         self._jar: Optional[CookieJar] = _cookies.coerce_jar(cookies)
         self.auth: Optional[Auth] = coerce_auth(auth)
         if not (isinstance(default_encoding, str) or callable(default_encoding)):
@@ -958,11 +968,19 @@ class Client:
         r = self._routes.get(tag)
         if r is not None and not r.pool.closed:
             return r
+        transport = u.transport
+        if self.uds is not None or transport == "unix":
+            if transport == "ssl":
+                raise InvalidURL("%s: TLS over a Unix domain socket (uds=) is not supported; "
+                                 "use an http:// URL" % (u,))
+            r = _Route(gp, (self.uds or u.host, u.port, "unix"), {}, False, [],
+                       (b"Host", u.authority.encode("ascii")))
+            self._routes[tag] = r
+            return r
         proxy = self._proxies.get(u.scheme) if self._proxies else None
         if proxy is not None and _bypass(u.host, self._no_proxy):
             proxy = None
         connect_opts: Dict[str, Any] = {}
-        transport = u.transport
         if transport == "ssl" and not self._tls_default:
             connect_opts = {"verify": self.verify, "cert": self.cert}
         pool = gp
@@ -1019,7 +1037,8 @@ class Client:
             connect_opts = dict(connect_opts, connect_timeout=t.connect)
         conn = None
         http2 = self.http2
-        if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute:
+        if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute \
+                and route.key[2] != "unix":
             from greenpool.http import h2transport  # written separately; imported on use
             opts = self.h1_options
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
@@ -1176,9 +1195,9 @@ def _sleep(seconds: float, deadline: Optional[float], error: Optional[BaseExcept
 
 _OPTION_NAMES = ("base_url", "verify", "cert", "http2", "http1_parser", "proxy", "trust_env",
                  "decode_content", "max_decoded_size", "expect_continue", "max_header_size",
-                 "max_headers", "user_agent", "max_body_size", "default_encoding")
+                 "max_headers", "user_agent", "max_body_size", "default_encoding", "uds")
 _DEFAULT_OPTIONS = (None, True, None, False, "auto", None, False, True, DEFAULT_MAX_DECODED_SIZE,
-                    False, 65536, 256, None, None, "utf-8")
+                    False, 65536, 256, None, None, "utf-8", None)
 _default_client: Optional[Client] = None
 _clients: Dict[Any, "Client"] = {}
 _MAX_CACHED_CLIENTS = 64
@@ -1236,14 +1255,15 @@ def request(method: str, url: Union[str, URL], *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """Send one request through ``pool``; see :class:`Client` for every option.
 
     The Client options (``verify`` ... ``default_encoding``) pick a Client kept per
     (pool, options); module-level calls keep no cookies."""
     opts = (base_url, verify, cert, http2, http1_parser, proxy, trust_env, decode_content,
             max_decoded_size, expect_continue, max_header_size, max_headers, user_agent,
-            max_body_size, default_encoding)
+            max_body_size, default_encoding, uds)
     client: Optional[Client]
     if opts == _DEFAULT_OPTIONS:
         global _default_client
@@ -1289,7 +1309,8 @@ def get(url: Union[str, URL], *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("GET", url, ...)``."""
     return request("GET", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1299,7 +1320,7 @@ def get(url: Union[str, URL], *, pool: PoolInput = "default",
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)
 
 
 def head(url: Union[str, URL], *, pool: PoolInput = "default",
@@ -1331,7 +1352,8 @@ def head(url: Union[str, URL], *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("HEAD", url, ...)``."""
     return request("HEAD", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1341,7 +1363,7 @@ def head(url: Union[str, URL], *, pool: PoolInput = "default",
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)
 
 
 def options(url: Union[str, URL], *, pool: PoolInput = "default",
@@ -1373,7 +1395,8 @@ def options(url: Union[str, URL], *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("OPTIONS", url, ...)``."""
     return request("OPTIONS", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1383,7 +1406,7 @@ def options(url: Union[str, URL], *, pool: PoolInput = "default",
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)
 
 
 def delete(url: Union[str, URL], *, pool: PoolInput = "default",
@@ -1415,7 +1438,8 @@ def delete(url: Union[str, URL], *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("DELETE", url, ...)``."""
     return request("DELETE", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1425,7 +1449,7 @@ def delete(url: Union[str, URL], *, pool: PoolInput = "default",
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)
 
 
 def post(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
@@ -1456,7 +1480,8 @@ def post(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("POST", url, ...)``."""
     return request("POST", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1466,7 +1491,7 @@ def post(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)
 
 
 def put(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
@@ -1497,7 +1522,8 @@ def put(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("PUT", url, ...)``."""
     return request("PUT", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1507,7 +1533,7 @@ def put(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)
 
 
 def patch(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
@@ -1538,7 +1564,8 @@ def patch(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default"
         max_headers: int = 256,
         user_agent: Optional[str] = None,
         max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8") -> Response:
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
     """``request("PATCH", url, ...)``."""
     return request("PATCH", url, pool=pool, params=params, headers=headers, body=body, json=json,
                    data=data, files=files, content=content, cookies=cookies, auth=auth,
@@ -1548,4 +1575,4 @@ def patch(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default"
                    decode_content=decode_content, max_decoded_size=max_decoded_size,
                    expect_continue=expect_continue, max_header_size=max_header_size,
                    max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding)
+                   default_encoding=default_encoding, uds=uds)

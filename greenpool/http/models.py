@@ -28,7 +28,7 @@ import json as _json
 import re
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 from greenpool.errors import HTTPStatusError, InvalidURL, LimitExceeded, StreamConsumed
 
@@ -291,7 +291,7 @@ class URL:
 
     __slots__ = ("scheme", "host", "port", "target", "userinfo", "fragment", "_str")
 
-    DEFAULT_PORTS = {"http": 80, "https": 443}
+    DEFAULT_PORTS = {"http": 80, "https": 443, "http+unix": 80}
 
     def __init__(self, url: Union[str, bytes, "URL"], params: Any = None) -> None:
         if isinstance(url, URL):
@@ -309,8 +309,17 @@ class URL:
             raise InvalidURL("cannot parse URL %r: %s" % (url, e)) from None
         scheme = parts.scheme.lower()
         if scheme not in self.DEFAULT_PORTS:
-            raise InvalidURL("URL %r: scheme must be http or https, not %r" % (url, parts.scheme))
-        host = parts.hostname
+            raise InvalidURL("URL %r: scheme must be http, https or http+unix, not %r"
+                             % (url, parts.scheme))
+        if scheme == "http+unix":
+            # http+unix://%2Fpath%2Fapp.sock/target: the host is the socket's path
+            # (percent-encoded, case kept)
+            host = unquote(parts.netloc.rpartition("@")[2])
+            if not host:
+                raise InvalidURL("URL %r has no socket path" % (url,))
+            port = 80
+        else:
+            host = parts.hostname or ""
         if not host:
             raise InvalidURL("URL %r has no host" % (url,))
         try:
@@ -334,16 +343,19 @@ class URL:
         try:
             self.target = target.encode("ascii")
         except UnicodeEncodeError:
-            from urllib.parse import quote
             self.target = quote(target, safe="/?&=%:@!$'()*+,;~-._").encode("ascii")
-        self._str = "%s://%s%s" % (scheme, self.authority, self.target.decode("ascii"))
+        netloc = quote(host, safe="") if scheme == "http+unix" else self.authority
+        self._str = "%s://%s%s" % (scheme, netloc, self.target.decode("ascii"))
 
     @property
     def transport(self) -> str:
-        return "ssl" if self.scheme == "https" else "tcp"
+        scheme = self.scheme
+        return "ssl" if scheme == "https" else "tcp" if scheme == "http" else "unix"
 
     @property
     def authority(self) -> str:
+        if self.scheme == "http+unix":
+            return "localhost"  # the Host header over a Unix socket
         host = "[%s]" % self.host if ":" in self.host else self.host
         if self.port == self.DEFAULT_PORTS[self.scheme]:
             return host
@@ -363,6 +375,10 @@ class URL:
 
     def join(self, location: str) -> "URL":
         """Resolve a (possibly relative) Location against this URL."""
+        if self.scheme == "http+unix" and "://" not in location:
+            base = "http://localhost" + self.target.decode("ascii")
+            joined = urljoin(base, location)[len("http://localhost"):]
+            return URL(self._str.split("/", 3)[0] + "//" + self._str.split("/", 3)[2] + joined)
         return URL(urljoin(self._str, location))
 
     def __str__(self) -> str:
