@@ -83,6 +83,7 @@ from greenpool.http.models import URL, HeaderInput, Headers, Request, Response, 
 from greenpool.http.multipart import FilesInput, MultipartStream
 from greenpool.http.retry import Retry, RetryState
 from greenpool.pool import GreenPool
+from greenpool.proxy import SOCKS_SCHEMES, SocksConnector, SocksProxy
 from greenpool.registry import _pools as _registered
 from greenpool.registry import resolve_pool
 
@@ -294,7 +295,8 @@ class Proxy:
     def __init__(self, url: str) -> None:
         u = URL(url)
         if u.scheme != "http":
-            raise ValueError("only http:// proxies are supported, not %r" % (u.scheme,))
+            raise ValueError("a proxy URL is http://, socks5://, socks5h://, socks4:// or "
+                             "socks4a://, not %r" % (u.scheme,))
         self.host = u.host
         self.port = u.port
         self.auth: Optional[bytes] = _basic_auth(u.userinfo) if u.userinfo else None
@@ -388,6 +390,17 @@ class ProxyConnector(Connector):
 
     def __repr__(self) -> str:
         return "<ProxyConnector %r>" % (self.proxy,)
+
+
+AnyProxy = Union["Proxy", SocksProxy]
+
+
+def _make_proxy(url: str) -> AnyProxy:
+    """An HTTP proxy or a SOCKS one, by the URL's scheme."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in SOCKS_SCHEMES:
+        return SocksProxy(url)
+    return Proxy(url)
 
 
 def _proxies_from_env() -> Tuple[Dict[str, str], List[str]]:
@@ -558,16 +571,16 @@ class Client:
             defaults.append((b"Accept-Encoding", ACCEPT_ENCODING.encode("ascii")))
         self._base = _merge(defaults, [h for h in _raw_list(headers) if h[0].lower() not in _FRAMING])
         self.headers = Headers.from_raw(self._base)
-        self._proxies: Dict[str, Proxy] = {}
+        self._proxies: Dict[str, AnyProxy] = {}
         self._no_proxy: List[str] = []
         if trust_env:
             env, self._no_proxy = _proxies_from_env()
-            self._proxies = {k: Proxy(v) for k, v in env.items()}
+            self._proxies = {k: _make_proxy(v) for k, v in env.items()}
         if proxy is not None:
             if isinstance(proxy, Mapping):
-                self._proxies = {k: Proxy(v) for k, v in proxy.items() if v}
+                self._proxies = {k: _make_proxy(v) for k, v in proxy.items() if v}
             else:
-                p = Proxy(proxy)
+                p = _make_proxy(proxy)
                 self._proxies = {"http": p, "https": p}
         self._tls_default = verify is True and cert is None
         self._routes: Dict[Tuple[Any, ...], _Route] = {}
@@ -989,9 +1002,11 @@ class Client:
         if proxy is not None:
             tls = (self.verify if isinstance(self.verify, (bool, str)) else id(self.verify),
                    str(self.cert)) if transport == "ssl" else None
+            connector: Connector = SocksConnector(proxy) if isinstance(proxy, SocksProxy) \
+                else ProxyConnector(proxy)
             pool = _companion(gp, ("proxy", proxy.tag, tls), "proxy %s:%d" % (proxy.host, proxy.port),
-                              ProxyConnector(proxy))
-            if transport == "tcp":
+                              connector)
+            if transport == "tcp" and isinstance(proxy, Proxy):
                 absolute = True
                 if proxy.auth:
                     proxy_headers = [(b"Proxy-Authorization", proxy.auth)]
