@@ -220,3 +220,44 @@ def test_socks_from_env_and_repr(monkeypatch, dante, gunicorn, pool):
     with pytest.raises(ValueError):
         greenpool.Client(proxy="socks6://127.0.0.1:1")
     pool.close()
+
+
+def test_one_pool_one_cap_across_http_tls_proxy_and_unix(no_leaks, dante, nginx_factory, tls, tmp_path):
+    """max_connections=4 holds over plain http, https with a private CA, a SOCKS proxy and a
+    Unix socket together; the user's pool owns and counts every connection."""
+    path = str(tmp_path / "cap.sock")
+    nginx = nginx_factory(extra_http="server { listen unix:%s; location / { return 200 \"uds\\n\"; } }" % path)
+    pool = greenpool.GreenPool("test-one-cap", max_connections=4, checkout_timeout=30)
+    clients = [
+        (greenpool.Client(pool=pool), nginx.http_url + "/"),
+        (greenpool.Client(pool=pool, verify=tls.ca_bundle), nginx.https_h1_url + "/"),
+        (greenpool.Client(pool=pool, proxy="socks5://127.0.0.1:%d" % dante.port), nginx.http_url + "/"),
+        (greenpool.Client(pool=pool, uds=path), "http://uds.local/"),
+    ]
+    peak = [0]
+    done = gevent.event.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], pool.get_stats()["open"])
+            gevent.sleep(0.001)
+
+    def work(c, url):
+        for _ in range(5):
+            assert c.get(url).status == 200
+
+    w = gevent.spawn(watch)
+    try:
+        gevent.joinall([gevent.spawn(work, c, u) for c, u in clients for _ in range(6)],
+                       raise_error=True)
+    finally:
+        done.set()
+        w.join()
+    stats = pool.get_stats()
+    kinds = {k[2].split("|")[0] + ("|tagged" if "|" in k[2] else "") for k in pool._hosts}
+    assert kinds == {"tcp", "ssl|tagged", "tcp|tagged", "unix"}, kinds
+    assert 1 <= peak[0] <= 4 and stats["open"] <= 4, (peak, stats)
+    assert stats["created"] >= 4 and stats["in_use_count"] == 0
+    assert_exact(pool)
+    pool.close()
+    assert pool.get_stats()["open"] == 0
