@@ -157,8 +157,8 @@ def _b(value: Any, what: str) -> bytes:
                                      "encode it first (e.g. RFC 8187)" % (what, value)) from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value).encode("ascii")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)  # a subclass of bytes too (requests passes some)
     raise TypeError("header names and values must be str or bytes, not %s" % type(value).__name__)
 
 

@@ -312,8 +312,11 @@ def _rewind_point(body: Any) -> Any:
     if body is None or body.__class__ is bytes:
         return None
     try:
-        return body.tell() if hasattr(body, "seek") and body.seekable() else _UNSET
-    except (OSError, ValueError):
+        if not hasattr(body, "seek"):
+            return _UNSET
+        seekable = getattr(body, "seekable", None)  # seek/tell without seekable(): try them
+        return body.tell() if seekable is None or seekable() else _UNSET
+    except (OSError, ValueError, AttributeError):
         return _UNSET
 
 
