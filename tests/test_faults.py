@@ -597,7 +597,7 @@ def _local_ports(pool):
 def test_fork_under_load_http_client(nginx, tls, no_leaks):
     pool = greenpool.start_pool("faults-fork-http", max_connections=8)
     plain = greenpool.Client(pool="faults-fork-http")
-    # verify=<private CA> connections (tagged keys in the same pool) must be fork-safe too
+    # verify=<private CA> lives in a companion pool: it must be fork-safe too
     private = greenpool.Client(pool="faults-fork-http", verify=tls.ca_bundle)
     h2 = greenpool.Client(pool="faults-fork-http", http2=True, verify=tls.ca_bundle)
     stop = gevent.event.Event()
@@ -615,9 +615,9 @@ def test_fork_under_load_http_client(nginx, tls, no_leaks):
     try:
         gs = [gevent.spawn(work, c, u) for c, u in urls for _ in range(4)]
         gevent.sleep(0.3)
-        # verify=<CA> connections are the pool's, under tagged keys
-        assert any(k[2].startswith("ssl|tls") for k in pool._hosts), list(pool._hosts)
-        companions: list = []
+        from greenpool.http import client as client_mod
+        companions = list((client_mod._companions.get(pool) or {}).values())
+        assert companions, "the verify=<CA> requests should use a companion pool"
         parent_ports = set(_local_ports(pool))
         for cp in companions:
             parent_ports |= _local_ports(cp)
@@ -920,11 +920,13 @@ def test_fork_with_http2_streams_in_flight(hypercorn, tls, no_leaks):
     the parent's connection (its copied reader is stopped, nothing is written): a POST
     fails at once with ConnectionClosed, an idempotent GET is sent again on the child's
     own connection.  In the parent both complete on the connection they started on."""
+    from greenpool.http import client as client_mod
+
     pool = greenpool.start_pool("faults-fork-h2", max_connections=4)
     c = greenpool.Client(pool="faults-fork-h2", http2=True, verify=tls.ca_bundle)
     try:
         assert c.get(hypercorn.https_url + "/").http_version == "HTTP/2"
-        pools = [pool]  # verify=<CA> connections are the pool's (tagged keys)
+        pools = [pool] + list((client_mod._companions.get(pool) or {}).values())
 
         def ports():
             return set().union(*(_local_ports(p) for p in pools))
