@@ -46,7 +46,10 @@ from greenpool.errors import (  # noqa: F401
 )
 from greenpool.http import (
     URL,
+    Auth,
+    BasicAuth,
     Client,
+    DigestAuth,
     Headers,
     Response,
     Retry,
@@ -73,7 +76,7 @@ __all__ = [
     "start_pool", "find_pool", "stop_pool", "get_pool",
     # HTTP
     "request", "get", "post", "put", "patch", "delete", "head", "options",
-    "Client", "Response", "Headers", "Timeout", "URL", "Retry",
+    "Client", "Response", "Headers", "Timeout", "URL", "Retry", "Auth", "BasicAuth", "DigestAuth",
     # errors (greenpool.errors)
     "GreenPoolError",
     "TimeoutException",

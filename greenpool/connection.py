@@ -259,9 +259,10 @@ class Connector:
     parent, stop the copied reader, write nothing).
     """
 
-    #: transports this connector accepts (``"quic"``: a connected UDP socket, the
-    #: QUIC handshake being the ``setup`` of :meth:`GreenPool.acquire_shared`)
-    transports: Tuple[str, ...] = net.TRANSPORTS + ("quic",)
+    #: transports this connector accepts (``"unix"``: host is the socket's path; ``"quic"``: a
+    #: connected UDP socket, the QUIC handshake being the ``setup`` of
+    #: :meth:`GreenPool.acquire_shared`)
+    transports: Tuple[str, ...] = net.ALL_TRANSPORTS + ("quic",)
     #: True: connections are used by many greenlets at once (acquire_shared)
     shared = False
     #: True: ``ping(conn)`` checks an idle connection every idle_interval

@@ -8,7 +8,7 @@ overrides use :meth:`PoolOptions.replace`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, TypedDict, Union
 
 from greenpool.backoff import BACKOFF_TYPES
 
@@ -16,6 +16,30 @@ STRATEGIES = ("round_robin", "random", "least_busy")
 
 Seconds = Optional[float]
 Lifetime = Union[None, float, Tuple[float, float]]
+
+
+class PoolOptionsDict(TypedDict, total=False):
+    """The keywords ``GreenPool(...)`` and ``start_pool(...)`` take: the fields of
+    :class:`PoolOptions` (a test keeps the two equal), so type checkers reject a
+    misspelled option (``**options: Unpack[PoolOptionsDict]``)."""
+
+    max_connections: int
+    max_per_host: Optional[int]
+    timeout: Seconds
+    checkout_timeout: Seconds
+    connect_timeout: Seconds
+    max_lifetime: Lifetime
+    max_requests: Optional[int]
+    prewarm_count: int
+    queue_target: Seconds
+    queue_interval: Seconds
+    idle_interval: Seconds
+    backoff_min: float
+    backoff_max: float
+    backoff_type: str
+    strategy: str
+    checkout_yield: bool
+    adaptive_idle_timeout: bool
 
 
 def _seconds(name: str, value: Any, allow_none: bool = True, allow_zero: bool = False) -> None:

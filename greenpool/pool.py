@@ -65,7 +65,7 @@ import random
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import gevent
 from gevent import Timeout, get_hub, getcurrent
@@ -86,7 +86,10 @@ from greenpool.connection import (
 from greenpool.errors import CheckinError, ConnectError, PoolClosed, PoolTimeout
 from greenpool.events import _subscribers as _listeners
 from greenpool.events import emit as _emit
-from greenpool.options import PoolOptions
+from greenpool.options import PoolOptions, PoolOptionsDict
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger("greenpool.pool")
 
@@ -147,7 +150,7 @@ class GreenPool:
     """A named pool of client connections.  See the module docstring for the rules."""
 
     def __init__(self, name: str = "default", *, connector: Optional[Connector] = None,
-                 **options: Any) -> None:
+                 **options: Unpack[PoolOptionsDict]) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a pool name must be a non-empty str, not %r" % (name,))
         self.name = name

@@ -17,10 +17,43 @@ Promises:
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Literal, Optional, TypedDict, overload
 
 from greenpool.connection import Connector
+from greenpool.options import PoolOptionsDict
 from greenpool.pool import _ALL_POOLS, GreenPool
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from greenpool.redis import RedisPool
+
+
+class RedisPoolOptionsDict(TypedDict, total=False):
+    """The keywords of ``start_pool(name, protocol="redis", ...)``: RedisPool's but
+    ``name`` and ``protocol`` (start_pool's own; a test keeps the rest equal)."""
+
+    pool_size: int
+    host: Optional[str]
+    port: Optional[int]
+    db: Optional[int]
+    username: Optional[str]
+    password: Optional[str]
+    ssl: Optional[bool]
+    strategy: str
+    timeout: float
+    connect_timeout: float
+    backoff_min: float
+    backoff_max: float
+    backoff_type: str
+    url: Optional[str]
+    decode_responses: bool
+    parser: str
+    max_reply_size: int
+    start: str
+    client_name: Optional[str]
+    verify: Any
+    retry_reads: int
 
 DEFAULT = "default"
 
@@ -28,6 +61,17 @@ _pools: Dict[str, GreenPool] = {}
 
 
 PROTOCOLS = ("generic", "redis")
+
+
+@overload
+def start_pool(name: str, *, protocol: Literal["generic"] = "generic",
+               connector: Optional[Connector] = None,
+               **options: Unpack[PoolOptionsDict]) -> GreenPool: ...
+
+
+@overload
+def start_pool(name: str, *, protocol: Literal["redis"],
+               **options: Unpack[RedisPoolOptionsDict]) -> "RedisPool": ...
 
 
 def start_pool(name: str, *, protocol: str = "generic", connector: Optional[Connector] = None,

@@ -337,8 +337,11 @@ def test_proxy_errors(session):
     with pytest.raises(requests.exceptions.ProxyError) as info:
         session.get("https://example.invalid/", proxies={"https": "http://127.0.0.1:%d" % refused_port()})
     assert isinstance(info.value.__cause__, greenpool.ConnectError)
-    with pytest.raises(requests.exceptions.InvalidProxyURL, match="http:// proxies only"):
-        session.get("http://example.invalid/", proxies={"http": "socks5://127.0.0.1:1080"})
+    with pytest.raises(requests.exceptions.InvalidProxyURL, match="http:// and SOCKS"):
+        session.get("http://example.invalid/", proxies={"http": "https://127.0.0.1:1080"})
+    # a SOCKS proxy that is down: a ProxyError naming it
+    with pytest.raises(requests.exceptions.ProxyError, match="SOCKS proxy"):
+        session.get("http://example.invalid/", proxies={"http": "socks5://127.0.0.1:%d" % refused_port()})
 
 
 # -- errors --
@@ -414,3 +417,119 @@ def test_raw_is_a_readable_file(session, gunicorn):
     assert buffered.read() == pattern(3000)[5:]
     r.close()
     assert r.raw.closed and r.raw.isclosed()
+
+
+# -- side by side with requests' own HTTPAdapter --------------------------------------------
+
+
+def _both(pool):
+    """A session on requests' HTTPAdapter and one on ours (same pool each test)."""
+    theirs = requests.Session()
+    ours = requests.Session()
+    adapter = GreenPoolAdapter(pool=pool.name)
+    ours.mount("http://", adapter)
+    ours.mount("https://", adapter)
+    return theirs, ours
+
+
+def _outcome(fn):
+    try:
+        r = fn()
+    except Exception as e:  # noqa: BLE001 - the type is what is compared
+        return type(e)
+    return r.status_code
+
+
+class SeekTellNoSeekable:
+    """A body with seek/tell but no seekable() (some wrappers in the wild)."""
+
+    def __init__(self, data):
+        self._f = io.BytesIO(data)
+        self.len = len(data)
+
+    def read(self, n=-1):
+        return self._f.read(n)
+
+    def seek(self, *a):
+        return self._f.seek(*a)
+
+    def tell(self):
+        return self._f.tell()
+
+
+class StrSub(str):
+    pass
+
+
+class BytesSub(bytes):
+    pass
+
+
+def test_adapter_matches_requests_on_inputs(pool, gunicorn):
+    theirs, ours = _both(pool)
+    url = gunicorn.url + "/echo"
+    for s in (theirs, ours):
+        r = s.post(url, data=SeekTellNoSeekable(b"body!"))
+        assert r.status_code == 200 and r.json()["body"] == "body!"
+        r = s.get(url, headers={StrSub("X-Sub"): StrSub("v"), "X-B": BytesSub(b"b")})
+        assert r.json()["headers"]["x-sub"] == "v" and r.json()["headers"]["x-b"] == "b"
+    # timeout of the wrong type: ValueError from both
+    assert _outcome(lambda: theirs.get(url, timeout="foo")) is ValueError
+    assert _outcome(lambda: ours.get(url, timeout="foo")) is ValueError
+    # bad proxy URLs: InvalidProxyURL from both
+    for bad in ("http:/badproxyurl:3128", "http://:8080"):
+        proxies = {"http": bad}
+        for s in (theirs, ours):
+            assert _outcome(lambda s=s, p=proxies: s.get(url, proxies=p)) is requests.exceptions.InvalidProxyURL
+    # a missing key file is named as the key
+    with pytest.raises(OSError, match="TLS key file"):
+        ours.get(gunicorn.url.replace("http:", "https:") + "/", cert=(__file__, "/nonexistent.key"))
+    with pytest.raises(OSError, match="TLS key file"):
+        theirs.get(gunicorn.url.replace("http:", "https:") + "/", cert=(__file__, "/nonexistent.key"))
+    # raw.read() after the body was preloaded: b"" as urllib3's
+    for s in (theirs, ours):
+        r = s.get(url)
+        assert r.content and r.raw.read() == b""
+    theirs.close()
+    ours.close()
+
+
+def test_adapter_session_pickles(pool, gunicorn):
+    import pickle
+    _, ours = _both(pool)
+    assert ours.get(gunicorn.url + "/echo").status_code == 200
+    copy = pickle.loads(pickle.dumps(ours))
+    adapter = copy.get_adapter(gunicorn.url)
+    assert isinstance(adapter, GreenPoolAdapter) and adapter.pool == pool.name
+    assert copy.get(gunicorn.url + "/echo").status_code == 200
+    t = Timeout((1, 2))
+    assert pickle.loads(pickle.dumps(GreenPoolAdapter(pool=pool.name, timeout=t))).client_kw["timeout"] == t
+    copy.close()
+    ours.close()
+
+
+def test_adapter_differing_content_length_is_invalid_header(pool):
+    """requests' own adapter (urllib3 2) reports conflicting Content-Length fields as
+    InvalidHeader; ours maps greenpool's RemoteProtocolError to the same."""
+    from httpfakes import HTTPFake
+
+    def respond(req, sock):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
+    theirs, ours = _both(pool)
+    with HTTPFake(respond) as srv:
+        assert _outcome(lambda: ours.get(srv.url + "/")) is requests.exceptions.InvalidHeader
+        srv.close_clients()
+    ours.close()
+    theirs.close()
+
+
+def test_adapter_socks_proxy_from_env(pool, gunicorn, monkeypatch):
+    pytest.importorskip("socksio")
+    from test_http_socks import fake_socks5
+    with fake_socks5() as fake:
+        monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:%d" % fake.port)
+        _, ours = _both(pool)
+        r = ours.get(gunicorn.url + "/echo?via=socks")
+        assert r.status_code == 200 and r.json()["args"] == {"via": "socks"} and fake.accepted == 1
+        ours.close()
+        fake.close_clients()

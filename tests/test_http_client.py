@@ -810,6 +810,75 @@ def test_option_validation():
     with pytest.raises(TypeError):
         greenpool.Client(pool=3)
     with pytest.raises(ValueError):
-        greenpool.Client(proxy="socks5://127.0.0.1:1080")
+        greenpool.Client(proxy="ftp://127.0.0.1:1080")
     with pytest.raises(errors.InvalidURL):
         greenpool.get("ftp://example.org/")
+
+
+# -- requests/httpx conveniences --------------------------------------------------------------
+
+
+def test_event_hooks_fire_for_redirects_and_retries(pool, parser, no_leaks):
+    calls = []
+
+    def respond(req, sock):
+        calls.append(req.target)
+        if req.target == "/start":
+            return ok(b"", "Location: /busy", status="302 Found")
+        if calls.count("/busy") == 1:
+            return ok(b"busy", "Retry-After: 0", status="503 Service Unavailable")
+        return ok(b"done")
+
+    seen = []
+    hooks = {"request": [lambda r: seen.append(("req", r.url.path))],
+             "response": [lambda r: seen.append(("resp", r.status))]}
+    with HTTPFake(respond) as srv:
+        c = greenpool.Client(pool=pool, http1_parser=parser, event_hooks=hooks, follow_redirects=True,
+                             retries=greenpool.Retry(total=3, status_forcelist=[503]))
+        assert c.get(srv.url + "/start").content == b"done"
+        assert seen == [("req", "/start"), ("resp", 302), ("req", "/busy"), ("resp", 503),
+                        ("req", "/busy"), ("resp", 200)]
+        # the lists can be changed in place; a request hook may add a header
+        c.event_hooks["request"][:] = [lambda r: r.headers.__setitem__("X-Hooked", "1")]
+        c.get(srv.url + "/done")
+        assert srv.requests[-1].headers["x-hooked"] == "1"
+        with pytest.raises(ValueError):
+            greenpool.Client(event_hooks={"send": []})
+    assert_exact(pool)
+
+
+def test_timeout_tuple_and_message(client, pool, no_leaks):
+    def respond(req, sock):
+        gevent.sleep(1)
+        return ok(b"late")
+    with HTTPFake(respond) as srv:
+        with pytest.raises(errors.ReadTimeout):
+            client.get(srv.url, timeout=(5, 0.1))
+        with pytest.raises(TypeError) as info:
+            client.get(srv.url, timeout="foo")
+        assert "timeout timeout" not in str(info.value)
+        srv.close_clients()
+    assert_exact(pool)
+
+
+def test_elapsed_until_the_head(no_leaks, gunicorn, pool, parser):
+    c = greenpool.Client(pool=pool, http1_parser=parser)
+    r = c.get(gunicorn.url + "/slow/0.3")
+    assert 0.27 <= r.elapsed.total_seconds() < 5.0, r.elapsed   # 0.3 s server-side, -10%
+    # the body stalls 1 s after the head: elapsed stops at the head (as requests')
+    r = c.get(gunicorn.url + "/stall-body?seconds=1&size=100")
+    assert len(r.content) == 100 and r.elapsed.total_seconds() < 0.9, r.elapsed
+    pool.close()
+
+
+def test_http2_after_http1_on_one_pool(no_leaks, nginx, tls):
+    pool = greenpool.GreenPool("test-h2-after-h1", max_connections=4)
+    try:
+        url = nginx.https_url + "/"
+        h1 = greenpool.Client(pool=pool, verify=tls.ca_bundle)
+        assert h1.get(url).http_version == "HTTP/1.1"
+        h2 = greenpool.Client(pool=pool, verify=tls.ca_bundle, http2=True)
+        assert [h2.get(url).http_version for _ in range(3)] == ["HTTP/2"] * 3
+        assert h1.get(url).http_version == "HTTP/1.1"
+    finally:
+        pool.close()

@@ -149,3 +149,91 @@ def test_response_with_decoder():
     assert r.read() == b"hello world"
     r = Response(200, Headers(), stream=FakeStream([z]), decoder=make_decoder("gzip"))
     assert b"".join(r.iter_raw()) == z
+
+
+# -- requests/httpx conveniences ---------------------------------------------------------------
+
+
+def test_timeout_tuple_message_and_pickle():
+    import pickle
+    t = Timeout((2, 7))
+    assert (t.connect, t.read, t.write, t.pool, t.total) == (2, 7, 7, None, None)
+    assert Timeout((None, 3)).connect is None
+    with pytest.raises(ValueError):
+        Timeout((1, 2, 3))
+    with pytest.raises(TypeError) as info:
+        Timeout("foo")
+    msg = str(info.value)
+    assert "timeout timeout" not in msg and msg.startswith("timeout must be a number of seconds")
+    assert "(connect, read) tuple" in msg
+    with pytest.raises(TypeError, match="the read timeout must be"):
+        Timeout(read="x")
+    for value in (Timeout(1), Timeout((1, 2)), Timeout(connect=3, total=9), Timeout()):
+        assert pickle.loads(pickle.dumps(value)) == value
+
+
+def _text_response(body, ctype=None, parts=None):
+    headers = Headers({"content-type": ctype} if ctype else {})
+    return Response(200, headers, url="http://h/", stream=FakeStream(parts or [body]))
+
+
+def test_text_charset_rules():
+    # a charset wins; without one the default (utf-8) when the body decodes with it...
+    assert _text_response("café".encode("latin-1"), "text/plain; charset=ISO-8859-1").text == "café"
+    r = _text_response("café".encode("utf-8"), "text/plain")
+    assert r.text == "café" and r.encoding == "utf-8"
+    # ...else latin-1, never U+FFFD
+    r = _text_response("café".encode("latin-1"), "text/plain")
+    assert r.text == "café" and r.encoding == "latin-1" and r.charset is None
+    # settable, checked at once
+    r = _text_response("café".encode("utf-8"))
+    r.encoding = "latin-1"
+    assert r.text == "cafÃ©" and r.encoding == "latin-1"
+    with pytest.raises(LookupError):
+        r.encoding = "no-such-codec"
+    # a callable default guesses from the bytes
+    r = _text_response(b"\xff\xfeh\x00i\x00")
+    r.default_encoding = lambda data: "utf-16" if data[:2] == b"\xff\xfe" else None
+    assert r.text == "hi" and r.encoding == "utf-16"
+
+
+def test_iter_text_and_lines():
+    data = "été\nline two\r\nthree\rfour".encode("utf-8")
+    # split inside a multi-byte character and between \r and \n
+    pieces = [data[:1], data[1:2], data[2:10], data[10:18], data[18:19], data[19:]]
+    r = _text_response(None, "text/plain; charset=utf-8", pieces)
+    assert list(r.iter_lines()) == ["été", "line two", "three", "four"]
+    r = _text_response(None, "text/plain; charset=utf-8", pieces)
+    assert "".join(r.iter_text()) == data.decode("utf-8")
+    # without a charset, latin-1 takes over at the first undecodable byte
+    r = _text_response(None, None, [b"ok ", "café\n".encode("latin-1")])
+    assert list(r.iter_lines()) == ["ok café"]
+    r = _text_response(None, None, [b"a\n\nb\n"])
+    assert list(r.iter_lines()) == ["a", "", "b"]
+
+
+def test_is_success_links_elapsed():
+    import datetime
+    assert Response(204, Headers()).is_success and not Response(302, Headers()).is_success
+    assert not Response(404, Headers()).is_success
+    link = '<https://api.test/p?page=2>; rel="next", <https://api.test/p?page=9>; rel="last"'
+    links = Response(200, Headers({"link": link})).links
+    assert links["next"]["url"] == "https://api.test/p?page=2"
+    assert links["last"] == {"url": "https://api.test/p?page=9", "rel": "last"}
+    assert Response(200, Headers()).links == {}
+    r = Response(200, Headers())
+    r._sent = r._started - 0.25
+    assert isinstance(r.elapsed, datetime.timedelta) and r.elapsed.total_seconds() == pytest.approx(0.25)
+
+
+def test_http_unix_url():
+    u = URL("http+unix://%2Ftmp%2FApp.sock/x?y=1")
+    assert (u.host, u.port, u.transport, u.authority, u.target) == ("/tmp/App.sock", 80, "unix",
+                                                                    "localhost", b"/x?y=1")
+    assert str(u) == "http+unix://%2Ftmp%2FApp.sock/x?y=1"
+    assert str(u.join("/z")) == "http+unix://%2Ftmp%2FApp.sock/z"
+    assert str(u.join("http://other/")) == "http://other/"
+    with pytest.raises(errors.InvalidURL):
+        URL("http+unix:///x")
+    with pytest.raises(errors.InvalidURL, match="http, https or http\\+unix"):
+        URL("ftp://h/")

@@ -37,8 +37,8 @@ Rules:
   with different settings never mix (greenpool's companion pools).
 * **Proxies.**  The proxy requests selects for the URL (``proxies=``,
   ``HTTP(S)_PROXY`` with ``trust_env``) goes to greenpool's ``proxy=``
-  (HTTP proxies only: an ``https://`` or ``socks`` proxy is an
-  ``InvalidProxyURL``).
+  (``http://`` and SOCKS proxies; an ``https://`` proxy or a URL without a
+  host is an ``InvalidProxyURL``, as requests says).
 * **Errors** map to ``requests.exceptions``: PoolTimeout and ConnectTimeout ->
   ``ConnectTimeout``; TLSError -> ``SSLError``; other connect errors ->
   ``ConnectionError`` (``ProxyError`` through a proxy); ReadTimeout/
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from http.client import HTTPMessage
 from typing import Any, Dict, Iterator, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
@@ -80,6 +81,7 @@ from greenpool.errors import (
     PoolTimeout,
     ProtocolError,
     ReadTimeout,
+    RemoteProtocolError,
     TimeoutException,
     TLSError,
     TransportError,
@@ -87,6 +89,7 @@ from greenpool.errors import (
 )
 from greenpool.http.client import Client
 from greenpool.http.models import Response, Timeout
+from greenpool.proxy import SOCKS_SCHEMES
 
 __all__ = ["GreenPoolAdapter", "GreenPoolRaw", "map_error", "BodyReadTimeout"]
 
@@ -119,6 +122,8 @@ def map_error(error: GreenPoolError, request: Any = None, *, proxy: Optional[str
         cls = rex.InvalidURL
     elif isinstance(error, LocalProtocolError):
         cls = rex.InvalidHeader if "header" in str(error).lower() else rex.RequestException
+    elif isinstance(error, RemoteProtocolError) and "content-length" in str(error).lower():
+        cls = rex.InvalidHeader  # as urllib3 2 reports conflicting Content-Length fields
     elif isinstance(error, (TransportError, ProtocolError)):
         cls = rex.ChunkedEncodingError if body else rex.ConnectionError
     elif isinstance(error, PoolError):
@@ -237,8 +242,8 @@ class GreenPoolRaw(io.IOBase):
     def read(self, amt: Optional[int] = None, decode_content: Optional[bool] = None,
              cache_content: bool = False) -> bytes:
         """Up to ``amt`` bytes of the (decoded) body; all of it when ``amt`` is None; b"" at the end."""
-        if self.closed and not self._buf:
-            return b""
+        if (self.closed or self._preloaded) and not self._buf:
+            return b""  # as urllib3's: requests already took the body into .content
         it = self._chunks(decode_content)
         if amt is None:
             parts = [bytes(self._buf)]
@@ -313,6 +318,15 @@ class GreenPoolAdapter(BaseAdapter):
         pool = self.pool if isinstance(self.pool, str) else getattr(self.pool, "name", self.pool)
         return "<GreenPoolAdapter pool=%r%s>" % (pool, " http2=%r" % (self.http2,) if self.http2 else "")
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # as requests' HTTPAdapter: the settings pickle, the connections do not (a GreenPool
+        # goes by its name; the Clients are made again on first use)
+        pool = self.pool if isinstance(self.pool, str) or self.pool is None else self.pool.name
+        return {"pool": pool, "http2": self.http2, "client_kw": self.client_kw}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(state["pool"], state["http2"], **state["client_kw"])  # type: ignore[misc]
+
     def _client(self, verify: Any, cert: Any, proxy: Optional[str]) -> Client:
         tag = (verify, tuple(cert) if isinstance(cert, (list, tuple)) else cert, proxy)
         client = self._clients.get(tag)
@@ -321,8 +335,17 @@ class GreenPoolAdapter(BaseAdapter):
                                                  cert=cert, proxy=proxy, **self.client_kw)
         return client
 
+    @classmethod
+    def _timeout(cls, timeout: Any) -> Optional[Timeout]:
+        try:
+            return cls._timeout_of(timeout)
+        except TypeError:
+            # requests (urllib3's Timeout) says ValueError for a value of the wrong type
+            raise ValueError("Timeout value %r is not valid: it must be an int, float, a "
+                             "(connect, read) tuple or None" % (timeout,)) from None
+
     @staticmethod
-    def _timeout(timeout: Any) -> Optional[Timeout]:
+    def _timeout_of(timeout: Any) -> Optional[Timeout]:
         if timeout is None:
             return None
         if isinstance(timeout, Timeout):
@@ -351,9 +374,9 @@ class GreenPoolAdapter(BaseAdapter):
             raise OSError("Could not find a suitable TLS CA certificate bundle, invalid path: %s" % verify)
         if cert:
             files = (cert,) if isinstance(cert, str) else tuple(cert)[:2]
-            for f in files:
+            for what, f in zip(("certificate", "key"), files):
                 if f and not os.path.exists(f):
-                    raise OSError("Could not find the TLS certificate file, invalid path: %s" % f)
+                    raise OSError("Could not find the TLS %s file, invalid path: %s" % (what, f))
         return verify, (cert or None)
 
     @staticmethod
@@ -364,10 +387,22 @@ class GreenPoolAdapter(BaseAdapter):
         if not proxy:
             return None
         if "://" not in proxy:
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", proxy):
+                # a scheme without "//" ("http:/host:3128"): requests finds no host in it
+                raise rex.InvalidProxyURL("Please check proxy URL. It is malformed and could be "
+                                          "missing the host.")
             proxy = "http://" + proxy
-        if not proxy.lower().startswith("http://"):
-            raise rex.InvalidProxyURL("greenpool supports http:// proxies only, not %s"
-                                      % proxy.split("://", 1)[0])
+        scheme = proxy.split("://", 1)[0].lower()
+        if scheme != "http" and scheme not in SOCKS_SCHEMES:
+            raise rex.InvalidProxyURL("greenpool supports http:// and SOCKS (%s) proxies, not %s"
+                                      % (", ".join(SOCKS_SCHEMES), scheme))
+        try:
+            host = urlsplit(proxy).hostname
+        except ValueError:
+            host = None
+        if not host:
+            raise rex.InvalidProxyURL("Please check proxy URL. It is malformed and could be "
+                                      "missing the host.")
         return proxy
 
     def send(self, request: Any, stream: bool = False, timeout: Any = None, verify: Any = True,
@@ -381,7 +416,12 @@ class GreenPoolAdapter(BaseAdapter):
             url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         proxy = self._proxy(url, proxies)
         tls_verify, tls_cert = self._tls(url, verify, cert)
-        client = self._client(tls_verify, tls_cert, proxy)
+        try:
+            client = self._client(tls_verify, tls_cert, proxy)
+        except (ValueError, InvalidURL) as e:
+            if proxy is None:
+                raise
+            raise rex.InvalidProxyURL("Please check proxy URL: %s" % (e,)) from e
         headers = [(k, v) for k, v in request.headers.items()
                    if not (k.lower() == "accept-encoding" and v == DEFAULT_ACCEPT_ENCODING)]
         kw: Dict[str, Any] = {"headers": headers, "body": request.body, "stream": True}

@@ -48,6 +48,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import codecs
 import dataclasses
 import io
 import json as _json
@@ -55,7 +56,8 @@ import os
 import ssl
 import time
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from http.cookiejar import CookieJar
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urlencode
 
 import gevent
@@ -67,22 +69,44 @@ from greenpool.errors import (
     ConnectTimeout,
     GreenPoolError,
     HTTPError,
+    InvalidURL,
     LocalProtocolError,
     TLSError,
     TooManyRedirects,
 )
+from greenpool.http import cookies as _cookies
 from greenpool.http import h1transport
+from greenpool.http.auth import Auth, AuthInput, basic_header, coerce_auth
+from greenpool.http.cookies import CookieInput
 from greenpool.http.decoding import ACCEPT_ENCODING, DEFAULT_MAX_DECODED_SIZE
-from greenpool.http.models import URL, Headers, Request, Response, Timeout
+from greenpool.http.models import URL, HeaderInput, Headers, Request, Response, Timeout
+from greenpool.http.multipart import FilesInput, MultipartStream
 from greenpool.http.retry import Retry, RetryState
 from greenpool.pool import GreenPool
+from greenpool.proxy import SOCKS_SCHEMES, SocksConnector, SocksProxy
 from greenpool.registry import _pools as _registered
 from greenpool.registry import resolve_pool
 
 __all__ = ["request", "get", "post", "put", "patch", "delete", "head", "options", "Client"]
 
 _monotonic = time.monotonic
-_UNSET: Any = object()
+
+
+class _Unset:
+    """The type of "not given" (the Client's setting applies)."""
+
+
+ParamsInput = Union[None, Mapping[str, Any], Sequence[Tuple[str, Any]]]
+TimeoutInput = Union[None, float, Tuple[Optional[float], Optional[float]], Timeout]
+RetryInput = Union[None, int, Retry]
+PoolInput = Union[None, str, GreenPool]
+VerifyInput = Union[bool, str, "os.PathLike[str]", ssl.SSLContext]
+CertInput = Union[None, str, "os.PathLike[str]", Tuple[str, str], Tuple[str, str, str]]
+ProxyInput = Union[None, str, Mapping[str, str]]
+EncodingInput = Union[str, Callable[[bytes], Optional[str]]]
+Hook = Callable[..., Any]
+EventHooks = Mapping[str, Union[Hook, Sequence[Hook]]]
+_UNSET: Any = _Unset()
 _NO_TIMEOUT = Timeout()
 
 
@@ -133,8 +157,8 @@ def _b(value: Any, what: str) -> bytes:
                                      "encode it first (e.g. RFC 8187)" % (what, value)) from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value).encode("ascii")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)  # a subclass of bytes too (requests passes some)
     raise TypeError("header names and values must be str or bytes, not %s" % type(value).__name__)
 
 
@@ -196,6 +220,40 @@ def _encode_body(body: Any, json: Any) -> Tuple[Any, int, Optional[Tuple[bytes, 
                     "of bytes, not %s" % type(body).__name__)
 
 
+def _is_pairs(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(p, tuple) and len(p) == 2 for p in value)
+
+
+def _encode_payload(body: Any, json: Any, data: Any, files: Any,
+                    content: Any) -> Tuple[Any, int, Optional[Tuple[bytes, bytes]]]:
+    """``data=``/``files=``/``content=`` (requests' and httpx's names) beside ``body=``
+    and ``json=``: at most one source of the body, except data= fields with files=."""
+    given = [n for n, v in (("body", body), ("json", json), ("content", content),
+                            ("data", data if files is None else None)) if v is not None]
+    if len(given) > 1 or (files is not None and given):
+        raise TypeError("pass one of body=, json=, content=, data= (files= may come with "
+                        "data= fields), not %s" % " and ".join(
+                            given + (["files"] if files is not None else [])))
+    if files is not None:
+        if data is not None and not (isinstance(data, Mapping) or _is_pairs(data)):
+            raise TypeError("with files=, data= must be form fields (a mapping or a list of "
+                            "pairs), not %s" % type(data).__name__)
+        m = MultipartStream(data, files)
+        return m, -1 if m.length is None else m.length, (b"Content-Type", m.content_type)
+    if data is not None:
+        if _is_pairs(data) and data:
+            encoded = urlencode(list(data), doseq=True).encode("ascii")
+            return encoded, len(encoded), _FORM_CT
+        return _encode_body(data, None)
+    if content is not None:
+        if isinstance(content, Mapping):
+            raise TypeError("content= is the raw body (bytes, str, a file or an iterable); "
+                            "use data= for a form")
+        return _encode_body(content, None)
+    return _encode_body(body, json)
+
+
 def _file_length(f: Any) -> int:
     if isinstance(f, io.TextIOBase):
         return -1
@@ -217,8 +275,11 @@ def _file_length(f: Any) -> int:
 def _replayable(body: Any) -> bool:
     if body is None or body.__class__ is bytes:
         return True
+    if not hasattr(body, "seek"):
+        return False
     try:
-        return bool(hasattr(body, "seek") and body.seekable())
+        seekable = getattr(body, "seekable", None)
+        return bool(seekable()) if seekable is not None else hasattr(body, "tell")
     except (OSError, ValueError):
         return False
 
@@ -234,7 +295,8 @@ class Proxy:
     def __init__(self, url: str) -> None:
         u = URL(url)
         if u.scheme != "http":
-            raise ValueError("only http:// proxies are supported, not %r" % (u.scheme,))
+            raise ValueError("a proxy URL is http://, socks5://, socks5h://, socks4:// or "
+                             "socks4a://, not %r" % (u.scheme,))
         self.host = u.host
         self.port = u.port
         self.auth: Optional[bytes] = _basic_auth(u.userinfo) if u.userinfo else None
@@ -328,6 +390,17 @@ class ProxyConnector(Connector):
 
     def __repr__(self) -> str:
         return "<ProxyConnector %r>" % (self.proxy,)
+
+
+AnyProxy = Union["Proxy", SocksProxy]
+
+
+def _make_proxy(url: str) -> AnyProxy:
+    """An HTTP proxy or a SOCKS one, by the URL's scheme."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in SOCKS_SCHEMES:
+        return SocksProxy(url)
+    return Proxy(url)
 
 
 def _proxies_from_env() -> Tuple[Dict[str, str], List[str]]:
@@ -445,6 +518,18 @@ class Client:
     ``expect_continue``: send ``Expect: 100-continue`` before request bodies.
     ``max_header_size``/``max_headers``: response head limits (64 KiB, 256 fields).
     ``user_agent``: the User-Agent header (default ``greenpool/<version>``).
+    ``cookies``: initial cookies (a mapping, pairs, or a ``CookieJar`` used as it is);
+    ``client.cookies`` is the jar every response's ``Set-Cookie`` goes into (default empty).
+    ``auth``: ``(user, password)`` (Basic), a :class:`~greenpool.http.auth.Auth` (e.g.
+    ``DigestAuth``), or a callable changing the request (default None; URL userinfo then
+    becomes Basic).
+    ``event_hooks``: ``{"request": [f], "response": [f]}``, called for every request
+    sent, redirects and retries included (default None).
+    ``default_encoding``: the text encoding when no charset is given, or a callable
+    guessing it from the bytes (default ``"utf-8"``, latin-1 when the body is not UTF-8).
+    ``uds``: the path of a Unix domain socket every request goes to (http:// URLs; the
+    URL's host is the Host header; HTTP/1.1; default None). ``http+unix://%2Fpath/...``
+    URLs name the socket per request.
     """
 
     def __init__(self, *, pool: Any = "default", base_url: Optional[str] = None,
@@ -455,8 +540,10 @@ class Client:
                  max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
                  expect_continue: bool = False, max_header_size: int = 65536,
                  max_headers: int = 256, user_agent: Optional[str] = None,
-                 max_body_size: Optional[int] = None,
-                 http3: Union[bool, str] = False) -> None:
+                 max_body_size: Optional[int] = None, cookies: CookieInput = None,
+                 auth: AuthInput = None, event_hooks: Optional[EventHooks] = None,
+                 default_encoding: Union[str, Callable[[bytes], Optional[str]]] = "utf-8",
+                 uds: Optional[str] = None, http3: Union[bool, str] = False) -> None:
         if not (pool is None or isinstance(pool, (str, GreenPool))):
             raise TypeError("pool must be a pool name or a GreenPool, not %s" % type(pool).__name__)
         if http2 not in (False, True, "prior_knowledge"):
@@ -492,36 +579,114 @@ class Client:
             defaults.append((b"Accept-Encoding", ACCEPT_ENCODING.encode("ascii")))
         self._base = _merge(defaults, [h for h in _raw_list(headers) if h[0].lower() not in _FRAMING])
         self.headers = Headers.from_raw(self._base)
-        self._proxies: Dict[str, Proxy] = {}
+        self._proxies: Dict[str, AnyProxy] = {}
         self._no_proxy: List[str] = []
         if trust_env:
             env, self._no_proxy = _proxies_from_env()
-            self._proxies = {k: Proxy(v) for k, v in env.items()}
+            self._proxies = {k: _make_proxy(v) for k, v in env.items()}
         if proxy is not None:
             if isinstance(proxy, Mapping):
-                self._proxies = {k: Proxy(v) for k, v in proxy.items() if v}
+                self._proxies = {k: _make_proxy(v) for k, v in proxy.items() if v}
             else:
-                p = Proxy(proxy)
+                p = _make_proxy(proxy)
                 self._proxies = {"http": p, "https": p}
         self._tls_default = verify is True and cert is None
         self._routes: Dict[Tuple[Any, ...], _Route] = {}
         self._closed = False
+        if uds is not None:
+            uds = os.fspath(uds)
+            if not isinstance(uds, str) or not uds:
+                raise TypeError("uds must be the path of a Unix domain socket (a str), not %r"
+                                % (uds,))
+        self.uds: Optional[str] = uds
+        self._jar: Optional[CookieJar] = _cookies.coerce_jar(cookies)
+        self.auth: Optional[Auth] = coerce_auth(auth)
+        if not (isinstance(default_encoding, str) or callable(default_encoding)):
+            raise TypeError("default_encoding must be an encoding name or a callable taking "
+                            "the body bytes, not %s" % type(default_encoding).__name__)
+        if isinstance(default_encoding, str):
+            codecs.lookup(default_encoding)
+        self.default_encoding = default_encoding
+        self._request_hooks: List[Callable[[Request], Any]] = []
+        self._response_hooks: List[Callable[[Response], Any]] = []
+        for name, hooks in (event_hooks or {}).items():
+            if name not in ("request", "response"):
+                raise ValueError("event_hooks keys are 'request' and 'response', not %r" % (name,))
+            funcs = [hooks] if callable(hooks) else list(hooks)
+            (self._request_hooks if name == "request" else self._response_hooks).extend(funcs)
+        self._set_post()
+
+    def _set_post(self) -> None:
+        # what _send does after each exchange: nothing at all for a Client without a
+        # cookie jar (module-level calls), hooks or a default_encoding of its own
+        post = self._jar is not None or self._response_hooks or self.default_encoding != "utf-8"
+        self._post = self._after_response if post else None
+        self._pre = self._before_request if self._request_hooks else None
+
+    @property
+    def cookies(self) -> CookieJar:
+        """The Client's cookie jar (an ``http.cookiejar.CookieJar``); assign a mapping or a
+        jar to replace it."""
+        if self._jar is None:
+            self._jar = CookieJar()
+            self._set_post()
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, value: CookieInput) -> None:
+        self._jar = _cookies.coerce_jar(value)
+        self._set_post()
+
+    @property
+    def event_hooks(self) -> Dict[str, List[Callable[..., Any]]]:
+        """The hooks (``{"request": [...], "response": [...]}``); the lists may be changed
+        in place."""
+        return {"request": self._request_hooks, "response": self._response_hooks}
+
+    def _before_request(self, req: Request) -> None:
+        for hook in self._request_hooks:
+            hook(req)
+
+    def _after_response(self, req: Request, resp: Response) -> None:
+        jar = self._jar
+        if jar is not None:
+            values = _cookies.set_cookie_values(resp)
+            if values:
+                _cookies.extract(jar, req.url, values)
+                extra = req.extensions.get("jar")
+                if extra is not None and extra is not jar:
+                    _cookies.extract(extra, req.url, values)
+        if self.default_encoding != "utf-8":
+            resp.default_encoding = self.default_encoding
+        for hook in self._response_hooks:
+            hook(resp)
 
     # -- the public methods --
 
-    def request(self, method: str, url: Union[str, URL], *, params: Any = None,
-                headers: Any = None, body: Any = None, json: Any = None, timeout: Any = _UNSET,
-                follow_redirects: Any = _UNSET, max_redirects: Any = _UNSET,
-                retries: Any = _UNSET, stream: bool = False, pool: Any = _UNSET) -> Response:
+    def request(self, method: str, url: Union[str, URL], *, params: ParamsInput = None,
+                headers: HeaderInput = None, body: Any = None, json: Any = None,
+                data: Any = None, files: Optional[FilesInput] = None, content: Any = None,
+                cookies: CookieInput = None, auth: Union[AuthInput, _Unset] = _UNSET,
+                timeout: Union[TimeoutInput, _Unset] = _UNSET,
+                follow_redirects: Union[bool, _Unset] = _UNSET,
+                max_redirects: Union[int, _Unset] = _UNSET,
+                retries: Union[RetryInput, _Unset] = _UNSET, stream: bool = False,
+                pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
         """Send one request; returns the :class:`Response` (read unless ``stream=True``)."""
+        extras = None
+        if data is not None or files is not None or content is not None or cookies is not None \
+                or auth is not _UNSET:
+            extras = (data, files, content, cookies, auth)
         return self._request(method, url, params, headers, body, json, timeout, follow_redirects,
-                             max_redirects, retries, stream, pool)
+                             max_redirects, retries, stream, pool, extras)
 
     def _request(self, method: str, url: Union[str, URL], params: Any, headers: Any, body: Any,
                  json: Any, timeout: Any, follow_redirects: Any, max_redirects: Any,
-                 retries: Any, stream: bool, pool: Any) -> Response:
+                 retries: Any, stream: bool, pool: Any,
+                 extras: Optional[Tuple[Any, Any, Any, Any, Any]] = None) -> Response:
         # request() with its arguments in order: the module-level functions call it
-        # positionally (matching a dozen keywords costs more than the call)
+        # positionally (matching a dozen keywords costs more than the call); ``extras``
+        # is (data, files, content, cookies, auth) when any of them was given
         if self._closed:
             raise HTTPError("this Client was closed")
         base = self.base_url
@@ -534,6 +699,12 @@ class Client:
         total = t.total
         deadline = None if total is None else _monotonic() + total
         gp = self._pool(pool)
+        jar = self._jar
+        if extras is not None or self.auth is not None or u.userinfo \
+                or (jar is not None and jar._cookies):  # type: ignore[attr-defined]
+            return self._request_full(method, u, gp, headers, body, json, t, deadline,
+                                      follow_redirects, max_redirects, retries, stream,
+                                      extras or (None, None, None, None, _UNSET))
         if body is None and json is None:
             data, length, ctype = None, 0, None
         else:
@@ -550,29 +721,234 @@ class Client:
         if not fr and retry is None:
             return self._send(gp, req, t, deadline, stream)
         mr = self.max_redirects if max_redirects is _UNSET else max_redirects
-        return self._send_handling(gp, req, t, deadline, stream, fr, mr, retry,
-                                   (data, ctype, raw_override))
+        return self._send_handling(gp, req, t, deadline, stream, fr, mr, retry)
 
-    def get(self, url: Union[str, URL], **kw: Any) -> Response:
-        return self.request("GET", url, **kw)
+    def _request_full(self, method: str, u: URL, gp: GreenPool, headers: Any, body: Any,
+                      json: Any, t: Timeout, deadline: Optional[float], follow_redirects: Any,
+                      max_redirects: Any, retries: Any, stream: bool,
+                      extras: Tuple[Any, Any, Any, Any, Any]) -> Response:
+        """A request with a body from data=/files=/content=, cookies or auth."""
+        data_in, files, content, cookies, auth = extras
+        data, length, ctype = _encode_payload(body, json, data_in, files, content)
+        raw_override = _raw_list(headers) if headers is not None else []
+        if length < 0:
+            for k, v in raw_override:
+                if k.lower() == b"content-length" and v.isdigit():
+                    length = int(v)
+        names = {k.lower() for k, _ in raw_override}
+        flow = self.auth if auth is _UNSET else coerce_auth(auth)
+        if flow is None and u.userinfo and b"authorization" not in names:
+            user, _, password = u.userinfo.partition(":")
+            raw_override.append((b"Authorization", basic_header(unquote(user), unquote(password))
+                                 .encode("ascii")))
+        jar = self._jar
+        if cookies is not None:
+            # this request's cookies over the Client's, for this request (and its redirects)
+            merged = CookieJar()
+            for c in jar or ():
+                merged.set_cookie(c)
+            for c in _cookies.coerce_jar(cookies):
+                merged.set_cookie(c)
+            jar = merged
+        from_jar = jar is not None and b"cookie" not in names
+        if from_jar:
+            value = _cookies.cookie_header(jar, u)  # type: ignore[arg-type]
+            if value:
+                raw_override.append((b"Cookie", value))
+        req = self._build(method, u, gp, data, length, ctype, raw_override or None)
+        if from_jar:
+            req.extensions["jar"] = jar
+        fr = self.follow_redirects if follow_redirects is _UNSET else bool(follow_redirects)
+        retry = self.retries if retries is _UNSET or retries is self.retries \
+            else Retry.coerce(retries)
+        mr = self.max_redirects if max_redirects is _UNSET else max_redirects
+        if flow is None:
+            if not fr and retry is None:
+                return self._send(gp, req, t, deadline, stream)
+            return self._send_handling(gp, req, t, deadline, stream, fr, mr, retry)
+        return self._send_auth(gp, req, t, deadline, stream, fr, mr, retry, flow)
 
-    def head(self, url: Union[str, URL], **kw: Any) -> Response:
-        return self.request("HEAD", url, **kw)
+    def _send_auth(self, gp: GreenPool, req: Request, t: Timeout, deadline: Optional[float],
+                   stream: bool, follow: bool, max_redirects: int, retry: Optional[Retry],
+                   auth: Auth) -> Response:
+        """Run an auth flow: every request it yields is sent (redirects and retries
+        inside), every response but the last is read and released."""
+        flow = auth.auth_flow(req)
+        request = next(flow)
+        rewind = h1transport._rewind_point(request.body)
+        while True:
+            resp = self._send_handling(gp, request, t, deadline, True, follow, max_redirects,
+                                       retry)
+            try:
+                nxt = flow.send(resp)
+            except StopIteration:
+                break
+            except BaseException:
+                resp.close()
+                raise
+            if nxt.body is not None and not h1transport._rewind(nxt.body, rewind):
+                break  # the body cannot be sent again: the last response is the answer
+            _discard(resp)
+            request = nxt
+        flow.close()
+        if not stream:
+            try:
+                resp.read()
+            except BaseException:
+                resp.close()
+                raise
+        return resp
 
-    def options(self, url: Union[str, URL], **kw: Any) -> Response:
-        return self.request("OPTIONS", url, **kw)
+    def get(self, url: Union[str, URL], *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            body: Any = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("GET", url, ...)``."""
+        return self.request("GET", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
 
-    def delete(self, url: Union[str, URL], **kw: Any) -> Response:
-        return self.request("DELETE", url, **kw)
+    def head(self, url: Union[str, URL], *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            body: Any = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("HEAD", url, ...)``."""
+        return self.request("HEAD", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
 
-    def post(self, url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
-        return self.request("POST", url, body=body, **kw)
+    def options(self, url: Union[str, URL], *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            body: Any = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("OPTIONS", url, ...)``."""
+        return self.request("OPTIONS", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
 
-    def put(self, url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
-        return self.request("PUT", url, body=body, **kw)
+    def delete(self, url: Union[str, URL], *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            body: Any = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("DELETE", url, ...)``."""
+        return self.request("DELETE", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
 
-    def patch(self, url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
-        return self.request("PATCH", url, body=body, **kw)
+    def post(self, url: Union[str, URL], body: Any = None, *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("POST", url, ...)``."""
+        return self.request("POST", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+
+    def put(self, url: Union[str, URL], body: Any = None, *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("PUT", url, ...)``."""
+        return self.request("PUT", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+
+    def patch(self, url: Union[str, URL], body: Any = None, *,
+            params: ParamsInput = None,
+            headers: HeaderInput = None,
+            json: Any = None,
+            data: Any = None,
+            files: Optional[FilesInput] = None,
+            content: Any = None,
+            cookies: CookieInput = None,
+            auth: Union[AuthInput, _Unset] = _UNSET,
+            timeout: Union[TimeoutInput, _Unset] = _UNSET,
+            follow_redirects: Union[bool, _Unset] = _UNSET,
+            max_redirects: Union[int, _Unset] = _UNSET,
+            retries: Union[RetryInput, _Unset] = _UNSET,
+            stream: bool = False,
+            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+        """``request("PATCH", url, ...)``."""
+        return self.request("PATCH", url, params=params, headers=headers, body=body, json=json,
+                            data=data, files=files, content=content, cookies=cookies, auth=auth,
+                            timeout=timeout, follow_redirects=follow_redirects,
+                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
 
     def close(self) -> None:
         """Forget cached routes; the pools (shared) stay up."""
@@ -613,11 +989,19 @@ class Client:
         r = self._routes.get(tag)
         if r is not None and not r.pool.closed:
             return r
+        transport = u.transport
+        if self.uds is not None or transport == "unix":
+            if transport == "ssl":
+                raise InvalidURL("%s: TLS over a Unix domain socket (uds=) is not supported; "
+                                 "use an http:// URL" % (u,))
+            r = _Route(gp, (self.uds or u.host, u.port, "unix"), {}, False, [],
+                       (b"Host", u.authority.encode("ascii")))
+            self._routes[tag] = r
+            return r
         proxy = self._proxies.get(u.scheme) if self._proxies else None
         if proxy is not None and _bypass(u.host, self._no_proxy):
             proxy = None
         connect_opts: Dict[str, Any] = {}
-        transport = u.transport
         if transport == "ssl" and not self._tls_default:
             connect_opts = {"verify": self.verify, "cert": self.cert}
         pool = gp
@@ -626,9 +1010,11 @@ class Client:
         if proxy is not None:
             tls = (self.verify if isinstance(self.verify, (bool, str)) else id(self.verify),
                    str(self.cert)) if transport == "ssl" else None
+            connector: Connector = SocksConnector(proxy) if isinstance(proxy, SocksProxy) \
+                else ProxyConnector(proxy)
             pool = _companion(gp, ("proxy", proxy.tag, tls), "proxy %s:%d" % (proxy.host, proxy.port),
-                              ProxyConnector(proxy))
-            if transport == "tcp":
+                              connector)
+            if transport == "tcp" and isinstance(proxy, Proxy):
                 absolute = True
                 if proxy.auth:
                     proxy_headers = [(b"Proxy-Authorization", proxy.auth)]
@@ -666,26 +1052,30 @@ class Client:
         route = req.extensions.get("route")
         if route is None:
             route = req.extensions["route"] = self._route(gp, req.url)
+        if self._pre is not None and "h3_lost" not in req.extensions:  # once per request
+            self._pre(req)
+        sent = _monotonic()
         connect_opts = route.connect_opts
         if t.connect is not None:
             connect_opts = dict(connect_opts, connect_timeout=t.connect)
         conn = None
         if self.http3 and route.key[2] == "ssl" and not route.absolute and "h3_lost" not in req.extensions:
-            resp = self._send_h3(route, req, t, deadline, connect_opts, stream)
+            resp = self._send_h3(route, req, t, deadline, connect_opts, stream, sent)
             if resp is not None:
                 return resp
             req.extensions["h3_lost"] = True   # the race went to TCP: send it there
             try:
                 return self._send(gp, req, t, deadline, stream)
             except ConnectError:   # TCP failed: the QUIC handshake still running may not
-                resp = self._send_h3(route, req, t, deadline, connect_opts, stream, rescue=True)
+                resp = self._send_h3(route, req, t, deadline, connect_opts, stream, sent, rescue=True)
                 if resp is None:
                     raise
                 return resp
             finally:
                 del req.extensions["h3_lost"]
         http2 = self.http2
-        if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute:
+        if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute \
+                and route.key[2] != "unix":
             from greenpool.http import h2transport  # written separately; imported on use
             opts = self.h1_options
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
@@ -696,6 +1086,9 @@ class Client:
             if isinstance(result, Response):
                 if self.http3 is True:
                     h3_learn(route.pool, req.url, result)
+                result._sent = sent
+                if self._post is not None:
+                    self._post(req, result)
                 if not stream:
                     result.read()
                 return result
@@ -705,10 +1098,14 @@ class Client:
                                   target=str(req.url).encode("ascii") if route.absolute else None)
         if self.http3 is True and route.key[2] == "ssl":
             h3_learn(route.pool, req.url, resp)
+        resp._sent = sent
+        if self._post is not None:
+            self._post(req, resp)
         return resp
 
     def _send_h3(self, route: _Route, req: Request, t: Timeout, deadline: Optional[float],
-                 connect_opts: Dict[str, Any], stream: bool, rescue: bool = False) -> Optional[Response]:
+                 connect_opts: Dict[str, Any], stream: bool, sent: float,
+                 rescue: bool = False) -> Optional[Response]:
         from greenpool.http.h3 import origins  # needs the http3 extra; imported on use
         opts = self.h1_options
         resp = origins.try_h3(route.pool, req, t, deadline, connect_opts, self.http3, rescue=rescue,
@@ -716,15 +1113,21 @@ class Client:
                               decode_content=opts.decode_content,
                               max_decoded_size=opts.max_decoded_size,
                               max_header_size=opts.max_header_size, max_body_size=opts.max_body_size)
-        if resp is not None and not stream:
-            resp.read()
+        if resp is not None:
+            resp._sent = sent
+            if self._post is not None:
+                self._post(req, resp)
+            if not stream:
+                resp.read()
         return resp
 
     def _send_handling(self, gp: GreenPool, req: Request, t: Timeout, deadline: Optional[float],
-                       stream: bool, follow: bool, max_redirects: int, retry: Optional[Retry],
-                       source: Tuple[Any, Any, Any]) -> Response:
+                       stream: bool, follow: bool, max_redirects: int, retry: Optional[Retry]
+                       ) -> Response:
         history: List[Response] = []
         state = RetryState(retry) if retry is not None else None
+        # where the body starts: a retry or a 307/308 sends it again from there
+        start = None if req.body is None else h1transport._rewind_point(req.body)
         while True:
             try:
                 resp = self._send(gp, req, t, deadline, stream)
@@ -734,7 +1137,7 @@ class Client:
                 kind = retry.is_retryable_error(e, req.method, True)
                 if kind is None or not _replayable(req.body) or not state.take(kind):
                     raise
-                if not h1transport._rewind(req.body, h1transport._rewind_point(req.body)):
+                if not h1transport._rewind(req.body, start):
                     raise
                 _sleep(state.delay(), deadline, e)
                 continue
@@ -754,7 +1157,7 @@ class Client:
                     raise TooManyRedirects("more than max_redirects=%d redirects, last to %s; "
                                            "raise max_redirects or follow them yourself"
                                            % (max_redirects, resp.headers.get("location")))
-                nxt = self._redirect(gp, req, resp, source)
+                nxt = self._redirect(gp, req, resp, start)
                 if nxt is not None:
                     _discard(resp)
                     history.append(resp)
@@ -770,7 +1173,7 @@ class Client:
             return resp
 
     def _redirect(self, gp: GreenPool, req: Request, resp: Response,
-                  source: Tuple[Any, Any, Any]) -> Optional[Request]:
+                  start: Any) -> Optional[Request]:
         try:
             new_url = req.url.join(resp.headers["location"])
         except (GreenPoolError, ValueError) as e:
@@ -788,7 +1191,7 @@ class Client:
         elif status == 303:
             drop_body = True
         if not drop_body and body is not None:
-            if not _replayable(body) or not h1transport._rewind(body, h1transport._rewind_point(body)):
+            if not _replayable(body) or not h1transport._rewind(body, start):
                 return None  # the body cannot be sent again: hand back the redirect itself
         old = req.url
         same_origin = (old.scheme, old.host, old.port) == (new_url.scheme, new_url.host, new_url.port)
@@ -803,12 +1206,24 @@ class Client:
             if drop_body and low in _BODY_HEADERS:
                 continue
             raw.append((k, v))
+        jar = req.extensions.get("jar")
+        if jar is None and self._jar is not None \
+                and not any(k.lower() == b"cookie" for k, _ in req.raw_headers):
+            jar = self._jar
+        if jar is not None:
+            # the cookies the jar holds for the new URL (Set-Cookie of the redirect included)
+            raw = [h for h in raw if h[0].lower() != b"cookie"]
+            value = _cookies.cookie_header(jar, new_url)
+            if value:
+                raw.append((b"Cookie", value))
         if route.proxy_headers:
             raw += route.proxy_headers
         if drop_body:
             body, length = None, 0
         nreq = Request(method, new_url, body=body, content_length=length, raw_headers=raw)
         nreq.extensions["route"] = route
+        if jar is not None:
+            nreq.extensions["jar"] = jar
         return nreq
 
 
@@ -845,85 +1260,395 @@ def h3_learn(pool: Any, url: URL, resp: Response) -> None:
 
 # -- module-level functions ------------------------------------------------------------------
 
-_CLIENT_OPTIONS = frozenset(("base_url", "verify", "cert", "http2", "http3", "http1_parser", "proxy",
-                             "trust_env", "decode_content", "max_decoded_size",
-                             "expect_continue", "max_header_size", "max_headers", "user_agent",
-                             "max_body_size"))
+_OPTION_NAMES = ("base_url", "verify", "cert", "http2", "http3", "http1_parser", "proxy",
+                 "trust_env", "decode_content", "max_decoded_size", "expect_continue",
+                 "max_header_size", "max_headers", "user_agent", "max_body_size",
+                 "default_encoding", "uds")
+_DEFAULT_OPTIONS = (None, True, None, False, False, "auto", None, False, True,
+                    DEFAULT_MAX_DECODED_SIZE, False, 65536, 256, None, None, "utf-8", None)
 _default_client: Optional[Client] = None
-
-
 _clients: Dict[Any, "Client"] = {}
 _MAX_CACHED_CLIENTS = 64
 
 
-def _cached_client(pool: Any, client_options: Dict[str, Any]) -> "Client":
+def _cached_client(pool: PoolInput, opts: Tuple[Any, ...]) -> "Client":
     """One Client per (pool, options), so module-level calls with options reuse its
-    prepared state and connections instead of building a Client per call.
-
-    Keyed by the options in the order given (a call site passes them the same way
-    every time); the unknown-option check runs only when a Client is made."""
+    prepared state and connections instead of building a Client per call."""
     try:
-        key = (pool, tuple(client_options.items()))
+        key = (pool, opts)
         client = _clients.get(key)
-    except TypeError:  # an unhashable option (e.g. a headers dict): no caching
-        _check_client_options(client_options)
-        return Client(pool=pool, **client_options)
+    except TypeError:  # an unhashable option (e.g. a proxy mapping): no caching
+        return _module_client(Client(pool=pool, **dict(zip(_OPTION_NAMES, opts))))
     if client is None or client._closed:
-        _check_client_options(client_options)
         if len(_clients) >= _MAX_CACHED_CLIENTS:
             _clients.pop(next(iter(_clients)))
-        client = _clients[key] = Client(pool=pool, **client_options)
+        client = _clients[key] = _module_client(
+            Client(pool=pool, **dict(zip(_OPTION_NAMES, opts))))
     return client
 
 
-def _check_client_options(client_options: Dict[str, Any]) -> None:
-    unknown = set(client_options) - _CLIENT_OPTIONS
-    if unknown:
-        raise TypeError("request() got unexpected keyword argument(s): %s"
-                        % ", ".join(sorted(unknown)))
+def _module_client(client: "Client") -> "Client":
+    """Module-level calls keep no cookies (each call stands alone)."""
+    client._jar = None
+    client._set_post()
+    return client
 
 
-def request(method: str, url: Union[str, URL], *, pool: Any = "default", params: Any = None,
-            headers: Any = None, body: Any = None, json: Any = None, timeout: Any = None,
-            follow_redirects: bool = False, max_redirects: int = 5, retries: Any = None,
-            stream: bool = False, **client_options: Any) -> Response:
-    """Send one request through ``pool``; see :class:`Client` for every option."""
+def request(method: str, url: Union[str, URL], *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        body: Any = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """Send one request through ``pool``; see :class:`Client` for every option.
+
+    The Client options (``verify`` ... ``default_encoding``) pick a Client kept per
+    (pool, options); module-level calls keep no cookies."""
+    opts = (base_url, verify, cert, http2, http3, http1_parser, proxy, trust_env, decode_content,
+            max_decoded_size, expect_continue, max_header_size, max_headers, user_agent,
+            max_body_size, default_encoding, uds)
     client: Optional[Client]
-    if client_options:
-        client = _cached_client(pool, client_options)
-    else:
+    if opts == _DEFAULT_OPTIONS:
         global _default_client
         client = _default_client
         if client is None:
-            client = _default_client = Client(pool=None)
+            client = _default_client = _module_client(Client(pool=None))
+    else:
+        client = _cached_client(pool, opts)
+    extras = None
+    if data is not None or files is not None or content is not None or cookies is not None \
+            or auth is not None:
+        extras = (data, files, content, cookies, auth)
     return client._request(method, url, params, headers, body, json, timeout, follow_redirects,
-                           max_redirects, retries, stream, pool)
+                           max_redirects, retries, stream, pool, extras)
 
 
-def get(url: Union[str, URL], **kw: Any) -> Response:
-    return request("GET", url, **kw)
+def get(url: Union[str, URL], *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        body: Any = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("GET", url, ...)``."""
+    return request("GET", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)
 
 
-def head(url: Union[str, URL], **kw: Any) -> Response:
-    return request("HEAD", url, **kw)
+def head(url: Union[str, URL], *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        body: Any = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("HEAD", url, ...)``."""
+    return request("HEAD", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)
 
 
-def options(url: Union[str, URL], **kw: Any) -> Response:
-    return request("OPTIONS", url, **kw)
+def options(url: Union[str, URL], *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        body: Any = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("OPTIONS", url, ...)``."""
+    return request("OPTIONS", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)
 
 
-def delete(url: Union[str, URL], **kw: Any) -> Response:
-    return request("DELETE", url, **kw)
+def delete(url: Union[str, URL], *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        body: Any = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("DELETE", url, ...)``."""
+    return request("DELETE", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)
 
 
-def post(url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
-    return request("POST", url, body=body, **kw)
+def post(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("POST", url, ...)``."""
+    return request("POST", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)
 
 
-def put(url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
-    return request("PUT", url, body=body, **kw)
+def put(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("PUT", url, ...)``."""
+    return request("PUT", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)
 
 
-def patch(url: Union[str, URL], body: Any = None, **kw: Any) -> Response:
-    return request("PATCH", url, body=body, **kw)
-
+def patch(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        json: Any = None,
+        data: Any = None,
+        files: Optional[FilesInput] = None,
+        content: Any = None,
+        cookies: CookieInput = None,
+        auth: AuthInput = None,
+        timeout: TimeoutInput = None,
+        follow_redirects: bool = False,
+        max_redirects: int = 5,
+        retries: RetryInput = None,
+        stream: bool = False,
+        base_url: Optional[str] = None,
+        verify: VerifyInput = True,
+        cert: CertInput = None,
+        http2: Union[bool, str] = False,
+        http3: Union[bool, str] = False,
+        http1_parser: str = "auto",
+        proxy: ProxyInput = None,
+        trust_env: bool = False,
+        decode_content: bool = True,
+        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+        expect_continue: bool = False,
+        max_header_size: int = 65536,
+        max_headers: int = 256,
+        user_agent: Optional[str] = None,
+        max_body_size: Optional[int] = None,
+        default_encoding: EncodingInput = "utf-8",
+        uds: Optional[str] = None) -> Response:
+    """``request("PATCH", url, ...)``."""
+    return request("PATCH", url, pool=pool, params=params, headers=headers, body=body, json=json,
+                   data=data, files=files, content=content, cookies=cookies, auth=auth,
+                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
+                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
+                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
+                   decode_content=decode_content, max_decoded_size=max_decoded_size,
+                   expect_continue=expect_continue, max_header_size=max_header_size,
+                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
+                   default_encoding=default_encoding, uds=uds)

@@ -335,8 +335,11 @@ def _rewind_point(body: Any) -> Any:
     if body is None or body.__class__ is bytes:
         return None
     try:
-        return body.tell() if hasattr(body, "seek") and body.seekable() else _UNSET
-    except (OSError, ValueError):
+        if not hasattr(body, "seek"):
+            return _UNSET
+        seekable = getattr(body, "seekable", None)  # seek/tell without seekable(): try them
+        return body.tell() if seekable is None or seekable() else _UNSET
+    except (OSError, ValueError, AttributeError):
         return _UNSET
 
 
@@ -432,6 +435,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     break
         # -- the response -------------------------------------------------------------
         head = ev
+        head_at = _monotonic()  # Response.elapsed ends here
         decoder = None
         codings = h1.content_encodings
         if codings and opts.decode_content:
@@ -491,6 +495,7 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     request.url, request)
     resp._content = content
     resp._consumed = True
+    resp._started = head_at
     return resp
 
 

@@ -364,6 +364,11 @@ def _probe(pool: GreenPool, host: str, port: int, key: Tuple[str, int], memory: 
         if chosen != "h2":
             if fresh:
                 memory[key] = "http/1.1"
+            elif chosen is None:
+                # opened without offering h2 (an http2=False request): it says nothing of
+                # what the origin would choose; probe on another connection
+                conn.close("opened without ALPN h2: probing the origin again")
+                return None
             return conn
         if not fresh:   # an h2 socket someone used otherwise: not safe to speak h2 on it
             conn.close("h2 connection found idle in the exclusive pool")

@@ -22,10 +22,13 @@ the wire, before Content-Encoding decoding) with the same validation
 """
 from __future__ import annotations
 
+import codecs
+import datetime
 import json as _json
+import re
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import urlencode, urljoin, urlsplit
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 from greenpool.errors import HTTPStatusError, InvalidURL, LimitExceeded, StreamConsumed
 
@@ -55,6 +58,9 @@ class Timeout:
     ``write`` (between two bytes accepted by the peer), ``pool`` (waiting for a
     connection), ``total`` (the whole exchange, pool wait included, up to the
     end of the body, or up to the response head when ``stream=True``).
+
+    ``Timeout((connect, read))``, as requests takes it, sets ``connect`` and
+    ``read`` (``write`` follows ``read``); ``pool`` and ``total`` stay None.
     """
 
     __slots__ = ("connect", "read", "write", "pool", "total")
@@ -69,8 +75,15 @@ class Timeout:
         default = None if timeout is _UNSET else timeout
         if isinstance(default, Timeout):
             default_values = {k: getattr(default, k) for k in self.__slots__}
+        elif isinstance(default, tuple):
+            if len(default) != 2:
+                raise ValueError("a timeout tuple must be (connect, read), not %r" % (default,))
+            c, r = default
+            _check_seconds("connect", c)
+            _check_seconds("read", r)
+            default_values = {"connect": c, "read": r, "write": r, "pool": None, "total": None}
         else:
-            _check_seconds("timeout", default)
+            _check_seconds(None, default)
             default_values = dict.fromkeys(self.__slots__, default)
         for name, value in (("connect", connect), ("read", read), ("write", write),
                             ("pool", pool), ("total", total)):
@@ -97,14 +110,26 @@ class Timeout:
     def __repr__(self) -> str:
         return "Timeout(%s)" % ", ".join("%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
 
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        # immutable (no __setattr__): pickle through the constructor
+        return (_timeout, tuple(getattr(self, k) for k in self.__slots__))
 
-def _check_seconds(name: str, value: Any) -> None:
+
+def _timeout(connect: Optional[float], read: Optional[float], write: Optional[float],
+             pool: Optional[float], total: Optional[float]) -> Timeout:
+    return Timeout(connect=connect, read=read, write=write, pool=pool, total=total)
+
+
+def _check_seconds(name: Optional[str], value: Any) -> None:
     if value is None:
         return
+    what = "timeout" if name is None else "the %s timeout" % name
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError("timeout %s must be a number of seconds or None, not %s" % (name, type(value).__name__))
+        raise TypeError("%s must be a number of seconds%s or None, not %s" % (
+            what, ", a (connect, read) tuple, a Timeout" if name is None else "",
+            type(value).__name__))
     if value < 0:
-        raise ValueError("timeout %s must be >= 0, got %r" % (name, value))
+        raise ValueError("%s must be >= 0, got %r" % (what, value))
 
 
 HeaderInput = Union[None, "Headers", Mapping[Any, Any], Sequence[Tuple[Any, Any]]]
@@ -266,7 +291,7 @@ class URL:
 
     __slots__ = ("scheme", "host", "port", "target", "userinfo", "fragment", "_str")
 
-    DEFAULT_PORTS = {"http": 80, "https": 443}
+    DEFAULT_PORTS = {"http": 80, "https": 443, "http+unix": 80}
 
     def __init__(self, url: Union[str, bytes, "URL"], params: Any = None) -> None:
         if isinstance(url, URL):
@@ -284,8 +309,17 @@ class URL:
             raise InvalidURL("cannot parse URL %r: %s" % (url, e)) from None
         scheme = parts.scheme.lower()
         if scheme not in self.DEFAULT_PORTS:
-            raise InvalidURL("URL %r: scheme must be http or https, not %r" % (url, parts.scheme))
-        host = parts.hostname
+            raise InvalidURL("URL %r: scheme must be http, https or http+unix, not %r"
+                             % (url, parts.scheme))
+        if scheme == "http+unix":
+            # http+unix://%2Fpath%2Fapp.sock/target: the host is the socket's path
+            # (percent-encoded, case kept)
+            host = unquote(parts.netloc.rpartition("@")[2])
+            if not host:
+                raise InvalidURL("URL %r has no socket path" % (url,))
+            port = 80
+        else:
+            host = parts.hostname or ""
         if not host:
             raise InvalidURL("URL %r has no host" % (url,))
         try:
@@ -309,16 +343,19 @@ class URL:
         try:
             self.target = target.encode("ascii")
         except UnicodeEncodeError:
-            from urllib.parse import quote
             self.target = quote(target, safe="/?&=%:@!$'()*+,;~-._").encode("ascii")
-        self._str = "%s://%s%s" % (scheme, self.authority, self.target.decode("ascii"))
+        netloc = quote(host, safe="") if scheme == "http+unix" else self.authority
+        self._str = "%s://%s%s" % (scheme, netloc, self.target.decode("ascii"))
 
     @property
     def transport(self) -> str:
-        return "ssl" if self.scheme == "https" else "tcp"
+        scheme = self.scheme
+        return "ssl" if scheme == "https" else "tcp" if scheme == "http" else "unix"
 
     @property
     def authority(self) -> str:
+        if self.scheme == "http+unix":
+            return "localhost"  # the Host header over a Unix socket
         host = "[%s]" % self.host if ":" in self.host else self.host
         if self.port == self.DEFAULT_PORTS[self.scheme]:
             return host
@@ -338,6 +375,10 @@ class URL:
 
     def join(self, location: str) -> "URL":
         """Resolve a (possibly relative) Location against this URL."""
+        if self.scheme == "http+unix" and "://" not in location:
+            base = "http://localhost" + self.target.decode("ascii")
+            joined = urljoin(base, location)[len("http://localhost"):]
+            return URL(self._str.split("/", 3)[0] + "//" + self._str.split("/", 3)[2] + joined)
         return URL(urljoin(self._str, location))
 
     def __str__(self) -> str:
@@ -411,6 +452,25 @@ class Request:
         return "<Request %s %s>" % (self.method, self.url)
 
 
+def parse_links(value: str) -> List[Dict[str, str]]:
+    """A ``Link`` header value as ``[{"url": ..., "rel": ..., ...}]`` (as requests parses it)."""
+    links: List[Dict[str, str]] = []
+    replace_chars = " '\""
+    value = value.strip(replace_chars)
+    if not value:
+        return links
+    for val in re.split(r", *<", value):
+        url, _, params = val.partition(";")
+        link = {"url": url.strip("<> '\"")}
+        for param in params.split(";"):
+            key, sep, v = param.partition("=")
+            if not sep:
+                continue
+            link[key.strip(replace_chars)] = v.strip(replace_chars)
+        links.append(link)
+    return links
+
+
 class Response:
     """A response: status and headers at once, the body read on demand.
 
@@ -432,12 +492,16 @@ class Response:
         self.request = request
         self.stream = stream
         self.history: List["Response"] = []
-        self.elapsed: float = 0.0
         self._decoder = decoder
         self._content: Optional[bytes] = None
         self._consumed = False
         self._closed = stream is None
-        self._started = time.monotonic()
+        self._started = self._sent = time.monotonic()
+
+    # what the client may set on a response (class defaults: nothing to pay when unused)
+    _encoding: Optional[str] = None
+    default_encoding: Union[str, Callable[[bytes], Optional[str]]] = "utf-8"
+    _cookies: Any = None
 
     # -- status -----------------------------------------------------------------------------
 
@@ -448,6 +512,36 @@ class Response:
     @property
     def ok(self) -> bool:
         return self.status < 400
+
+    @property
+    def is_success(self) -> bool:
+        """2xx."""
+        return 200 <= self.status < 300
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        """From the start of sending the request to the end of the response head
+        (as requests' ``elapsed``)."""
+        return datetime.timedelta(seconds=max(0.0, self._started - self._sent))
+
+    @property
+    def links(self) -> Dict[str, Dict[str, str]]:
+        """The ``Link`` header (RFC 8288) as ``{rel or url: {"url": ..., "rel": ..., ...}}``."""
+        value = self.headers.get("link")
+        out: Dict[str, Dict[str, str]] = {}
+        if value:
+            for link in parse_links(value):
+                out[link.get("rel") or link["url"]] = link
+        return out
+
+    @property
+    def cookies(self) -> Any:
+        """The cookies this response set (an ``http.cookiejar.CookieJar``)."""
+        jar = self._cookies
+        if jar is None:
+            from greenpool.http.cookies import response_cookies
+            jar = self._cookies = response_cookies(self)
+        return jar
 
     @property
     def is_redirect(self) -> bool:
@@ -529,20 +623,92 @@ class Response:
         return self.read()
 
     @property
-    def encoding(self) -> str:
+    def charset(self) -> Optional[str]:
+        """The ``charset`` parameter of Content-Type, if any."""
         ctype: str = self.headers.get("content-type", "")
         for part in ctype.split(";")[1:]:
             k, _, v = part.strip().partition("=")
             if k.lower() == "charset" and v:
-                return v.strip("\"'")
-        return "utf-8"
+                return v.strip("\"' ")
+        return None
+
+    @property
+    def encoding(self) -> str:
+        """How ``text`` decodes: set by you, else the charset of Content-Type, else
+        ``default_encoding`` (a name, or a callable guessing from the body) when the
+        body decodes with it, else ``"latin-1"`` (which decodes any bytes)."""
+        enc = self._encoding or self.charset
+        if enc is not None:
+            return enc
+        default = self.default_encoding
+        if not isinstance(default, str):
+            guess = default(self.read())
+            return guess or "utf-8"
+        if self._content is None and not self._closed:
+            return default  # not read yet: nothing to check the default against
+        try:
+            self.read().decode(default)
+        except (UnicodeDecodeError, LookupError):
+            return "latin-1"
+        return default
+
+    @encoding.setter
+    def encoding(self, value: Optional[str]) -> None:
+        if value is not None:
+            codecs.lookup(value)  # LookupError now rather than at .text
+        self._encoding = value
 
     @property
     def text(self) -> str:
+        content = self.read()
         try:
-            return self.read().decode(self.encoding, errors="replace")
+            return content.decode(self.encoding, errors="replace")
         except LookupError:
-            return self.read().decode("utf-8", errors="replace")
+            return content.decode("utf-8", errors="replace")
+
+    def iter_text(self, chunk_size: Optional[int] = None) -> Iterator[str]:
+        """The decoded body as text, piece by piece (see ``encoding``; without a charset
+        the default encoding is tried and latin-1 takes over at the first byte it
+        cannot decode)."""
+        enc = self._encoding or self.charset
+        fallback = enc is None
+        if enc is None:
+            d = self.default_encoding
+            enc = d if isinstance(d, str) else "utf-8"
+        try:
+            decoder = codecs.getincrementaldecoder(enc)(
+                errors="strict" if fallback else "replace")
+        except LookupError:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in self.iter_bytes(chunk_size):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError:
+                decoder = codecs.getincrementaldecoder("latin-1")()
+                text = decoder.decode(chunk)  # the undecodable chunk, whole, as latin-1
+            if text:
+                yield text
+        try:
+            text = decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            text = e.object[e.start:].decode("latin-1")
+        if text:
+            yield text
+
+    def iter_lines(self, chunk_size: Optional[int] = None) -> Iterator[str]:
+        """The text body line by line, without line endings (``\\n``, ``\\r\\n``, ``\\r``)."""
+        pending = ""
+        for text in self.iter_text(chunk_size):
+            pending += text
+            lines = pending.splitlines(True)
+            pending = ""
+            if lines and (not lines[-1].endswith(("\n", "\r")) or lines[-1].endswith("\r")):
+                pending = lines.pop()  # incomplete, or a \r that a \n may follow
+            for line in lines:
+                yield line.rstrip("\r\n")
+        if pending:
+            for line in pending.splitlines():
+                yield line
 
     def json(self, **kw: Any) -> Any:
         return _json.loads(self.read(), **kw)
@@ -551,7 +717,6 @@ class Response:
         """Stop reading; the connection is released (closed if the body was not complete)."""
         if not self._closed:
             self._closed = True
-            self.elapsed = time.monotonic() - self._started
             stream = self.stream
             if stream is not None:
                 stream.close()

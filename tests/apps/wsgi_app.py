@@ -18,6 +18,16 @@ Standard library only. Endpoints (all GET unless said otherwise; any method work
 - ``/close``             answers with ``Connection: close``, and the server closes
 - ``/upload``            reads the body; JSON: length and sha256
 - ``/retry-after``       ``?key=k``: 503 + ``Retry-After: 1`` the first time per key, then 200
+- ``/cookies``           JSON ``{"cookies": {name: value}}`` of the Cookie field received
+- ``/cookies/set``       each ``?c=<Set-Cookie value>`` sent as a Set-Cookie field; JSON as
+                         ``/cookies``; ``?redirect=<url>``: a 302 to url instead
+- ``/basic-auth/<user>/<password>``  200 JSON ``{"user": ...}`` or 401 with a Basic challenge
+- ``/digest-auth/<qop>/<user>/<password>/<algorithm>``  RFC 7616 Digest checked by this app
+                         (werkzeug parses the field); 401 with a challenge when absent or
+                         wrong; ``?stale_after=n``: a nonce used more than n times is answered
+                         with a fresh challenge marked ``stale=true``
+- ``/multipart``         POST multipart/form-data parsed by werkzeug (files spooled to disk);
+                         JSON: fields, and per file its filename, content type, length, sha256
 
 The module is also gunicorn's config module (``-c python:wsgi_app``): gunicorn drops a
 ``Connection`` header set by the app, so :func:`pre_request` marks ``/close`` requests as
@@ -250,6 +260,126 @@ def _h_retry_after(environ, start_response):
                  extra=[("Retry-After", "1")])
 
 
+def _cookie_dict(environ):
+    from http.cookies import SimpleCookie
+    jar = SimpleCookie()
+    jar.load(environ.get("HTTP_COOKIE", ""))
+    return {k: m.value for k, m in jar.items()}
+
+
+def _h_cookies(environ, start_response):
+    return _json(start_response, {"cookies": _cookie_dict(environ)})
+
+
+def _h_cookies_set(environ, start_response):
+    qs = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    extra = [("Set-Cookie", v) for v in qs.get("c", [])]
+    if qs.get("redirect"):
+        return _text(start_response, "redirecting\n", status=302,
+                     extra=extra + [("Location", qs["redirect"][0])])
+    return _json(start_response, {"cookies": _cookie_dict(environ)}, extra=extra)
+
+
+def _h_basic_auth(environ, start_response, user, password):
+    value = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            got = base64.b64decode(token).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            got = None
+        if got == "%s:%s" % (user, password):
+            return _json(start_response, {"authenticated": True, "user": user})
+    return _json(start_response, {"authenticated": False}, status=401,
+                 extra=[("WWW-Authenticate", 'Basic realm="test"')])
+
+
+_DIGEST_SECRET = b"greenpool-test-digest"
+_DIGEST_HASH = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256,
+                "MD5-SESS": hashlib.md5, "SHA-256-SESS": hashlib.sha256}
+
+
+def _digest_nonce():
+    # stateless (several workers): a timestamp signed with the app's secret
+    stamp = "%.6f" % time.time()
+    sig = hashlib.sha256(_DIGEST_SECRET + stamp.encode()).hexdigest()[:16]
+    return "%s-%s" % (stamp, sig)
+
+
+def _digest_nonce_ok(nonce):
+    stamp, _, sig = nonce.partition("-")
+    return hashlib.sha256(_DIGEST_SECRET + stamp.encode()).hexdigest()[:16] == sig
+
+
+def _digest_challenge(start_response, qop, algorithm, stale=False):
+    value = 'Digest realm="me@test", nonce="%s", opaque="op4que", algorithm=%s' % (
+        _digest_nonce(), algorithm)
+    if qop != "none":
+        value += ', qop="%s"' % qop
+    if stale:
+        value += ", stale=TRUE"
+    return _json(start_response, {"authenticated": False, "stale": stale}, status=401,
+                 extra=[("WWW-Authenticate", value)])
+
+
+def _h_digest_auth(environ, start_response, qop, user, password, algorithm):
+    from werkzeug.datastructures import Authorization
+    algorithm = algorithm.upper()
+    h = _DIGEST_HASH[algorithm]
+    auth = Authorization.from_header(environ.get("HTTP_AUTHORIZATION"))
+    if auth is None or auth.type != "digest" or auth.get("username") != user \
+            or not _digest_nonce_ok(auth.get("nonce") or ""):
+        return _digest_challenge(start_response, qop, algorithm)
+
+    def hx(s):
+        return h(s.encode("utf-8")).hexdigest()
+
+    a1 = hx("%s:%s:%s" % (user, auth.realm, password))
+    if algorithm.endswith("-SESS"):
+        a1 = hx("%s:%s:%s" % (a1, auth.nonce, auth.cnonce))
+    uri = environ.get("PATH_INFO", "") + (
+        "?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+    a2 = hx("%s:%s" % (environ["REQUEST_METHOD"], uri))
+    if qop == "none":
+        expected = hx("%s:%s:%s" % (a1, auth.nonce, a2))
+    else:
+        expected = hx("%s:%s:%s:%s:%s:%s" % (a1, auth.nonce, auth.nc, auth.cnonce, auth.qop, a2))
+    if auth.get("uri") != uri or auth.response != expected:
+        return _digest_challenge(start_response, qop, algorithm)
+    stale_after = _args(environ).get("stale_after")
+    if stale_after and int(auth.nc or "0", 16) > int(stale_after):
+        return _digest_challenge(start_response, qop, algorithm, stale=True)
+    return _json(start_response, {"authenticated": True, "user": user, "nc": auth.nc,
+                                  "algorithm": algorithm})
+
+
+def _h_multipart(environ, start_response):
+    from werkzeug.formparser import parse_form_data
+
+    def spool(total_content_length, content_type, filename, content_length=None):
+        return tempfile.TemporaryFile()
+
+    _, form, files = parse_form_data(environ, stream_factory=spool, max_form_memory_size=None)
+    out_files = {}
+    for name, storage in files.items(multi=True):
+        digest = hashlib.sha256()
+        length = 0
+        while True:
+            chunk = storage.stream.read(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            length += len(chunk)
+        out_files[name] = {"filename": storage.filename, "content_type": storage.content_type,
+                           "length": length, "sha256": digest.hexdigest()}
+        storage.close()
+    fields = {k: v if len(v) > 1 else v[0] for k, v in form.lists()}
+    return _json(start_response, {"fields": fields, "files": out_files,
+                                  "content_type": environ.get("CONTENT_TYPE", ""),
+                                  "content_length": environ.get("CONTENT_LENGTH"),
+                                  "chunked": "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "")})
+
+
 _ROUTES = [
     (re.compile(r"^/echo(?:/.*)?$"), _h_echo),
     (re.compile(r"^/headers$"), _h_headers),
@@ -265,6 +395,11 @@ _ROUTES = [
     (re.compile(r"^/close$"), _h_close),
     (re.compile(r"^/upload$"), _h_upload),
     (re.compile(r"^/retry-after$"), _h_retry_after),
+    (re.compile(r"^/cookies$"), _h_cookies),
+    (re.compile(r"^/cookies/set$"), _h_cookies_set),
+    (re.compile(r"^/basic-auth/([^/]+)/([^/]+)$"), _h_basic_auth),
+    (re.compile(r"^/digest-auth/(auth|none)/([^/]+)/([^/]+)/([A-Za-z0-9-]+)$"), _h_digest_auth),
+    (re.compile(r"^/multipart$"), _h_multipart),
 ]
 
 
