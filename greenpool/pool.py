@@ -536,10 +536,9 @@ class GreenPool:
             raise TypeError("host must be a non-empty str, not %r" % (host,))
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError("port must be an int, not %s" % type(port).__name__)
-        if transport == "unix":
-            if port != 0:
-                raise ValueError("a Unix socket's key is (path, 0, 'unix'): port must be 0, "
-                                 "not %r" % (port,))
+        if transport == "unix":  # host is the socket's path; the port only names the origin
+            if not 0 <= port < 65536:
+                raise ValueError("port must be in 0..65535, not %r" % (port,))
         elif not 0 < port < 65536:
             raise ValueError("port must be in 1..65535, not %r" % (port,))
         key = (host, port, transport)

@@ -17,7 +17,7 @@ Promises:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, Literal, Optional, TypedDict, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, TypedDict, overload
 
 from greenpool.connection import Connector
 from greenpool.options import PoolOptionsDict
@@ -54,6 +54,11 @@ class RedisPoolOptionsDict(TypedDict, total=False):
     client_name: Optional[str]
     verify: Any
     retry_reads: int
+    push_handler: Optional[Callable[[List[Any]], Any]]
+    idle_interval: Optional[float]
+    unix_socket_path: Optional[str]
+    max_blocking: int
+
 
 DEFAULT = "default"
 
