@@ -72,6 +72,15 @@ def wait_for(pred, timeout=5.0, what="condition"):
         gevent.sleep(0.01)
 
 
+def restart_with_commands_in_flight(server, pool, at_least=10, downtime=0.3):
+    """Restart ``server`` while ``at_least`` of ``pool``'s commands are surely in flight:
+    CLIENT PAUSE holds every command the server receives unanswered until the stop, so
+    the restart hits in-flight commands however late this process is scheduled."""
+    server.execute("CLIENT", "PAUSE", 60000, "ALL")
+    wait_for(lambda: pool.info()["in_flight"] >= at_least, 10, "commands held in flight")
+    gevent.get_hub().threadpool.apply(server.restart, kwds={"downtime": downtime})
+
+
 def wait_live(pool, timeout=5.0):
     wait_for(lambda: pool.info()["active"] == pool.pool_size and not pool.info()["connecting"],
              timeout, "all connections live")
@@ -527,14 +536,13 @@ def test_server_restart_with_50_greenlets_mid_command(redis_factory, parser):
 
     try:
         greenlets = [gevent.spawn(work, i) for i in range(50)]
-        gevent.sleep(0.2)
-        before = len(ok)
-        gevent.get_hub().threadpool.apply(server.restart, kwds={"downtime": 0.3})
+        wait_for(lambda: len(set(ok)) == 50, 10, "a command of every greenlet before the restart")
+        restart_with_commands_in_flight(server, pool)
         wait_live(pool)
-        gevent.sleep(0.2)
+        after = len(ok)
+        wait_for(lambda: len(ok) >= after + 50, 10, "commands after the restart")
         stop[0] = True
         gevent.joinall(greenlets, raise_error=True)
-        assert before > 0 and len(ok) > before
         assert errors, "the restart failed nobody's command"
         for e in errors:
             assert isinstance(e, (ConnectionClosed, PoolTimeout, ConnectError)), repr(e)
@@ -673,14 +681,13 @@ def _restart_under_gets(server, pool, sends, retries):
 
     greenlets = [gevent.spawn(work, i) for i in range(50)]
     try:
-        gevent.sleep(0.2)
-        before = len(ok)
-        gevent.get_hub().threadpool.apply(server.restart, kwds={"downtime": 0.3})
+        wait_for(lambda: len(set(ok)) == 50, 10, "a command of every greenlet before the restart")
+        restart_with_commands_in_flight(server, pool)
         wait_live(pool)
-        gevent.sleep(0.2)
+        after = len(ok)
+        wait_for(lambda: len(ok) >= after + 50, 10, "commands after the restart")
         stop[0] = True
         gevent.joinall(greenlets, raise_error=True)
-        assert before > 0 and len(ok) > before
     finally:
         stop[0] = True
         gevent.killall(greenlets)

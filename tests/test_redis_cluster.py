@@ -269,47 +269,90 @@ def test_pointed_at_a_plain_redis_gives_a_clear_error(redis):
         RedisClusterPool([("127.0.0.1", redis.port)], pool_size=1)
 
 
-# -- routed to the node's RedisPool (present once dedicated connections exist) --
+# -- what needs a connection of its own: routed to a node's RedisPool --
 
-def _needs(method):
-    if not hasattr(RedisPool, method):
-        pytest.skip("RedisPool.%s() is not in this greenpool yet; RedisClusterPool.%s() "
-                    "routes to it" % (method, method))
+def _message(ps, kind, timeout=5.0):
+    """The next message of type ``kind`` (subscribe confirmations skipped up to it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = ps.get_message(max(deadline - time.monotonic(), 0.01))
+        if m is not None and m["type"] == kind:
+            return m
+    raise AssertionError("no %s message within %.1fs" % (kind, timeout))
 
 
 def test_pubsub_routes_to_a_node(cp):
-    _needs("pubsub")
-    ps = cp.pubsub()
-    try:
-        assert ps is not None
-    finally:
-        close = getattr(ps, "close", None)
-        if close is not None:
-            close()
+    ch = key("ch")
+    with cp.pubsub() as ps:
+        ps.subscribe(ch)
+        assert _message(ps, "subscribe")["channel"] == ch.encode()
+        # PUBLISH reaches every node over the cluster bus, whichever node gets it
+        assert cp.command(["PUBLISH", ch, "hello"]) >= 0
+        m = _message(ps, "message")
+        assert (m["channel"], m["data"]) == (ch.encode(), b"hello")
+    books(cp)
+
+
+def test_shard_pubsub_goes_to_the_channels_node(cp, redis_cluster):
+    ch = key("sch")
+    with cp.pubsub(shard_channel=ch) as ps:
+        ps.ssubscribe(ch)
+        assert _message(ps, "ssubscribe")["channel"] == ch.encode()
+        owner = redis_cluster.owner(key_slot(ch))
+        assert ps._dc.conn.sock.getpeername()[1] == owner.port
+        assert cp.command(["SPUBLISH", ch, "s1"]) == 1   # routed by its channel's slot
+        m = _message(ps, "smessage")
+        assert (m["channel"], m["data"]) == (ch.encode(), b"s1")
+    books(cp)
 
 
 def test_watch_transaction_refuses_cross_slot_and_routes(cp):
     with pytest.raises(ValueError, match="watch_transaction: its keys span slots"):
-        cp.watch_transaction([key("a"), key("b")], lambda *a: [])
-    _needs("watch_transaction")
+        cp.watch_transaction([key("a"), key("b")], lambda conn: [])
     k = key("w")
     cp.command(["SET", k, 1])
-    out = cp.watch_transaction([k], lambda *a: [["INCR", k]])
-    assert out is not None and cp.command(["GET", k]) == b"2"
+    seen = []
+
+    def fn(conn):
+        seen.append(conn.command(["GET", k]))
+        return [["INCR", k], ["GET", k]]
+
+    assert cp.watch_transaction([k], fn) == [2, b"2"]
+    assert seen == [b"1"] and cp.command(["GET", k]) == b"2"
+    books(cp)
+
+
+def test_watch_transaction_increments_are_exact(cp):
+    k = key("{w}n")
+    cp.command(["SET", k, 0])
+
+    def incr():
+        for _ in range(10):
+            cp.watch_transaction(
+                [k], lambda conn: [["SET", k, int(conn.command(["GET", k])) + 1]], retries=100)
+
+    gevent.joinall([gevent.spawn(incr) for _ in range(10)], raise_error=True)
+    assert cp.command(["GET", k]) == b"100"
+    books(cp)
 
 
 def test_blocking_command_goes_to_the_keys_node(cp):
-    import inspect
-
-    if "max_blocking" not in inspect.signature(RedisPool.__init__).parameters:
-        pytest.skip("RedisPool has no dedicated connections for blocking commands yet "
-                    "(max_blocking); RedisClusterPool sends them through the node's "
-                    "RedisPool.command")
     k = key("bl")
     g = gevent.spawn(cp.command, ["BLPOP", k, 5])
     gevent.sleep(0.1)
     assert cp.command(["LPUSH", k, "x"]) == 1
     assert g.get(timeout=10) in ([k.encode(), b"x"], (k.encode(), b"x"))
+    # a block time beyond the pool's timeout is waited in full: None at its end, no timeout
+    t0 = time.monotonic()
+    assert cp.command(["BLPOP", key("empty"), 1], timeout=0.3) is None
+    assert time.monotonic() - t0 >= 0.9
+    # shared connections stay free meanwhile
+    g = gevent.spawn(cp.command, ["BLPOP", k, 10])
+    gevent.sleep(0.1)
+    assert [cp.command(["GET", key("g")]) for _ in range(20)] == [None] * 20
+    assert not g.ready()
+    g.kill()
+    books(cp)
 
 
 # -- faults: a cluster of its own --
@@ -393,6 +436,13 @@ def test_resharding_under_load_is_invisible(redis_cluster_factory):
         cp.stop()
 
 
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        gevent.sleep(0.01)
+
+
 def _load(cp, keys, errors, stop, ok, when):
     def work(k):
         n = 0
@@ -424,8 +474,13 @@ def test_master_killed_under_load_replica_takes_over(redis_cluster_factory):
     errors, ok, when, stop = [], [], [], [False]
     try:
         greenlets = _load(cp, keys, errors, stop, ok, when)
-        gevent.sleep(0.3)
-        assert ok and not errors
+        wait_for(lambda: len(ok) >= 50, 10, "commands before the kill")
+        assert not errors
+        # hold the victim's commands in flight (CLIENT PAUSE) so the kill surely hits some,
+        # however late this process is scheduled
+        victim_pool = cp.node_pools()[victim.addr]
+        victim.execute("CLIENT", "PAUSE", 30000, "ALL")
+        wait_for(lambda: victim_pool.info()["in_flight"] >= 5, 10, "commands held in flight")
         killed_at = time.monotonic()
         victim.kill()
         deadline = time.monotonic() + 30

@@ -241,24 +241,101 @@ def test_replica_role_rediscovers_when_the_replica_dies(sentinel_factory):
         rp.stop()
 
 
-@pytest.mark.parametrize("method", ["pubsub", "watch_transaction", "register_script"])
-def test_dedicated_features_route_to_the_master(sp, method):
-    from greenpool.redis import RedisPool
+def _message(ps, kind, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = ps.get_message(max(deadline - time.monotonic(), 0.01))
+        if m is not None and m["type"] == kind:
+            return m
+    raise AssertionError("no %s message within %.1fs" % (kind, timeout))
 
-    if not hasattr(RedisPool, method):
-        with pytest.raises(NotImplementedError, match="RedisPool.%s" % method):
-            getattr(sp, method)(*{"pubsub": (), "watch_transaction": ([key()], lambda *a: []),
-                                  "register_script": ("return 1",)}[method])
-        pytest.skip("RedisPool.%s() is not in this greenpool yet; RedisSentinelPool.%s() "
-                    "routes to it" % (method, method))
-    if method == "register_script":
-        script = sp.register_script("return 1")
-        assert script is not None
-    elif method == "pubsub":
-        ps = sp.pubsub()
-        close = getattr(ps, "close", None)
-        if close is not None:
-            close()
+
+def test_pubsub_routes_to_the_master(sp, group):
+    ch = key("ch")
+    with sp.pubsub() as ps:
+        ps.subscribe(ch)
+        assert _message(ps, "subscribe")["channel"] == ch.encode()
+        assert ps._dc.conn.sock.getpeername()[1] == group.master_port()
+        assert sp.command(["PUBLISH", ch, "hello"]) == 1
+        m = _message(ps, "message")
+        assert (m["channel"], m["data"]) == (ch.encode(), b"hello")
+
+
+def test_watch_transaction_routes_to_the_master(sp, group):
+    k = key("w")
+    sp.command(["SET", k, 0])
+
+    def incr():
+        for _ in range(10):
+            sp.watch_transaction(
+                [k], lambda conn: [["SET", k, int(conn.command(["GET", k])) + 1]], retries=100)
+
+    gevent.joinall([gevent.spawn(incr) for _ in range(10)], raise_error=True)
+    assert sp.command(["GET", k]) == b"100"
+    assert group.node_at(group.master_port()).execute("GET", k) == "100"
+
+
+def test_register_script_follows_the_pool_and_survives_script_flush(sp, group):
+    script = sp.register_script("return redis.call('INCR', KEYS[1])")
+    k = key("s")
+    assert script(keys=[k]) == 1
+    assert script.pool is sp          # bound to the sentinel pool: it follows a failover
+    sp.command(["SCRIPT", "FLUSH"])
+    assert script(keys=[k]) == 2      # NOSCRIPT: sent again as EVAL
+    sp.command(["SCRIPT", "FLUSH"])
+    assert sp.pipeline([script.command([k]), ["GET", k]]) == [3, b"2"]
+    assert sp.command(["GET", k]) == b"3"
+
+
+def test_fork_child_uses_its_own_connections(sp, group):
+    """Across os.fork() the child's node pools, sentinel pools and +switch-master
+    listeners are its own: it runs commands on new connections; the parent's stay."""
+    import json
+    import os
+
+    import greenpool.registry  # noqa: F401 - installs the fork handler
+
+    k = key("f")
+    assert sp.command(["SET", k, "parent"]) == b"OK"
+    parent_id = sp.command(["CLIENT", "ID"])
+    master = sp.node_pools()[sp.master_address]
+    closed_before = master.info()["closed_connections"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            out = {"open_before": master.get_stats()["open"],
+                   "get": sp.command(["GET", k]).decode(),
+                   "id": sp.command(["CLIENT", "ID"])}
+            sp.command(["SET", k, "child"])
+            out["listeners"] = all(not g.dead for g in sp._listeners)
+            sp.stop()
+            os.write(w, json.dumps(out).encode())
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(w, json.dumps({"error": repr(e)}).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = gevent.get_hub().threadpool.apply(os.read, (r, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    report = json.loads(b"".join(chunks) or b"null")
+    assert report is not None and "error" not in report, report
+    assert report["open_before"] == 0
+    assert report["get"] == "parent" and report["id"] != parent_id
+    assert report["listeners"]
+    # the parent's connections were not touched: same client, nothing closed, still listening
+    assert sp.command(["GET", k]) == b"child"
+    assert sp.command(["CLIENT", "ID"]) == parent_id
+    assert master.info()["closed_connections"] == closed_before
+    assert all(not g.dead for g in sp._listeners)
 
 
 def test_sentinel_password(sentinel_factory):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import gevent
 from gevent.event import Event
@@ -48,6 +48,7 @@ from greenpool.errors import (
 from greenpool.pool import GreenPool
 from greenpool.redis.pool import RedisPool, _check_retries, is_read_only
 from greenpool.redis.resp import NOT_ENOUGH, make_reader, pack_command
+from greenpool.redis.scripts import Script
 
 log = logging.getLogger("greenpool.redis.sentinel")
 
@@ -547,9 +548,10 @@ class RedisSentinelPool:
         """The master's RedisPool.watch_transaction()."""
         return self._node_method("watch_transaction")(keys, fn, **kwargs)
 
-    def register_script(self, source: str) -> Any:
-        """The master's RedisPool.register_script()."""
-        return self._node_method("register_script")(source)
+    def register_script(self, source: Union[str, bytes]) -> Script:
+        """A :class:`~greenpool.redis.scripts.Script` run through this pool (EVALSHA,
+        EVAL on NOSCRIPT): it follows a failover, where a new master has no script yet."""
+        return Script(self, source)
 
     # -- introspection and lifecycle --
 
