@@ -95,6 +95,11 @@ _monotonic = time.monotonic
 class _Unset:
     """The type of "not given" (the Client's setting applies)."""
 
+    __slots__ = ()
+
+    def __repr__(self) -> str:  # how signatures show it (help(), the API reference)
+        return "<the client's>"
+
 
 ParamsInput = Union[None, Mapping[str, Any], Sequence[Tuple[str, Any]]]
 TimeoutInput = Union[None, float, Tuple[Optional[float], Optional[float]], Timeout]
