@@ -6,7 +6,6 @@ The main suite runs over both RESP parsers (the ``rp`` fixture).  Every test run
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 import gevent
@@ -30,26 +29,13 @@ from greenpool.redis import RedisPool, parse_url
 from greenpool.redis.resp import NOT_ENOUGH, Reader
 
 from fakes import FakeServer, assert_exact, refused_port
-
-try:
-    import hiredis  # noqa: F401
-
-    HAVE_HIREDIS = True
-except ImportError:  # pragma: no cover
-    HAVE_HIREDIS = False
+from redishelp import PARSERS, unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
-PARSERS = [
-    "python",
-    pytest.param("hiredis", marks=pytest.mark.skipif(not HAVE_HIREDIS, reason="hiredis missing")),
-]
-_keys = itertools.count()
-
-
 def key(prefix: str = "k") -> str:
     """A key no other test uses (the session's server is shared)."""
-    return "test_redis:%s:%d:%d" % (prefix, time.monotonic_ns(), next(_keys))
+    return unique("test_redis", prefix)
 
 
 @pytest.fixture(params=PARSERS)

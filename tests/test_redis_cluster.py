@@ -7,7 +7,6 @@ node pool.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import time
 
@@ -31,14 +30,12 @@ from greenpool.redis import RedisPool
 from greenpool.redis.cluster import RedisClusterPool, key_slot, parse_shards, parse_slots
 
 from fakes import assert_exact, refused_port
+from redishelp import unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-_keys = itertools.count()
-
-
 def key(prefix: str = "k") -> str:
     """A key no other test uses (the session's cluster is shared)."""
-    return "test_cluster:%s:%d:%d" % (prefix, time.monotonic_ns(), next(_keys))
+    return unique("test_cluster", prefix)
 
 
 def books(cp: RedisClusterPool) -> None:

@@ -8,7 +8,6 @@ that take milliseconds).
 """
 from __future__ import annotations
 
-import itertools
 import os
 import time
 
@@ -27,26 +26,13 @@ from greenpool.redis import BLOCKING_COMMANDS, RedisPool, blocking_time
 from greenpool.redis.dedicated import UNKNOWN, add_block, deadline_for
 
 from fakes import assert_exact
-
-try:
-    import hiredis  # noqa: F401
-
-    HAVE_HIREDIS = True
-except ImportError:  # pragma: no cover
-    HAVE_HIREDIS = False
+from redishelp import PARSERS, unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
-PARSERS = [
-    "python",
-    pytest.param("hiredis", marks=pytest.mark.skipif(not HAVE_HIREDIS, reason="hiredis missing")),
-]
-_keys = itertools.count()
-
-
 def key(prefix: str = "k") -> str:
     """A key no other test uses (the session's server is shared)."""
-    return "test_redis_dedicated:%s:%d:%d" % (prefix, time.monotonic_ns(), next(_keys))
+    return unique("test_redis_dedicated", prefix)
 
 
 def client_id(conn) -> int:

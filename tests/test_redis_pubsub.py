@@ -5,7 +5,6 @@ Every test runs under ``no_leaks`` and ends with ``assert_exact(pool)``.
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 import gevent
@@ -15,25 +14,12 @@ from greenpool.errors import PoolClosed, RedisError
 from greenpool.redis import RedisPool
 
 from fakes import assert_exact
-
-try:
-    import hiredis  # noqa: F401
-
-    HAVE_HIREDIS = True
-except ImportError:  # pragma: no cover
-    HAVE_HIREDIS = False
+from redishelp import PARSERS, unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
-PARSERS = [
-    "python",
-    pytest.param("hiredis", marks=pytest.mark.skipif(not HAVE_HIREDIS, reason="hiredis missing")),
-]
-_names = itertools.count()
-
-
 def name(prefix: str = "ch") -> str:
-    return "test_redis_pubsub:%s:%d:%d" % (prefix, time.monotonic_ns(), next(_names))
+    return unique("test_redis_pubsub", prefix)
 
 
 def shared_ids(rp):

@@ -22,17 +22,9 @@ from greenpool.redis.resp import (
     pack_commands,
 )
 
-try:
-    import hiredis  # noqa: F401
+from redishelp import HAVE_HIREDIS, PARSERS
 
-    HAVE_HIREDIS = True
-except ImportError:  # pragma: no cover
-    HAVE_HIREDIS = False
-
-BACKENDS = [
-    "python",
-    pytest.param("hiredis", marks=pytest.mark.skipif(not HAVE_HIREDIS, reason="hiredis missing")),
-]
+BACKENDS = PARSERS
 
 
 @pytest.fixture(params=BACKENDS)

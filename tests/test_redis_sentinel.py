@@ -7,7 +7,6 @@ node pool.
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 import gevent
@@ -17,13 +16,11 @@ from greenpool.errors import GreenPoolError, MasterNotFound, ResponseError
 from greenpool.redis import RedisSentinelPool
 
 from fakes import assert_exact, refused_port
+from redishelp import unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-_keys = itertools.count()
-
-
 def key(prefix: str = "k") -> str:
-    return "test_sentinel:%s:%d:%d" % (prefix, time.monotonic_ns(), next(_keys))
+    return unique("test_sentinel", prefix)
 
 
 def books(sp: RedisSentinelPool) -> None:
