@@ -440,14 +440,37 @@ def wait_for(pred, timeout, what):
         gevent.sleep(0.01)
 
 
-def _load(cp, keys, errors, stop, ok, when):
+def _load(cp, keys, errors, stop, ok, when, trace=None):
+    """Workers writing then reading their own key.  ``trace`` (optional): {"paused": [bool],
+    "live": {key: (cmd, n, paused)}, "done": [(key, cmd, n, paused, reply or error)],
+    "acked": {key: n of its last SET answered OK}, "tried": {key: n of its last SET}};
+    ``paused`` is trace["paused"][0] when the command started."""
+    def call(k, args, n):
+        if trace is None:
+            return cp.command(args)
+        mark = (args[0], n, trace["paused"][0])
+        trace["live"][k] = mark
+        if args[0] == "SET":
+            trace["tried"][k] = n
+        try:
+            reply = cp.command(args)
+        except Exception as e:
+            trace["done"].append((k,) + mark + (e,))
+            raise
+        finally:
+            trace["live"].pop(k, None)
+        trace["done"].append((k,) + mark + (reply,))
+        if args[0] == "SET" and reply == b"OK":
+            trace["acked"][k] = n
+        return reply
+
     def work(k):
         n = 0
         while not stop[0]:
             n += 1
             try:
-                assert cp.command(["SET", k, n]) == b"OK"
-                assert cp.command(["GET", k]) == b"%d" % n
+                assert call(k, ["SET", k, n], n) == b"OK"
+                assert call(k, ["GET", k], n) == b"%d" % n
                 ok.append(k)
             except (ConnectError, ConnectionClosed, ClusterDownError, PoolTimeout, ReadTimeout,
                     TryAgainError) as e:
@@ -467,17 +490,28 @@ def test_master_killed_under_load_replica_takes_over(redis_cluster_factory):
     [replica] = cluster.replicas_of(victim)
     victim_slots = {s for r in victim.execute("CLUSTER", "SLOTS") if int(r[2][1]) == victim.port
                     for s in range(int(r[0]), int(r[1]) + 1)}
-    keys = _slot_keys(25, victim_slots, "kill") + [key() for _ in range(25)]
+    victim_keys = _slot_keys(25, victim_slots, "kill")
+    keys = victim_keys + [key() for _ in range(25)]
     errors, ok, when, stop = [], [], [], [False]
+    trace = {"paused": [False], "live": {}, "done": [], "acked": {}, "tried": {}}
     try:
-        greenlets = _load(cp, keys, errors, stop, ok, when)
+        greenlets = _load(cp, keys, errors, stop, ok, when, trace)
         wait_for(lambda: len(ok) >= 50, 10, "commands before the kill")
         assert not errors
-        # hold the victim's commands in flight (CLIENT PAUSE) so the kill surely hits some,
-        # however late this process is scheduled
+        # Hold commands on the victim (CLIENT PAUSE) so the kill surely hits some, however
+        # late this process is scheduled.  Only commands started after the pause's reply are
+        # surely held: the pool's in_flight also counts commands the server ran before the
+        # pause whose replies are still unread (Server.execute blocks this process), and
+        # those legitimately succeed after the kill.
         victim_pool = cp.node_pools()[victim.addr]
         victim.execute("CLIENT", "PAUSE", 30000, "ALL")
-        wait_for(lambda: victim_pool.info()["in_flight"] >= 5, 10, "commands held in flight")
+        trace["paused"][0] = True
+
+        def held():
+            return {k: m for k, m in trace["live"].items() if m[2] and k in victim_keys}
+        wait_for(lambda: len(held()) >= 5, 10, "commands held in flight")
+        assert victim_pool.info()["in_flight"] >= len(held())
+        held_at_kill = held()
         killed_at = time.monotonic()
         victim.kill()
         deadline = time.monotonic() + 30
@@ -494,7 +528,17 @@ def test_master_killed_under_load_replica_takes_over(redis_cluster_factory):
         gevent.joinall(greenlets, raise_error=True)
         assert len(errors) == settled, errors[settled:]
         assert len(ok) > before
-        assert errors, "killing a master failed no command"
+        # every held command (never run: its master was paused until it died) failed with
+        # a clear error, a write included: none was reported done or re-sent elsewhere
+        for k, (cmd, n, _) in held_at_kill.items():
+            [outcome] = [d[4] for d in trace["done"] if d[:4] == (k, cmd, n, True)]
+            assert isinstance(outcome, ConnectionClosed), (k, cmd, n, outcome)
+        assert len(errors) >= len(held_at_kill)
+        # no write re-sent late: each key holds its last acknowledged value, or its last
+        # attempted one when that attempt failed ("may or may not have run")
+        for k in keys:
+            allowed = {b"%d" % trace[d][k] for d in ("acked", "tried") if k in trace[d]}
+            assert cp.command(["GET", k]) in allowed, (k, trace["acked"].get(k), trace["tried"][k])
         window = max(when) - killed_at
         print("failover window: errors from %.2fs to %.2fs after the kill; promoted after "
               "%.2fs; %d errors" % (min(when) - killed_at, window, promoted_at - killed_at,
