@@ -74,3 +74,12 @@ def test_option_typeddicts_match():
     assert set(PoolOptionsDict.__annotations__) == {f.name for f in dataclasses.fields(PoolOptions)}
     redis_params = set(inspect.signature(RedisPool.__init__).parameters) - {"self", "name", "protocol"}
     assert set(RedisPoolOptionsDict.__annotations__) == redis_params
+
+
+def test_request_options_declare_every_keyword_of_request():
+    """The module-level verbs take ``**kw: Unpack[RequestOptions]``: the TypedDicts must
+    name exactly request()'s keywords (SendOptions without ``body``)."""
+    from greenpool.http.client import RequestOptions, SendOptions, request
+    params = set(inspect.signature(request).parameters) - {"method", "url"}
+    assert RequestOptions.__required_keys__ | RequestOptions.__optional_keys__ == params
+    assert SendOptions.__required_keys__ | SendOptions.__optional_keys__ == params - {"body"}

@@ -57,7 +57,20 @@ import ssl
 import time
 import weakref
 from http.cookiejar import CookieJar
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypedDict,
+    Union,
+)
 from urllib.parse import unquote, urlencode
 
 import gevent
@@ -86,6 +99,9 @@ from greenpool.pool import GreenPool
 from greenpool.proxy import SOCKS_SCHEMES, SocksConnector, SocksProxy
 from greenpool.registry import _pools as _registered
 from greenpool.registry import resolve_pool
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["request", "get", "post", "put", "patch", "delete", "head", "options", "Client"]
 
@@ -1299,6 +1315,51 @@ def _module_client(client: "Client") -> "Client":
     return client
 
 
+class SendOptions(TypedDict, total=False):
+    """Every keyword of :func:`request` but ``body`` (what :func:`post`, :func:`put` and
+    :func:`patch` take beside their positional body); declared once so type checkers
+    reject a misspelled keyword in every module-level verb."""
+
+    pool: PoolInput
+    params: ParamsInput
+    headers: HeaderInput
+    json: Any
+    data: Any
+    files: Optional[FilesInput]
+    content: Any
+    cookies: CookieInput
+    auth: AuthInput
+    timeout: TimeoutInput
+    follow_redirects: bool
+    max_redirects: int
+    retries: RetryInput
+    stream: bool
+    base_url: Optional[str]
+    verify: VerifyInput
+    cert: CertInput
+    http2: Union[bool, str]
+    http3: Union[bool, str]
+    http1_parser: str
+    proxy: ProxyInput
+    trust_env: bool
+    decode_content: bool
+    max_decoded_size: Optional[int]
+    expect_continue: bool
+    max_header_size: int
+    max_headers: int
+    user_agent: Optional[str]
+    max_body_size: Optional[int]
+    default_encoding: EncodingInput
+    uds: Optional[str]
+
+
+class RequestOptions(SendOptions, total=False):
+    """Every keyword of :func:`request` (what :func:`get`, :func:`head`, :func:`options`
+    and :func:`delete` take)."""
+
+    body: Any
+
+
 def request(method: str, url: Union[str, URL], *, pool: PoolInput = "default",
         params: ParamsInput = None,
         headers: HeaderInput = None,
@@ -1354,306 +1415,37 @@ def request(method: str, url: Union[str, URL], *, pool: PoolInput = "default",
                            max_redirects, retries, stream, pool, extras)
 
 
-def get(url: Union[str, URL], *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        body: Any = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
+
+def get(url: Union[str, URL], **kw: Unpack[RequestOptions]) -> Response:
     """``request("GET", url, ...)``."""
-    return request("GET", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+    return request("GET", url, **kw)
 
 
-def head(url: Union[str, URL], *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        body: Any = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
+def head(url: Union[str, URL], **kw: Unpack[RequestOptions]) -> Response:
     """``request("HEAD", url, ...)``."""
-    return request("HEAD", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+    return request("HEAD", url, **kw)
 
 
-def options(url: Union[str, URL], *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        body: Any = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
+def options(url: Union[str, URL], **kw: Unpack[RequestOptions]) -> Response:
     """``request("OPTIONS", url, ...)``."""
-    return request("OPTIONS", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+    return request("OPTIONS", url, **kw)
 
 
-def delete(url: Union[str, URL], *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        body: Any = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
+def delete(url: Union[str, URL], **kw: Unpack[RequestOptions]) -> Response:
     """``request("DELETE", url, ...)``."""
-    return request("DELETE", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+    return request("DELETE", url, **kw)
 
 
-def post(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
-    """``request("POST", url, ...)``."""
-    return request("POST", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+def post(url: Union[str, URL], body: Any = None, **kw: Unpack[SendOptions]) -> Response:
+    """``request("POST", url, body=body, ...)``."""
+    return request("POST", url, body=body, **kw)
 
 
-def put(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
-    """``request("PUT", url, ...)``."""
-    return request("PUT", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+def put(url: Union[str, URL], body: Any = None, **kw: Unpack[SendOptions]) -> Response:
+    """``request("PUT", url, body=body, ...)``."""
+    return request("PUT", url, body=body, **kw)
 
 
-def patch(url: Union[str, URL], body: Any = None, *, pool: PoolInput = "default",
-        params: ParamsInput = None,
-        headers: HeaderInput = None,
-        json: Any = None,
-        data: Any = None,
-        files: Optional[FilesInput] = None,
-        content: Any = None,
-        cookies: CookieInput = None,
-        auth: AuthInput = None,
-        timeout: TimeoutInput = None,
-        follow_redirects: bool = False,
-        max_redirects: int = 5,
-        retries: RetryInput = None,
-        stream: bool = False,
-        base_url: Optional[str] = None,
-        verify: VerifyInput = True,
-        cert: CertInput = None,
-        http2: Union[bool, str] = False,
-        http3: Union[bool, str] = False,
-        http1_parser: str = "auto",
-        proxy: ProxyInput = None,
-        trust_env: bool = False,
-        decode_content: bool = True,
-        max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-        expect_continue: bool = False,
-        max_header_size: int = 65536,
-        max_headers: int = 256,
-        user_agent: Optional[str] = None,
-        max_body_size: Optional[int] = None,
-        default_encoding: EncodingInput = "utf-8",
-        uds: Optional[str] = None) -> Response:
-    """``request("PATCH", url, ...)``."""
-    return request("PATCH", url, pool=pool, params=params, headers=headers, body=body, json=json,
-                   data=data, files=files, content=content, cookies=cookies, auth=auth,
-                   timeout=timeout, follow_redirects=follow_redirects, max_redirects=max_redirects,
-                   retries=retries, stream=stream, base_url=base_url, verify=verify, cert=cert,
-                   http2=http2, http3=http3, http1_parser=http1_parser, proxy=proxy, trust_env=trust_env,
-                   decode_content=decode_content, max_decoded_size=max_decoded_size,
-                   expect_continue=expect_continue, max_header_size=max_header_size,
-                   max_headers=max_headers, user_agent=user_agent, max_body_size=max_body_size,
-                   default_encoding=default_encoding, uds=uds)
+def patch(url: Union[str, URL], body: Any = None, **kw: Unpack[SendOptions]) -> Response:
+    """``request("PATCH", url, body=body, ...)``."""
+    return request("PATCH", url, body=body, **kw)
