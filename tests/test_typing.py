@@ -81,3 +81,12 @@ def test_request_options_declare_every_keyword_of_request():
     params = set(inspect.signature(request).parameters) - {"method", "url"}
     assert RequestOptions.__required_keys__ | RequestOptions.__optional_keys__ == params
     assert SendOptions.__required_keys__ | SendOptions.__optional_keys__ == params - {"body"}
+
+
+def test_client_request_options_declare_every_keyword_of_client_request():
+    """Client.get/post/... take ``**kw: Unpack[ClientRequestOptions]``: the TypedDicts must
+    name exactly Client.request()'s keywords (ClientSendOptions without ``body``)."""
+    from greenpool.http.client import Client, ClientRequestOptions, ClientSendOptions
+    params = set(inspect.signature(Client.request).parameters) - {"self", "method", "url"}
+    assert ClientRequestOptions.__required_keys__ | ClientRequestOptions.__optional_keys__ == params
+    assert ClientSendOptions.__required_keys__ | ClientSendOptions.__optional_keys__ == params - {"body"}

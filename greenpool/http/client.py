@@ -820,156 +820,36 @@ class Client:
                 raise
         return resp
 
-    def get(self, url: Union[str, URL], *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            body: Any = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+    def get(self, url: Union[str, URL], **kw: Unpack[ClientRequestOptions]) -> Response:
         """``request("GET", url, ...)``."""
-        return self.request("GET", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+        return self.request("GET", url, **kw)
 
-    def head(self, url: Union[str, URL], *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            body: Any = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+    def head(self, url: Union[str, URL], **kw: Unpack[ClientRequestOptions]) -> Response:
         """``request("HEAD", url, ...)``."""
-        return self.request("HEAD", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+        return self.request("HEAD", url, **kw)
 
-    def options(self, url: Union[str, URL], *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            body: Any = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+    def options(self, url: Union[str, URL], **kw: Unpack[ClientRequestOptions]) -> Response:
         """``request("OPTIONS", url, ...)``."""
-        return self.request("OPTIONS", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+        return self.request("OPTIONS", url, **kw)
 
-    def delete(self, url: Union[str, URL], *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            body: Any = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
+    def delete(self, url: Union[str, URL], **kw: Unpack[ClientRequestOptions]) -> Response:
         """``request("DELETE", url, ...)``."""
-        return self.request("DELETE", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+        return self.request("DELETE", url, **kw)
 
-    def post(self, url: Union[str, URL], body: Any = None, *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
-        """``request("POST", url, ...)``."""
-        return self.request("POST", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+    def post(self, url: Union[str, URL], body: Any = None,
+            **kw: Unpack[ClientSendOptions]) -> Response:
+        """``request("POST", url, body=body, ...)``."""
+        return self.request("POST", url, body=body, **kw)
 
-    def put(self, url: Union[str, URL], body: Any = None, *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
-        """``request("PUT", url, ...)``."""
-        return self.request("PUT", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+    def put(self, url: Union[str, URL], body: Any = None,
+            **kw: Unpack[ClientSendOptions]) -> Response:
+        """``request("PUT", url, body=body, ...)``."""
+        return self.request("PUT", url, body=body, **kw)
 
-    def patch(self, url: Union[str, URL], body: Any = None, *,
-            params: ParamsInput = None,
-            headers: HeaderInput = None,
-            json: Any = None,
-            data: Any = None,
-            files: Optional[FilesInput] = None,
-            content: Any = None,
-            cookies: CookieInput = None,
-            auth: Union[AuthInput, _Unset] = _UNSET,
-            timeout: Union[TimeoutInput, _Unset] = _UNSET,
-            follow_redirects: Union[bool, _Unset] = _UNSET,
-            max_redirects: Union[int, _Unset] = _UNSET,
-            retries: Union[RetryInput, _Unset] = _UNSET,
-            stream: bool = False,
-            pool: Union[PoolInput, _Unset] = _UNSET) -> Response:
-        """``request("PATCH", url, ...)``."""
-        return self.request("PATCH", url, params=params, headers=headers, body=body, json=json,
-                            data=data, files=files, content=content, cookies=cookies, auth=auth,
-                            timeout=timeout, follow_redirects=follow_redirects,
-                            max_redirects=max_redirects, retries=retries, stream=stream, pool=pool)
+    def patch(self, url: Union[str, URL], body: Any = None,
+            **kw: Unpack[ClientSendOptions]) -> Response:
+        """``request("PATCH", url, body=body, ...)``."""
+        return self.request("PATCH", url, body=body, **kw)
 
     def close(self) -> None:
         """Forget cached routes; the pools (shared) stay up."""
@@ -1313,6 +1193,32 @@ def _module_client(client: "Client") -> "Client":
     client._jar = None
     client._set_post()
     return client
+
+
+class ClientSendOptions(TypedDict, total=False):
+    """Every keyword of :meth:`Client.request` but ``body`` (what ``Client.post/put/patch``
+    take beside their positional body); not given = the Client's setting."""
+
+    params: ParamsInput
+    headers: HeaderInput
+    json: Any
+    data: Any
+    files: Optional[FilesInput]
+    content: Any
+    cookies: CookieInput
+    auth: Union[AuthInput, _Unset]
+    timeout: Union[TimeoutInput, _Unset]
+    follow_redirects: Union[bool, _Unset]
+    max_redirects: Union[int, _Unset]
+    retries: Union[RetryInput, _Unset]
+    stream: bool
+    pool: Union[PoolInput, _Unset]
+
+
+class ClientRequestOptions(ClientSendOptions, total=False):
+    """Every keyword of :meth:`Client.request` (what ``Client.get/head/options/delete`` take)."""
+
+    body: Any
 
 
 class SendOptions(TypedDict, total=False):
