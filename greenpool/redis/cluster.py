@@ -61,6 +61,7 @@ from greenpool.errors import (
     TryAgainError,
     WriteError,
 )
+from greenpool.redis.nodes import NodePools
 from greenpool.redis.pool import RedisPool, _check_retries, is_read_only
 
 log = logging.getLogger("greenpool.redis.cluster")
@@ -286,7 +287,7 @@ class RedisClusterPool:
         # (rule 4) until it reconnects: retry sooner than RedisPool's default 5 s
         self.options.setdefault("backoff_max", 1.0)
         self.connect_timeout = float(options.get("connect_timeout", 5.0))
-        self._pools: Dict[Addr, RedisPool] = {}
+        self._nodes = NodePools(self.name, "the cluster pool")
         self._slots: List[Optional[Shard]] = [None] * SLOTS
         self._shards: List[Shard] = []
         self._commands: Dict[str, _KeySpec] = {}
@@ -319,22 +320,10 @@ class RedisClusterPool:
     def _pool(self, addr: Addr, wait: bool = False) -> RedisPool:
         """The node's pool, opened if needed: connecting in the background, or (``wait``,
         for the map) before returning, so that a dead node fails at once."""
-        p = self._pools.get(addr)
-        if p is None:
-            if self._closed:
-                raise PoolClosed(self.name, "the cluster pool was stopped")
-            p = RedisPool(pool_size=self.pool_size, host=addr[0], port=addr[1],
-                          name="%s/%s:%d" % (self.name, addr[0], addr[1]),
-                          timeout=self.command_timeout, start="wait" if wait else "degraded",
-                          **self.options)
-            other = self._pools.get(addr)
-            if other is not None or self._closed:   # while this one connected
-                p.stop()
-                if other is None:
-                    raise PoolClosed(self.name, "the cluster pool was stopped")
-                return other
-            self._pools[addr] = p
-        return p
+        return self._nodes.open(addr, lambda: RedisPool(
+            pool_size=self.pool_size, host=addr[0], port=addr[1],
+            name="%s/%s:%d" % (self.name, addr[0], addr[1]), timeout=self.command_timeout,
+            start="wait" if wait else "degraded", **self.options))
 
     def _usable(self, addr: Addr, wait: bool = False) -> RedisPool:
         """The node's pool; ConnectError at once when it has no live connection and its
@@ -445,11 +434,9 @@ class RedisClusterPool:
         self._epoch += 1
         self._refreshed_at = _monotonic()
         self.counters["refreshes"] += 1
-        for addr in [a for a in self._pools if a not in used]:
-            p = self._pools.pop(addr)
-            log.info("redis cluster %r: node %s:%d left the map; its pool stops", self.name,
+        for addr in self._nodes.retire(used):
+            log.info("redis cluster %r: node %s:%d left the map; its pool stopped", self.name,
                      addr[0], addr[1])
-            p.stop()
 
     def _load_command_table(self) -> None:
         addr = self._master(None)
@@ -471,7 +458,7 @@ class RedisClusterPool:
 
     def node_pools(self) -> Dict[Addr, RedisPool]:
         """The node pools open now, by (host, port)."""
-        return dict(self._pools)
+        return self._nodes.copy()
 
     # -- keys --
 
@@ -818,13 +805,13 @@ class RedisClusterPool:
             "epoch": self._epoch,
             **self.counters,
             "last_error": None if self.last_error is None else str(self.last_error),
-            "nodes": {"%s:%d" % a: p.info() for a, p in self._pools.items()},
+            "nodes": self._nodes.info(),
             "stopped": self._closed,
         }
 
     def get_stats(self) -> Dict[str, Dict[str, Any]]:
         """Each node pool's ``get_stats()``, by ``"host:port"``."""
-        return {"%s:%d" % a: p.get_stats() for a, p in self._pools.items()}
+        return self._nodes.stats()
 
     @property
     def closed(self) -> bool:
@@ -834,9 +821,7 @@ class RedisClusterPool:
         """Stop every node pool (their in-flight commands fail with PoolClosed)."""
         self._closed = True
         _after_fork.discard(self)
-        pools, self._pools = list(self._pools.values()), {}
-        for p in pools:
-            p.stop()
+        self._nodes.stop()
 
     stop = close
 
@@ -853,7 +838,7 @@ class RedisClusterPool:
 
     def __repr__(self) -> str:
         return "<RedisClusterPool %r [%d masters, %d node pools, %d/%d slots]%s>" % (
-            self.name, len(self._shards), len(self._pools),
+            self.name, len(self._shards), len(self._nodes),
             sum(1 for s in self._slots if s is not None), SLOTS,
             " stopped" if self._closed else "")
 

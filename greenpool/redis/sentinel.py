@@ -46,6 +46,7 @@ from greenpool.errors import (
     WriteError,
 )
 from greenpool.pool import GreenPool
+from greenpool.redis.nodes import NodePools
 from greenpool.redis.pool import RedisPool, _check_retries, is_read_only
 from greenpool.redis.resp import NOT_ENOUGH, make_reader, pack_command
 from greenpool.redis.scripts import Script
@@ -110,8 +111,8 @@ class RedisSentinelPool:
         # an unreachable node is skipped until its pool reconnects: sooner than 5 s
         self.options.setdefault("backoff_max", 1.0)
         self._closed = False
-        self._sentinel_pools: Dict[Addr, RedisPool] = {}
-        self._pools: Dict[Addr, RedisPool] = {}
+        self._sentinel_pools = NodePools(self.name, "the sentinel pool")
+        self._nodes = NodePools(self.name, "the sentinel pool")
         self._master: Optional[Addr] = None
         self._replicas: List[Addr] = []
         self._checked: Dict[Addr, int] = {}        # node -> its pool's reconnects at ROLE check
@@ -139,22 +140,11 @@ class RedisSentinelPool:
     def _sentinel(self, addr: Addr) -> RedisPool:
         """The sentinel's pool (one connection), connected before it is returned: a dead
         sentinel fails at once (ConnectError) and the next is asked."""
-        p = self._sentinel_pools.get(addr)
-        if p is None:
-            if self._closed:
-                raise PoolClosed(self.name, "the sentinel pool was stopped")
-            p = RedisPool(pool_size=1, host=addr[0], port=addr[1], password=self.sentinel_password,
-                          name="%s/sentinel/%s:%d" % (self.name, addr[0], addr[1]),
-                          timeout=self.sentinel_timeout, connect_timeout=self.sentinel_timeout,
-                          start="wait", backoff_min=0.05, backoff_max=1.0)
-            other = self._sentinel_pools.get(addr)
-            if other is not None or self._closed:   # made meanwhile, or stopped meanwhile
-                p.stop()
-                if other is None:
-                    raise PoolClosed(self.name, "the sentinel pool was stopped")
-                return other
-            self._sentinel_pools[addr] = p
-        return p
+        return self._sentinel_pools.open(addr, lambda: RedisPool(
+            pool_size=1, host=addr[0], port=addr[1], password=self.sentinel_password,
+            name="%s/sentinel/%s:%d" % (self.name, addr[0], addr[1]),
+            timeout=self.sentinel_timeout, connect_timeout=self.sentinel_timeout,
+            start="wait", backoff_min=0.05, backoff_max=1.0))
 
     def _ask(self, args: Sequence[Any]) -> Tuple[Addr, Any]:
         """Ask the sentinels in turn; the first that answers moves to the front."""
@@ -211,15 +201,10 @@ class RedisSentinelPool:
     # -- node pools and discovery --
 
     def _pool(self, addr: Addr) -> RedisPool:
-        p = self._pools.get(addr)
-        if p is None:
-            if self._closed:
-                raise PoolClosed(self.name, "the sentinel pool was stopped")
-            p = RedisPool(pool_size=self.pool_size, host=addr[0], port=addr[1],
-                          name="%s/%s:%d" % (self.name, addr[0], addr[1]),
-                          timeout=self.command_timeout, start="degraded", **self.options)
-            self._pools[addr] = p
-        return p
+        return self._nodes.open(addr, lambda: RedisPool(
+            pool_size=self.pool_size, host=addr[0], port=addr[1],
+            name="%s/%s:%d" % (self.name, addr[0], addr[1]),
+            timeout=self.command_timeout, start="degraded", **self.options))
 
     def _role_ok(self, addr: Addr, want: str, deadline: float) -> bool:
         """ROLE on the node (when its pool connected since the last check)."""
@@ -308,9 +293,8 @@ class RedisSentinelPool:
         self.counters["discoveries"] += 1
         self._discovered_at = _monotonic()
         used = {master, *replicas}
-        for addr in [a for a in self._pools if a not in used]:
+        for addr in self._nodes.retire(used):
             self._checked.pop(addr, None)
-            self._pools.pop(addr).stop()
 
     # -- the +switch-master listener --
 
@@ -564,7 +548,7 @@ class RedisSentinelPool:
         return list(self._replicas)
 
     def node_pools(self) -> Dict[Addr, RedisPool]:
-        return dict(self._pools)
+        return self._nodes.copy()
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -576,12 +560,12 @@ class RedisSentinelPool:
             "sentinels": ["%s:%d" % s for s in self.sentinels],
             **self.counters,
             "last_error": None if self.last_error is None else str(self.last_error),
-            "nodes": {"%s:%d" % a: p.info() for a, p in self._pools.items()},
+            "nodes": self._nodes.info(),
             "stopped": self._closed,
         }
 
     def get_stats(self) -> Dict[str, Dict[str, Any]]:
-        return {"%s:%d" % a: p.get_stats() for a, p in self._pools.items()}
+        return self._nodes.stats()
 
     @property
     def closed(self) -> bool:
@@ -595,10 +579,8 @@ class RedisSentinelPool:
         ev, self._paused = self._paused, None
         if ev is not None:
             ev.set()
-        for p in list(self._pools.values()) + list(self._sentinel_pools.values()):
-            p.stop()
-        self._pools = {}
-        self._sentinel_pools = {}
+        self._nodes.stop()
+        self._sentinel_pools.stop()
         self._listen_pool.close()
 
     stop = close
