@@ -9,7 +9,6 @@ cases (one reset, one stall, one GOAWAY) live in the per-module test files.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import gevent
 import pytest
 from faultproxy import FaultProxy
+from forking import fork_and_report
 from httpfakes import HTTPFake, ok
 
 import greenpool
@@ -570,30 +570,6 @@ def test_dns_hanging_first_address_happy_eyeballs_falls_through(monkeypatch, no_
 # os.fork() under load, through the HTTP client
 
 
-def _fork_and_report(fn):
-    """Run fn() in a forked child; return what it wrote (JSON), never returning into pytest."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            out = json.dumps(fn()).encode()
-            os.write(w, out)
-            code = 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while True:
-        chunk = gevent.get_hub().threadpool.apply(os.read, (r, 65536))
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks) or b"null")
 
 
 def _local_ports(pool):
@@ -647,7 +623,7 @@ def test_fork_under_load_http_client(nginx, tls, no_leaks):
             return seen
 
         before = sum(counts.values())
-        report = _fork_and_report(child)
+        report = fork_and_report(child)
         assert "error" not in report, report
         assert report["counts_before"] == [0] * (1 + len(companions)), report
         assert report["ports"] and not set(report["ports"]) & parent_ports, report
@@ -680,7 +656,7 @@ def test_fork_child_gets_fresh_unregistered_pool(no_leaks):
                 ok_ = c.sock.recv(1) == b"b"
             return {"before": before, "ok": ok_, "ports": sorted(_local_ports(pool))}
 
-        report = _fork_and_report(child)
+        report = fork_and_report(child)
         assert report.get("before") == 0 and report["ok"], report
         assert not set(report["ports"]) & parent_ports
         with pool.connection("127.0.0.1", srv.port) as conn:   # the parent's is intact
@@ -762,7 +738,7 @@ def test_fork_under_load_redis_pool(redis, no_leaks):
         gevent.sleep(0.05)
         assert not blocked.ready()
         before = sum(counts.values())
-        report = _fork_and_report(child)
+        report = fork_and_report(child)
         assert "error" not in report, report
         assert report["count_before"] == 0 and report["active"] == 3, report
         # the parent's commands in flight at the fork failed clearly in the child...
@@ -971,7 +947,7 @@ def test_fork_with_http2_streams_in_flight(hypercorn, tls, no_leaks):
             r = get.get(timeout=30)
             return {"posted": posted, "waited": waited, "get": r.json(), "ports": sorted(ports())}
 
-        report = _fork_and_report(child)
+        report = fork_and_report(child)
         assert "error" not in report, report
         assert report["posted"].startswith("ConnectionClosed") and "parent process" in report["posted"]
         assert report["waited"] < 2, report            # at once, not after the answer (~4 s)

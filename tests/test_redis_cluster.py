@@ -7,11 +7,11 @@ node pool.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import gevent
 import pytest
+from forking import fork_and_report
 
 from greenpool.errors import (
     AskError,
@@ -633,22 +633,11 @@ def test_tryagain_during_a_migration_is_retried_until_it_ends(redis_cluster_fact
 def test_fork_child_uses_its_own_connections(cp):
     ks = [key("f") for _ in range(20)]
     cp.pipeline([["SET", k, "parent"] for k in ks])
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            ok = cp.pipeline([["GET", k] for k in ks]) == [b"parent"] * 20
-            ok = ok and all(cp.command(["SET", k, "child"]) == b"OK" for k in ks)
-            code = 0 if ok else 2
-        finally:
-            os.write(w, bytes([code]))
-            os._exit(code)
-    os.close(w)
-    status = os.read(r, 1)
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert status == b"\x00"
+
+    def child():
+        ok = cp.pipeline([["GET", k] for k in ks]) == [b"parent"] * 20
+        return ok and all(cp.command(["SET", k, "child"]) == b"OK" for k in ks)
+    assert fork_and_report(child) is True
     # the parent's connections were not touched by the child
     assert cp.pipeline([["GET", k] for k in ks]) == [b"child"] * 20
     assert all(p.info()["closed_connections"] == 0 for p in cp.node_pools().values())

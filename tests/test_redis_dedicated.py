@@ -8,11 +8,11 @@ that take milliseconds).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import gevent
 import pytest
+from forking import fork_and_report
 
 from greenpool.errors import (
     ConnectionClosed,
@@ -558,29 +558,6 @@ def test_register_script_evalsha_and_noscript(redis_factory, parser):
 # -- fork ----------------------------------------------------------------------------------
 
 
-def _fork_and_report(fn):
-    import json
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.write(w, json.dumps(fn()).encode())
-            code = 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while True:
-        chunk = gevent.get_hub().threadpool.apply(os.read, (r, 65536))
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(b"".join(chunks) or b"null")
 
 
 def test_fork_dedicated_connections_and_pubsub_are_the_childs_own(redis):
@@ -607,7 +584,7 @@ def test_fork_dedicated_connections_and_pubsub_are_the_childs_own(redis):
             ps.close()
             return out
 
-        report = _fork_and_report(child)
+        report = fork_and_report(child)
         assert "error" not in report, report
         assert report["open_before"] == 0
         assert report["conn"] != parent_conn

@@ -11,6 +11,7 @@ import time
 
 import gevent
 import pytest
+from forking import child_report, fork_and_report
 
 from greenpool.errors import GreenPoolError, MasterNotFound, ResponseError
 from greenpool.redis import RedisSentinelPool
@@ -287,8 +288,6 @@ def test_register_script_follows_the_pool_and_survives_script_flush(sp, group):
 def test_fork_child_uses_its_own_connections(sp, group):
     """Across os.fork() the child's node pools, sentinel pools and +switch-master
     listeners are its own: it runs commands on new connections; the parent's stay."""
-    import json
-    import os
 
     import greenpool.registry  # noqa: F401 - installs the fork handler
 
@@ -297,34 +296,16 @@ def test_fork_child_uses_its_own_connections(sp, group):
     parent_id = sp.command(["CLIENT", "ID"])
     master = sp.node_pools()[sp.master_address]
     closed_before = master.info()["closed_connections"]
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            out = {"open_before": master.get_stats()["open"],
-                   "get": sp.command(["GET", k]).decode(),
-                   "id": sp.command(["CLIENT", "ID"])}
-            sp.command(["SET", k, "child"])
-            out["listeners"] = all(not g.dead for g in sp._listeners)
-            sp.stop()
-            os.write(w, json.dumps(out).encode())
-            code = 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            os.write(w, json.dumps({"error": repr(e)}).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while True:
-        chunk = gevent.get_hub().threadpool.apply(os.read, (r, 65536))
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    report = json.loads(b"".join(chunks) or b"null")
-    assert report is not None and "error" not in report, report
+
+    def child():
+        out = {"open_before": master.get_stats()["open"],
+               "get": sp.command(["GET", k]).decode(),
+               "id": sp.command(["CLIENT", "ID"])}
+        sp.command(["SET", k, "child"])
+        out["listeners"] = all(not g.dead for g in sp._listeners)
+        sp.stop()
+        return out
+    report = child_report(fork_and_report(child))
     assert report["open_before"] == 0
     assert report["get"] == "parent" and report["id"] != parent_id
     assert report["listeners"]
