@@ -20,7 +20,6 @@ from pathlib import Path
 import gevent
 import pytest
 from faultproxy import FaultProxy
-from forking import fork_and_report
 from httpfakes import HTTPFake, ok
 
 import greenpool
@@ -37,6 +36,7 @@ from greenpool.errors import (
 from greenpool.http.models import Timeout
 
 from fakes import FakeServer, ProcessEchoServer, assert_exact, refused_port
+from forking import fork_and_report
 
 PARSERS = ["h11", "httptools"]
 

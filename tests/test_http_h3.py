@@ -315,9 +315,9 @@ def test_idle_connection_is_pinged_per_idle_interval(no_leaks, h3, tls):
 def test_fork_with_a_post_in_flight(no_leaks, h3, tls):
     """In the child the copied POST fails at once with ConnectionClosed (the QUIC connection
     is the parent's, nothing is written to it); in the parent it completes."""
-    from forking import fork_and_report as _fork_and_report
-
     import greenpool
+
+    from forking import fork_and_report as _fork_and_report
     greenpool.start_pool("h3fork", max_connections=4)
     c = Client(pool="h3fork", http3="prior_knowledge", verify=str(tls.ca_path))
     try:

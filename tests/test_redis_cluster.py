@@ -11,7 +11,6 @@ import time
 
 import gevent
 import pytest
-from forking import fork_and_report
 
 from greenpool.errors import (
     AskError,
@@ -30,6 +29,7 @@ from greenpool.redis import RedisPool
 from greenpool.redis.cluster import RedisClusterPool, key_slot, parse_shards, parse_slots
 
 from fakes import assert_exact, refused_port
+from forking import fork_and_report
 from redishelp import unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

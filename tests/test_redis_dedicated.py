@@ -12,7 +12,6 @@ import time
 
 import gevent
 import pytest
-from forking import fork_and_report
 
 from greenpool.errors import (
     ConnectionClosed,
@@ -26,6 +25,7 @@ from greenpool.redis import BLOCKING_COMMANDS, RedisPool, blocking_time
 from greenpool.redis.dedicated import UNKNOWN, add_block, deadline_for
 
 from fakes import assert_exact
+from forking import fork_and_report
 from redishelp import PARSERS, unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

@@ -11,12 +11,12 @@ import time
 
 import gevent
 import pytest
-from forking import child_report, fork_and_report
 
 from greenpool.errors import GreenPoolError, MasterNotFound, ResponseError
 from greenpool.redis import RedisSentinelPool
 
 from fakes import assert_exact, refused_port
+from forking import child_report, fork_and_report
 from redishelp import unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -288,7 +288,6 @@ def test_register_script_follows_the_pool_and_survives_script_flush(sp, group):
 def test_fork_child_uses_its_own_connections(sp, group):
     """Across os.fork() the child's node pools, sentinel pools and +switch-master
     listeners are its own: it runs commands on new connections; the parent's stay."""
-
     import greenpool.registry  # noqa: F401 - installs the fork handler
 
     k = key("f")
