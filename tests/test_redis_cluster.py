@@ -28,27 +28,23 @@ from greenpool.errors import (
 from greenpool.redis import RedisPool
 from greenpool.redis.cluster import RedisClusterPool, key_slot, parse_shards, parse_slots
 
-from fakes import assert_exact, refused_port
+from fakes import refused_port
 from forking import fork_and_report
-from redishelp import unique
+from redishelp import node_books, unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
 def key(prefix: str = "k") -> str:
     """A key no other test uses (the session's cluster is shared)."""
     return unique("test_cluster", prefix)
-
-
-def books(cp: RedisClusterPool) -> None:
-    for p in cp.node_pools().values():
-        assert_exact(p)
-        assert p.info()["in_flight"] == 0, p.info()
 
 
 @pytest.fixture
 def cp(redis_cluster):
     pool = RedisClusterPool(redis_cluster.startup_nodes, pool_size=2, timeout=5.0)
     yield pool
-    books(pool)
+    node_books(pool)
     pool.stop()
 
 
@@ -213,7 +209,7 @@ def test_read_from_replicas_spreads_reads(redis_cluster):
             "INFO", "commandstats")).count("cmdstat_readonly")) == 1
         # writes never go to a replica
         assert [cp.command(["INCR", k + "n"]) for _ in range(10)] == list(range(1, 11))
-        books(cp)
+        node_books(cp)
     finally:
         cp.stop()
 
@@ -229,7 +225,7 @@ def test_resp3_and_decoded_replies(redis_cluster, protocol):
         assert cp.pipeline([["SET", k, "é%d" % i] for i, k in enumerate(ks)]) == ["OK"] * 30
         assert cp.pipeline([["GET", k] for k in ks]) == ["é%d" % i for i in range(30)]
         assert cp.keys_of(["XREAD", "STREAMS", "s1", "0"]) == ["s1"]
-        books(cp)
+        node_books(cp)
     finally:
         cp.stop()
 
@@ -256,7 +252,7 @@ def test_a_dead_startup_node_is_skipped(redis_cluster):
                           pool_size=1, connect_timeout=1.0)
     try:
         assert cp.command(["PING"]) == b"PONG"
-        books(cp)
+        node_books(cp)
     finally:
         cp.stop()
 
@@ -287,7 +283,7 @@ def test_pubsub_routes_to_a_node(cp):
         assert cp.command(["PUBLISH", ch, "hello"]) >= 0
         m = _message(ps, "message")
         assert (m["channel"], m["data"]) == (ch.encode(), b"hello")
-    books(cp)
+    node_books(cp)
 
 
 def test_shard_pubsub_goes_to_the_channels_node(cp, redis_cluster):
@@ -300,7 +296,7 @@ def test_shard_pubsub_goes_to_the_channels_node(cp, redis_cluster):
         assert cp.command(["SPUBLISH", ch, "s1"]) == 1   # routed by its channel's slot
         m = _message(ps, "smessage")
         assert (m["channel"], m["data"]) == (ch.encode(), b"s1")
-    books(cp)
+    node_books(cp)
 
 
 def test_watch_transaction_refuses_cross_slot_and_routes(cp):
@@ -316,7 +312,7 @@ def test_watch_transaction_refuses_cross_slot_and_routes(cp):
 
     assert cp.watch_transaction([k], fn) == [2, b"2"]
     assert seen == [b"1"] and cp.command(["GET", k]) == b"2"
-    books(cp)
+    node_books(cp)
 
 
 def test_watch_transaction_increments_are_exact(cp):
@@ -330,7 +326,7 @@ def test_watch_transaction_increments_are_exact(cp):
 
     gevent.joinall([gevent.spawn(incr) for _ in range(10)], raise_error=True)
     assert cp.command(["GET", k]) == b"100"
-    books(cp)
+    node_books(cp)
 
 
 def test_blocking_command_goes_to_the_keys_node(cp):
@@ -349,7 +345,7 @@ def test_blocking_command_goes_to_the_keys_node(cp):
     assert [cp.command(["GET", key("g")]) for _ in range(20)] == [None] * 20
     assert not g.ready()
     g.kill()
-    books(cp)
+    node_books(cp)
 
 
 # -- faults: a cluster of its own --
@@ -427,7 +423,7 @@ def test_resharding_under_load_is_invisible(redis_cluster_factory):
         for slot in moving:
             assert cluster.owner(slot).port == dst.port
         assert all(c > 0 for c in counts.values())
-        books(cp)
+        node_books(cp)
     finally:
         stop[0] = True
         cp.stop()
@@ -549,7 +545,7 @@ def test_master_killed_under_load_replica_takes_over(redis_cluster_factory):
         assert victim.addr not in cp.node_pools()         # its pool stopped with the map
         assert cp.slots()[min(cp.slots(), key=lambda r: abs(r[0] - min(victim_slots)))].master \
             == replica.addr
-        books(cp)
+        node_books(cp)
     finally:
         stop[0] = True
         cp.stop()
@@ -578,7 +574,7 @@ def test_manual_cluster_failover_under_load(redis_cluster_factory):
         assert errors == []   # a manual failover pauses writes: MOVED, never an error
         assert len(ok) > before
         assert cp.info()["moved"] > 0
-        books(cp)
+        node_books(cp)
     finally:
         stop[0] = True
         cp.stop()
@@ -625,7 +621,7 @@ def test_tryagain_during_a_migration_is_retried_until_it_ends(redis_cluster_fact
         info = cp.info()
         assert info["moved"] + info["ask"] >= 1, info
         assert cp.command(["MGET", a, b]) == [b"1", b"2"]
-        books(cp)
+        node_books(cp)
     finally:
         cp.stop()
 
@@ -667,6 +663,6 @@ def test_clusterdown_is_retried_within_the_timeout(redis_cluster_factory):
         assert not g.dead
         gevent.get_hub().threadpool.apply(victim.start)
         assert g.get(timeout=25) == b"v"
-        books(cp)
+        node_books(cp)
     finally:
         cp.stop()

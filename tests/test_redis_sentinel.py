@@ -15,19 +15,15 @@ import pytest
 from greenpool.errors import GreenPoolError, MasterNotFound, ResponseError
 from greenpool.redis import RedisSentinelPool
 
-from fakes import assert_exact, refused_port
+from fakes import refused_port
 from forking import child_report, fork_and_report
-from redishelp import unique
+from redishelp import node_books, unique
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
 def key(prefix: str = "k") -> str:
     return unique("test_sentinel", prefix)
-
-
-def books(sp: RedisSentinelPool) -> None:
-    for p in sp.node_pools().values():
-        assert_exact(p)
-        assert p.info()["in_flight"] == 0, p.info()
 
 
 @pytest.fixture
@@ -39,7 +35,7 @@ def group(sentinel_group):
 def sp(group):
     pool = RedisSentinelPool(group.sentinel_addrs, "mymaster", pool_size=2)
     yield pool
-    books(pool)
+    node_books(pool)
     pool.stop()
 
 
@@ -71,7 +67,7 @@ def test_role_replica_reads_from_replicas(group):
         assert replica_pool.info()["active"] == 1
         # writes still go to the master
         assert rp.command(["INCR", k + "n"]) == 1
-        books(rp)
+        node_books(rp)
 
 
 def test_readonly_reply_rediscovers_and_resends(sp, group):
@@ -164,7 +160,7 @@ def test_sentinel_failover_under_load(sentinel_factory):
         assert ("127.0.0.1", old) not in sp.node_pools()   # old master's connections retired
         info = sp.info()
         assert info["switches"] == 1 and info["readonly"] == 0
-        books(sp)
+        node_books(sp)
     finally:
         stop[0] = True
         sp.stop()
@@ -211,7 +207,7 @@ def test_master_killed_sentinel_promotes_and_the_pool_follows(sentinel_factory):
                                     len(errors)))
         assert ("127.0.0.1", old) not in sp.node_pools()
         assert sp.info()["switches"] == 1
-        books(sp)
+        node_books(sp)
     finally:
         stop[0] = True
         sp.stop()
@@ -234,7 +230,7 @@ def test_replica_role_rediscovers_when_the_replica_dies(sentinel_factory):
         assert replica not in rp.replica_addresses
         assert replica not in rp.node_pools()
         assert [rp.command(["GET", k]) for _ in range(5)] == [b"v"] * 5   # on the master now
-        books(rp)
+        node_books(rp)
     finally:
         rp.stop()
 
@@ -323,4 +319,4 @@ def test_sentinel_password(sentinel_factory):
                            sentinel_password="s3nt") as sp:
         assert sp.command(["SET", key(), "v"]) == b"OK"
         assert sp.master_address[1] == g.master_port()
-        books(sp)
+        node_books(sp)
