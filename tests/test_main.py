@@ -321,13 +321,15 @@ def test_bench_tls_untrusted_cacert_and_insecure(nginx, tls):
     assert out.returncode == 0 and "\nstatus: 2xx 6\n" in out.stdout.decode()
 
 
-def test_bench_ctrl_c_prints_the_partial_summary_and_exits_130(nginx):
-    proc = popen(["bench", nginx.http_url + "/", "-n", "100000000", "-c", "4", "--progress", "0.05"])
+def interrupt_once_running(args):
+    """Start the CLI with ``args`` (100,000,000 requests, progress on stderr), send SIGINT
+    once a request has completed; return (exit code, stdout text, stderr bytes)."""
+    proc = popen(args + ["-n", "100000000", "-c", "4", "--progress", "0.05"])
     try:
         assert proc.stderr is not None
         while True:   # wait until requests are completing
             line = proc.stderr.readline().decode()
-            assert line, "bench ended early"
+            assert line, "%s ended early" % args[0]
             m = re.match(r"\[#*\s*\] (\d+)/100000000 ", line)
             if m and int(m.group(1)) > 0:
                 break
@@ -337,8 +339,12 @@ def test_bench_ctrl_c_prints_the_partial_summary_and_exits_130(nginx):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = out.decode()
-    assert proc.returncode == 130, text + err.decode()
+    return proc.returncode, out.decode(), err
+
+
+def test_bench_ctrl_c_prints_the_partial_summary_and_exits_130(nginx):
+    code, text, err = interrupt_once_running(["bench", nginx.http_url + "/"])
+    assert code == 130, text + err.decode()
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
     m = re.match(r"interrupted: (\d+) of 100000000 requests completed\n(\d+) requests, 0 errors, ", text)
     assert m and m.group(1) == m.group(2) and int(m.group(1)) > 0, text
@@ -357,23 +363,8 @@ def test_console_script_entry_point_is_main():
 
 
 def test_demo_ctrl_c_prints_the_partial_summary_and_exits_130():
-    proc = popen(["demo", "-n", "100000000", "-c", "4", "--progress", "0.05"])
-    try:
-        assert proc.stderr is not None
-        while True:
-            line = proc.stderr.readline().decode()
-            assert line, "demo ended early"
-            m = re.match(r"\[#*\s*\] (\d+)/100000000 ", line)
-            if m and int(m.group(1)) > 0:
-                break
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = out.decode()
-    assert proc.returncode == 130, text + err.decode()
+    code, text, err = interrupt_once_running(["demo"])
+    assert code == 130, text + err.decode()
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
     m = re.search(r"\ninterrupted: (\d+) of 100000000 requests completed\n(\d+) requests in ", text)
     assert m and m.group(1) == m.group(2) and int(m.group(1)) > 0, text
