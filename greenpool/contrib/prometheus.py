@@ -24,6 +24,8 @@ Rules:
 * A sub-dict of ``get_stats()`` (a protocol's numbers, e.g. ``"http3"``, added by
   :meth:`GreenPool.add_stats`) becomes ``<namespace>_<sub>_<name>``: a counter
   when :meth:`GreenPool.stats_counters` names ``"<sub>.<name>"``, else a gauge.
+  Sub-dicts under a key that is not an identifier (a cluster's ``"host:port"``
+  per node) are not exported, as before.
 * ``histograms=True`` subscribes one event hook (removed by
   :meth:`PoolCollector.close`) that observes ``wait`` and ``timeout`` seconds
   into ``<namespace>_checkout_wait_seconds`` and ``connect`` seconds into
@@ -149,6 +151,8 @@ class PoolCollector:
             counters = pool.stats_counters() if hasattr(pool, "stats_counters") else COUNTERS
             for key, value in stats.items():
                 if isinstance(value, dict):
+                    if not key.isidentifier():   # e.g. a cluster's per-node dicts ("host:port")
+                        continue
                     for sub, v in value.items():
                         self._add(families, "%s.%s" % (key, sub), v, name, counters)
                 else:
