@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from typing import Any, Callable, Dict, List
 
 import gevent
 
+from benchmarks.catalog import NIQUESTS_TARGET
 from benchmarks.servers import load_h3_servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +89,8 @@ def main(argv: List[str] = sys.argv[1:]) -> None:
                                               http3="prior_knowledge"),
         "greenpool-h2-tls": lambda: run_greenpool(url, ca, args.requests, args.concurrency, http2=True),
     }
+    if os.path.isdir(NIQUESTS_TARGET) and NIQUESTS_TARGET not in sys.path:
+        sys.path.append(NIQUESTS_TARGET)   # where `python -m benchmarks --install` puts it
     if importlib.util.find_spec("niquests") is not None:
         clients["niquests-h3"] = lambda: run_niquests(url, ca, args.requests, args.concurrency)
     results: Dict[str, List[float]] = {k: [] for k in clients}
