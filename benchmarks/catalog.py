@@ -25,7 +25,7 @@ REDIS_VALUE = b"v" * 100
 @dataclass(frozen=True)
 class ClientInfo:
     name: str
-    family: str          # "http1", "h2c", "h2-tls", "redis", "redis-cluster"
+    family: str          # "http1", "h2c", "h2-tls", "h3" (Caddy), "redis", "redis-cluster"
     reference: str       # the greenpool row it is compared with
     kind: str = "python"  # "python" (a worker process), "floor" (python, protocol only), "ceiling"
     about: str = ""
@@ -63,6 +63,19 @@ CLIENTS: Dict[str, ClientInfo] = {c.name: c for c in [
     _C("raw-h2-tls", "h2-tls", "greenpool-h2-tls-jh2", kind="floor", about="h2 over TLS, one connection"),
     _C("raw-jh2-tls", "h2-tls", "greenpool-h2-tls-jh2", kind="floor", about="jh2 over TLS, one connection"),
     _C("h2load-tls", "h2-tls", "greenpool-h2-tls-jh2", kind="ceiling", about="h2load -c1 -mC https"),
+    # HTTP/3 and its comparisons, all against Caddy (TCP and UDP on one port, one CA)
+    _C("greenpool-h3", "h3", "greenpool-h3",
+       about="greenpool.request, http3='prior_knowledge': one QUIC connection, C streams"),
+    _C("greenpool-h2-tls-caddy", "h3", "greenpool-h3",
+       about="greenpool.request, http2=True, https to the same Caddy (GREENPOOL_H2_BACKEND=jh2)"),
+    _C("niquests-h3", "h3", "greenpool-h3",
+       about="niquests.Session(multiplexed=False, disable_http2=True), HTTP/3 to Caddy"),
+    _C("raw-qh3", "h3", "greenpool-h3", kind="floor",
+       about="qh3 alone: one pre-opened QUIC connection, C streams, one flush per loop turn"),
+    _C("greenpool-h3-relay", "h3", "greenpool-h3",
+       about="greenpool HTTP/3 through a UDP relay process that drops nothing"),
+    _C("greenpool-h3-loss5", "h3", "greenpool-h3-relay",
+       about="greenpool HTTP/3 through the same relay dropping 5% of datagrams each way"),
     # Redis
     _C("greenpool-redis", "redis", "greenpool-redis", about="greenpool.redis.RedisPool(pool_size=1)"),
     _C("redis-py", "redis", "greenpool-redis", about="BlockingConnectionPool(max_connections=C), hiredis"),
@@ -104,6 +117,8 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
              "GET of a 64 KiB static file"),
     Workload("post-1MiB", "http", "POST", "/bench/upload", KIB * KIB, 3, (50,), (50,), 1000, 120,
              "POST of 1 MiB, read whole by nginx, 3-byte answer"),
+    Workload("h3-get-100B", "h3", "GET", "/bytes/100", 0, 100, (50,), (50,), 20000, 2000,
+             "GET of a 100-byte static file from Caddy (HTTP/3, and HTTP/2 over TLS)"),
     Workload("redis-get", "redis", "GET", "", 0, 100, (50,), (50,), 20000, 2000,
              "GET of a 100-byte value"),
     Workload("redis-set", "redis", "SET", "", 0, 0, (50,), (50,), 20000, 2000,
@@ -118,6 +133,7 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in [
 #: families that can run each protocol's workloads
 PROTOCOL_FAMILIES: Dict[str, Tuple[str, ...]] = {
     "http": ("http1", "h2c", "h2-tls"),
+    "h3": ("h3",),
     "redis": ("redis",),
     "redis-cluster": ("redis-cluster",),
 }
@@ -149,4 +165,10 @@ TARGETS: List[Tuple[str, str, str, str, int, float]] = [
     ("h2 TLS speedups >= 0.9x raw jh2 loop", "greenpool-h2-tls-jh2", "raw-jh2-tls", "get-100B", 50, 0.9),
     ("h2 TLS speedups >= 4x httpx http2", "greenpool-h2-tls-jh2", "httpx-h2-tls", "get-100B", 50, 4.0),
     ("h2c speedups GET 64 KiB >= 1x raw h2 loop", "greenpool-h2c-jh2", "raw-h2", "get-64KiB", 50, 1.0),
+    # HTTP/3 (issue 18), all to the same Caddy
+    ("HTTP/3 >= 1.5x greenpool HTTP/2 TLS", "greenpool-h3", "greenpool-h2-tls-caddy", "h3-get-100B", 50, 1.5),
+    ("HTTP/3 >= 0.8x raw qh3 loop", "greenpool-h3", "raw-qh3", "h3-get-100B", 50, 0.8),
+    ("HTTP/3 >= 5x niquests HTTP/3", "greenpool-h3", "niquests-h3", "h3-get-100B", 50, 5.0),
+    ("HTTP/3 5% loss each way >= 0.5x no loss", "greenpool-h3-loss5", "greenpool-h3-relay",
+     "h3-get-100B", 50, 0.5),
 ]

@@ -97,7 +97,10 @@ def _body_kwarg(fn: Callable[..., Any]) -> str:
 class GreenpoolHTTP(Runner):
     parser: Optional[str] = None
     http2: Any = None
+    http3: Any = None
     target = "http"
+    #: pool options of the runner's pool besides max_connections
+    pool_options: Dict[str, Any] = {}
 
     def __init__(self, spec: Dict[str, Any]) -> None:
         super().__init__(spec)
@@ -106,14 +109,20 @@ class GreenpoolHTTP(Runner):
         if request is None:
             raise Unavailable("greenpool.request is not implemented yet")
         self.pool_name = "bench"
-        gp.start_pool(self.pool_name, max_connections=self.c)
+        if self.target.startswith("h3") and self.target not in self.t:
+            raise Unavailable("no %s server (Caddy and its UDP relays)" % self.target)
+        gp.start_pool(self.pool_name, max_connections=self.c, **self.pool_options)
         kw: Dict[str, Any] = {"pool": self.pool_name}
         if self.parser is not None:
             kw["http1_parser"] = self.parser
         if self.http2 is not None:
             kw["http2"] = self.http2
+        if self.http3 is not None:
+            kw["http3"] = self.http3
         if self.target == "https":
             kw["verify"] = self.t["ca"]
+        elif self.target.startswith("h3"):
+            kw["verify"] = self.t["h3_ca"]
         if self.body is not None:
             kw[_body_kwarg(request)] = self.body
         self._request = request
@@ -175,6 +184,45 @@ class GreenpoolH2cJh2(GreenpoolH2c):
 
 class GreenpoolH2TLSJh2(GreenpoolH2TLS):
     core = "jh2"
+
+
+class GreenpoolH2TLSCaddy(GreenpoolH2TLSJh2):
+    """greenpool's HTTP/2 over TLS (jh2) to the Caddy that serves the HTTP/3 rows."""
+
+    target = "h3"
+
+
+class GreenpoolH3(GreenpoolHTTP):
+    """greenpool's HTTP/3: C greenlets over one QUIC connection.  The race delay is long
+    so the first (checked) request waits for QUIC instead of going over TCP; every
+    measured response must have come over HTTP/3."""
+
+    http3 = "prior_knowledge"
+    target = "h3"
+    pool_options = {"h3_race_delay": 10.0}
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        try:
+            import qh3
+        except ImportError as e:
+            raise Unavailable("greenpool HTTP/3 needs qh3 (pip install greenpool[http3]): %s" % e)
+        super().__init__(spec)
+        self.note += ", qh3 %s" % getattr(qh3, "__version__", "?")
+
+    def request(self) -> None:
+        r = self._request(self.method, self._url, **self._kw)
+        data = r.read()
+        if r.http_version != "HTTP/3":
+            raise BadResponse("answered over %s, not HTTP/3" % r.http_version)
+        _check(r.status, len(data), self.expect)
+
+
+class GreenpoolH3Relay(GreenpoolH3):
+    target = "h3_relay"
+
+
+class GreenpoolH3Loss5(GreenpoolH3):
+    target = "h3_loss5"
 
 
 class GreenpoolRedis(Runner):
@@ -431,6 +479,37 @@ class Niquests(Runner):
     def request(self) -> None:
         r = self.s.request(self.method, self._url, data=self.body)
         _check(r.status_code, len(r.content or b""), self.expect)
+
+
+class NiquestsH3(Runner):
+    """niquests' HTTP/3 (qh3 through urllib3-future) to Caddy, told the origin speaks QUIC."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        super().__init__(spec)
+        if "h3" not in self.t:
+            raise Unavailable("no HTTP/3 server (Caddy)")
+        _niquests_path()
+        try:
+            import niquests
+        except ImportError:
+            raise Unavailable("niquests not installed (python -m benchmarks --install puts it in %s)"
+                              % NIQUESTS_TARGET)
+        self._url = self.url("h3")
+        host, port = _hostport(self.t["h3"])
+        self.s = niquests.Session(pool_connections=1, pool_maxsize=self.c, multiplexed=False,
+                                  disable_http2=True)
+        self.s.quic_cache_layer.add_domain(host, port)
+        self._ca = self.t["h3_ca"]   # per request: Session.verify does not reach its QUIC TLS
+        self.note = "niquests %s" % niquests.__version__
+
+    def request(self) -> None:
+        r = self.s.request(self.method, self._url, data=self.body, verify=self._ca)
+        if r.http_version != 30:
+            raise BadResponse("answered over HTTP/%s, not HTTP/3" % r.http_version)
+        _check(r.status_code, len(r.content or b""), self.expect)
+
+    def close(self) -> None:
+        self.s.close()
 
 
 class RedisPy(Runner):
@@ -748,6 +827,158 @@ class RawJh2TLS(RawH2TLS):
     core = "jh2"
 
 
+class RawQh3(Runner):
+    """qh3 alone (the floor of greenpool's HTTP/3): one pre-opened QUIC connection to Caddy,
+    C concurrent streams.  A reader greenlet owns the connected UDP socket, woken by it or by
+    qh3's timer; a request only queues its frames and asks for one flush per loop turn, so
+    the requests of one turn leave together (as greenpool does)."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        super().__init__(spec)
+        if "h3" not in self.t:
+            raise Unavailable("no HTTP/3 server (Caddy)")
+        try:
+            import qh3
+            from qh3.h3.connection import H3Connection
+            from qh3.h3.events import DataReceived, HeadersReceived
+            from qh3.quic.configuration import QuicConfiguration
+            from qh3.quic.connection import QuicConnection
+            from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
+        except ImportError as e:
+            raise Unavailable("qh3 is not installed (%s): pip install qh3" % e)
+        import time
+
+        self._now = time.monotonic
+        self._ev = (DataReceived, HeadersReceived, ConnectionTerminated, HandshakeCompleted, StreamReset)
+        host, port = _hostport(self.t["h3"])
+        cfg = QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name=host)
+        cfg.load_verify_locations(cafile=self.t["h3_ca"])
+        self.quic = QuicConnection(configuration=cfg)
+        self.addr = (host, port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(self.addr)
+        self.sock.settimeout(0.0)
+        self.quic.connect(self.addr, self._now())
+        self.h3 = H3Connection(self.quic)
+        self.streams: Dict[int, _Stream] = {}
+        self.ready = Event()
+        self.error: Optional[str] = None
+        self._flush_pending = False
+        self._loop = gevent.get_hub().loop
+        self._send()
+        self.reader = gevent.spawn(self._read)
+        if not self.ready.wait(10):
+            raise Unavailable("no QUIC handshake with %s:%d within 10 s" % self.addr)
+        core: Any = getattr(self.quic, "_core", None)
+        limits = core.stream_limits if core is not None else None
+        max_streams = limits[0] if limits else self.c
+        self.slots = Semaphore(min(self.c, max_streams))
+        self.headers = [(b":method", self.method.encode()), (b":scheme", b"https"),
+                        (b":authority", ("%s:%d" % (host, port)).encode()),
+                        (b":path", self.path.encode()), (b"user-agent", b"raw-qh3")]
+        self.note = "qh3 %s, max_streams=%d" % (getattr(qh3, "__version__", "?"), max_streams)
+
+    def _send(self) -> None:
+        send = self.sock.send
+        for data, _ in self.quic.datagrams_to_send(self._now()):
+            try:
+                send(data)
+            except OSError:      # a full socket buffer: QUIC's loss recovery sends it again
+                pass
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._send()
+
+    def _events(self) -> None:
+        DataReceived, HeadersReceived, ConnectionTerminated, HandshakeCompleted, StreamReset = self._ev
+        quic, h3, streams = self.quic, self.h3, self.streams
+        while True:
+            ev: Any = quic.next_event()
+            if ev is None:
+                return
+            t = type(ev)
+            if t is HandshakeCompleted:
+                self.ready.set()
+            elif t is ConnectionTerminated:
+                raise BadResponse("CONNECTION_CLOSE: %s" % (ev.reason_phrase or ev.error_code))
+            elif t is StreamReset:
+                st = streams.pop(ev.stream_id, None)
+                if st is not None:
+                    st.error = "stream reset: %r" % (ev.error_code,)
+                    st.done.set()
+                continue
+            hevents: List[Any] = h3.handle_event(ev)
+            for h in hevents:
+                st = streams.get(h.stream_id)
+                if st is None:
+                    continue
+                if type(h) is DataReceived:
+                    st.n += len(h.data)
+                elif type(h) is HeadersReceived:
+                    for k, v in h.headers:
+                        if k == b":status":
+                            st.status = int(v)
+                if h.stream_ended:
+                    del streams[h.stream_id]
+                    st.done.set()
+
+    def _read(self) -> None:
+        from gevent.socket import wait_read
+
+        quic, sock, now = self.quic, self.sock, self._now
+        fd = sock.fileno()
+        try:
+            while True:
+                timer = quic.get_timer()
+                try:
+                    wait_read(fd, None if timer is None else max(0.0, timer - now()))
+                except TimeoutError:
+                    pass
+                t = now()
+                for _ in range(64):
+                    try:
+                        data = sock.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    quic.receive_datagram(data, self.addr, t)
+                timer = quic.get_timer()
+                if timer is not None and timer <= now():
+                    quic.handle_timer(now())
+                self._events()
+                self._send()
+        except Exception as e:  # noqa: BLE001 - every waiting request learns it
+            self.error = "%s: %s" % (type(e).__name__, e)
+        finally:
+            for st in list(self.streams.values()):
+                st.error = self.error or "connection lost"
+                st.done.set()
+            self.streams.clear()
+
+    def request(self) -> None:
+        with self.slots:
+            if self.error:
+                raise BadResponse(self.error)
+            sid = self.quic.get_next_available_stream_id()
+            st = self.streams[sid] = _Stream()
+            self.h3.send_headers(sid, self.headers, end_stream=self.body is None)
+            if self.body is not None:
+                self.h3.send_data(sid, self.body, end_stream=True)
+            if not self._flush_pending:
+                self._flush_pending = True
+                self._loop.run_callback(self._flush)
+            st.done.wait()
+        if st.error:
+            raise BadResponse(st.error)
+        _check(st.status, st.n, self.expect)
+
+    def close(self) -> None:
+        self.quic.close()
+        self._send()
+        self.reader.kill(block=False)
+        self.sock.close()
+
+
 # -------------------------------------------------------------------------------------------
 # name -> runner (families and ratio references are in benchmarks/catalog.py)
 
@@ -771,6 +1002,12 @@ RUNNERS: Dict[str, type] = {
     "httpx-h2-tls": HttpxH2TLS,
     "raw-h2-tls": RawH2TLS,
     "raw-jh2-tls": RawJh2TLS,
+    "greenpool-h3": GreenpoolH3,
+    "greenpool-h2-tls-caddy": GreenpoolH2TLSCaddy,
+    "niquests-h3": NiquestsH3,
+    "raw-qh3": RawQh3,
+    "greenpool-h3-relay": GreenpoolH3Relay,
+    "greenpool-h3-loss5": GreenpoolH3Loss5,
     "greenpool-redis": GreenpoolRedis,
     "redis-py": RedisPy,
     "greenpool-redis-cluster": GreenpoolRedisCluster,

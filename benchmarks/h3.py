@@ -1,7 +1,11 @@
-"""The HTTP/3 cell: C greenlets over ONE QUIC connection to Caddy, against greenpool's HTTP/2
-over TLS to the same Caddy (and niquests' HTTP/3 when it is importable).
+"""The HTTP/3 cell alone, in one process: C greenlets over ONE QUIC connection to Caddy,
+against greenpool's HTTP/2 over TLS to the same Caddy (and niquests' HTTP/3 when it is
+importable).
 
     python -m benchmarks.h3 [--requests N] [--concurrency C] [--reps R]
+
+The main suite measures the same cells, each client in its own process, with the raw qh3
+floor and the 5%-loss cell besides (``python -m benchmarks --clients h3``).
 
 Caddy (Debian package ``caddy``) is started on a free loopback port through
 tests/h3servers.py with a trustme CA.  Each client runs in this process, one after the
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -21,19 +26,14 @@ from typing import Any, Callable, Dict, List
 
 import gevent
 
-from benchmarks.servers import load_test_servers
+from benchmarks.catalog import NIQUESTS_TARGET
+from benchmarks.servers import load_h3_servers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _h3servers() -> Any:
-    servers = load_test_servers()
-    sys.modules.setdefault("servers", servers)      # h3servers imports it by that name
-    spec = importlib.util.spec_from_file_location("_greenpool_h3servers", ROOT / "tests" / "h3servers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_h3_servers()
 
 
 def run_greenpool(url: str, ca: str, n: int, c: int, **client_options: Any) -> float:
@@ -51,11 +51,10 @@ def run_greenpool(url: str, ca: str, n: int, c: int, **client_options: Any) -> f
 def run_niquests(url: str, ca: str, n: int, c: int) -> float:
     import niquests  # type: ignore[import-not-found]
     s = niquests.Session(multiplexed=False, disable_http2=True)
-    s.verify = ca
     s.quic_cache_layer.add_domain("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0]))
-    try:
-        assert s.get(url).content
-        return _drive(lambda: s.get(url).content, n, c)
+    try:   # verify per request: Session.verify does not reach niquests' QUIC TLS
+        assert s.get(url, verify=ca).content
+        return _drive(lambda: s.get(url, verify=ca).content, n, c)
     finally:
         s.close()
 
@@ -90,6 +89,8 @@ def main(argv: List[str] = sys.argv[1:]) -> None:
                                               http3="prior_knowledge"),
         "greenpool-h2-tls": lambda: run_greenpool(url, ca, args.requests, args.concurrency, http2=True),
     }
+    if os.path.isdir(NIQUESTS_TARGET) and NIQUESTS_TARGET not in sys.path:
+        sys.path.append(NIQUESTS_TARGET)   # where `python -m benchmarks --install` puts it
     if importlib.util.find_spec("niquests") is not None:
         clients["niquests-h3"] = lambda: run_niquests(url, ca, args.requests, args.concurrency)
     results: Dict[str, List[float]] = {k: [] for k in clients}

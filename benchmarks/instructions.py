@@ -62,7 +62,7 @@ def workload_servers(workload: str) -> Iterator[Optional[Servers]]:
     protocol = WORKLOADS[workload].protocol
     with tempfile.TemporaryDirectory(prefix="greenpool-tool-") as d, \
             Servers(Path(d), need_http=protocol == "http", need_redis=protocol == "redis",
-                    need_cluster=protocol == "redis-cluster") as servers:
+                    need_cluster=protocol == "redis-cluster", need_h3=protocol == "h3") as servers:
         if servers.problems:
             print("servers: %s" % servers.problems, file=sys.stderr)
             yield None

@@ -114,7 +114,7 @@ def targets(rows: List[Row]) -> List[Row]:
 
 
 def targets_text(ts: List[Row], micro: Optional[Dict[str, Any]]) -> str:
-    lines = ["Targets (issues 6 and 19):"]
+    lines = ["Targets (issues 6, 18 and 19):"]
     for t in ts:
         ratio = " %.2fx" % t["ratio"] if "ratio" in t else ""
         lines.append("  %-44s %s%s" % (t["target"], t["verdict"], ratio))

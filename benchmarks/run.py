@@ -2,8 +2,10 @@
 
 What it does, in order:
 
-1. starts nginx (HTTP/1.1, h2c, TLS+ALPN h2) and redis-server on free loopback ports
-   (:mod:`benchmarks.servers`, which reuses tests/servers.py);
+1. starts nginx (HTTP/1.1, h2c, TLS+ALPN h2), redis-server and, for the HTTP/3 cells, Caddy
+   (HTTP/1.1, HTTP/2 and HTTP/3 on one port) with two UDP relays in front of it (one
+   dropping nothing, one dropping 5% each way) on free loopback ports
+   (:mod:`benchmarks.servers`, which reuses tests/servers.py and tests/h3servers.py);
 2. for each repetition, for each workload and concurrency, runs every client once, each in
    its own process (:mod:`benchmarks.worker`, monkey-patched first) or as a C tool
    (:mod:`benchmarks.ceilings`) -- so repetitions interleave: A, B, C, B, C, A, ... (the
@@ -121,7 +123,7 @@ def _names(selection: Optional[str]) -> List[str]:
         matches = [n for n, c in CLIENTS.items()
                    if item in (n, c.family, c.kind) or (item.endswith("*") and n.startswith(item[:-1]))]
         if not matches:
-            raise SystemExit("unknown client %r; known: %s (or a family: http1, h2c, h2-tls, redis, redis-cluster;"
+            raise SystemExit("unknown client %r; known: %s (or a family: http1, h2c, h2-tls, h3, redis, redis-cluster;"
                              " or a kind: python, floor, ceiling; or a prefix*)"
                              % (item, ", ".join(CLIENTS)))
         out += [m for m in matches if m not in out]
@@ -147,10 +149,10 @@ def install() -> int:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="greenpool vs its peers: loopback nginx and redis, one process per client.")
+        description="greenpool vs its peers: loopback nginx, Caddy and redis, one process per client.")
     ap.add_argument("--quick", action="store_true",
                     help="C=50 only, fewer requests, 1 repetition (about 2 minutes)")
-    ap.add_argument("--clients", help="comma list of clients, families (http1, h2c, h2-tls, "
+    ap.add_argument("--clients", help="comma list of clients, families (http1, h2c, h2-tls, h3, "
                                       "redis), kinds (python, floor, ceiling) or prefix* "
                                       "(default: all; --list shows them)")
     ap.add_argument("--workloads", help="comma list of workloads (default: all): %s"
@@ -213,6 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     if any(CLIENTS[n].family != "redis" for n in cl))
     need_redis = any(wl.protocol == "redis" for wl, _, _ in plan)
     need_cluster = any(wl.protocol == "redis-cluster" for wl, _, _ in plan)
+    need_h3 = any(wl.protocol == "h3" for wl, _, _ in plan)
     started = time.monotonic()
     runs: List[Dict[str, Any]] = []
     problems: Dict[str, str] = {}
@@ -225,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="greenpool-bench-") as tmp:
         servers = Servers(Path(tmp), need_http=need_http and bool(plan),
                           need_redis=need_redis and bool(plan),
-                          need_cluster=need_cluster and bool(plan))
+                          need_cluster=need_cluster and bool(plan), need_h3=need_h3)
         try:
             problems.update(servers.problems)
             targets = servers.targets
@@ -242,7 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 done += 1
                 info = CLIENTS[name]
                 base = {"client": name, "workload": wl.name, "concurrency": c, "rep": rep}
-                fam_server = info.family if info.family in ("redis", "redis-cluster") else "http"
+                fam_server = info.family if info.family in ("redis", "redis-cluster", "h3") else "http"
                 if fam_server in problems:
                     res = dict(base, status="unavailable", error=problems[fam_server])
                 elif name in unavailable:

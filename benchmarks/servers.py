@@ -1,8 +1,11 @@
 """The servers the suite measures against, started by the test suite's own launchers.
 
 ``tests/servers.py`` owns nginx and redis-server on loopback (free ports, readiness probes,
-process groups, parent-death signals, an atexit stop): it is imported here by path, not
-copied.  The benchmark nginx differs from the tests' default in three directives only:
+process groups, parent-death signals, an atexit stop), ``tests/h3servers.py`` Caddy (HTTP/1.1,
+HTTP/2 and HTTP/3 on one port): they are imported here by path, not copied.  For the HTTP/3
+cells the suite also starts two UDP relays in front of Caddy (:mod:`benchmarks.udprelay`):
+one that drops nothing and one that drops 5% of the datagrams each way.  The benchmark nginx
+differs from the tests' default in three directives only:
 
 * ``keepalive_requests 1000000``: nginx's default (1000) would close every keep-alive
   connection after 1000 requests and measure reconnects;
@@ -18,9 +21,10 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS_SERVERS = ROOT / "tests" / "servers.py"
@@ -61,6 +65,62 @@ BENCH_LOCATIONS = """
 """
 
 
+def load_h3_servers() -> Any:
+    """tests/h3servers.py as a module (Caddy; it needs qh3 and imports tests/servers.py as
+    ``servers``)."""
+    name = "_greenpool_h3servers"
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.modules.setdefault("servers", load_test_servers())
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "h3servers.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError("cannot load tests/h3servers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_caddy(h3s: Any) -> Any:
+    """The tests' Caddy plus ``/bytes/100`` (the HTTP/3 workload's 100-byte file)."""
+
+    class BenchCaddy(h3s.Caddy):  # type: ignore[misc]
+        def prepare(self) -> None:
+            super().prepare()
+            (self.dir / "html" / "bytes" / "100").write_bytes(h3s.pattern(100))
+
+    return BenchCaddy
+
+
+class Relay:
+    """A :mod:`benchmarks.udprelay` process in front of a UDP port (stopped by :meth:`stop`,
+    or when this process dies: its stdin closes)."""
+
+    def __init__(self, upstream_port: int, loss: float) -> None:
+        self.loss = loss
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.udprelay", str(upstream_port),
+                                      repr(loss)], cwd=str(ROOT), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError("the UDP relay did not start: %r" % (line,))
+        self.port = int(line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
 class Missing(Exception):
     """A server binary is not installed."""
 
@@ -92,13 +152,25 @@ class Servers:
     what workers get."""
 
     def __init__(self, directory: Path, need_http: bool = True, need_redis: bool = True,
-                 need_cluster: bool = False) -> None:
+                 need_cluster: bool = False, need_h3: bool = False) -> None:
         self.dir = Path(directory)
         self.ts = load_test_servers()
         self.nginx: Optional[Any] = None
         self.redis: Optional[Any] = None
         self.cluster: Optional[Any] = None
+        self.caddy: Optional[Any] = None
+        self.relays: List[Relay] = []
         self.problems: Dict[str, str] = {}
+        if need_h3:
+            try:
+                h3s = load_h3_servers()
+                self.caddy = _guard(lambda: bench_caddy(h3s)(self.dir / "caddy", self.ts.TLS(self.dir / "tls-h3")),
+                                    "caddy")
+                self.caddy.start()
+                self.relays = [Relay(self.caddy.port, 0.0), Relay(self.caddy.port, 0.05)]
+            except (Missing, ImportError) as e:
+                self.problems["h3"] = "%s: %s" % (type(e).__name__, e)
+                self.caddy = None
         if need_http:
             try:
                 tls = self.ts.TLS(self.dir / "tls")
@@ -136,6 +208,11 @@ class Servers:
             t.update(redis_host=self.redis.host, redis_port=self.redis.port)
         if self.cluster is not None:
             t.update(redis_cluster=[list(a) for a in self.cluster.startup_nodes])
+        if self.caddy is not None:
+            t.update(h3=self.caddy.url, h3_ca=str(self.caddy.tls.ca_path))
+            for relay in self.relays:
+                key = "h3_relay" if relay.loss == 0 else "h3_loss%d" % round(relay.loss * 100)
+                t[key] = "https://127.0.0.1:%d" % relay.port
         return t
 
     def prepare_redis(self, key: str, value: bytes) -> None:
@@ -146,7 +223,10 @@ class Servers:
             self.cluster.owner(slot).execute("SET", key, value)
 
     def stop(self) -> None:
-        for s in (self.cluster, self.redis, self.nginx):
+        for relay in self.relays:
+            relay.stop()
+        self.relays = []
+        for s in (self.caddy, self.cluster, self.redis, self.nginx):
             if s is not None:
                 s.stop()
 

@@ -28,7 +28,15 @@ Kinds (``Event.kind``):
 ``"connect"``          a new connection is open; ``seconds``: how long connecting took
 ``"connect_error"``    opening one failed; ``reason``: the error
 ``"close"``            a connection closed; ``reason`` says why (idle timeout, peer closed...)
+``"blocked"``          HTTP/3: QUIC to an https origin failed (``reason``), so it is served
+                       over TCP for ``seconds`` (the pool's ``h3_blocked_ttl``); key
+                       ``(host, port, "quic")`` with the origin's port
 =====================  ===================================================================
+
+QUIC connections are pool connections of key ``(host, port, "quic")``: ``connect``
+(the UDP socket is open; the handshake follows), ``checkout``/``checkin`` (one use, a
+stream), ``close`` (``reason`` ``"setup failed"`` when the handshake failed) as for
+HTTP/2's shared connections.
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ __all__ = ["Event", "subscribe", "unsubscribe", "subscribed", "emit", "KINDS", "
 
 log = logging.getLogger("greenpool.events")
 
-KINDS = ("checkout", "checkin", "wait", "timeout", "connect", "connect_error", "close")
+KINDS = ("checkout", "checkin", "wait", "timeout", "connect", "connect_error", "close", "blocked")
 
 Callback = Callable[["Event"], Any]
 
@@ -52,8 +60,9 @@ class Event:
 
     ``kind``: one of :data:`KINDS`.  ``pool``: the pool's name.  ``key``:
     ``(host, port, transport)``.  ``seconds``: the wait (``wait``,
-    ``timeout``) or connect time (``connect``), else None.  ``reason``: why a
-    connection closed or a connect failed, else None.  ``open``, ``in_use``,
+    ``timeout``) or connect time (``connect``), how long an origin stays blocked
+    (``blocked``), else None.  ``reason``: why a connection closed, a connect
+    failed or an origin was blocked, else None.  ``open``, ``in_use``,
     ``waiting``: the pool's open connections, those not idle, and queued
     callers when the event was emitted (for ``checkin``: just before the
     connection becomes idle again; for ``close``: after its slot was freed).

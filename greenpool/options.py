@@ -40,6 +40,8 @@ class PoolOptionsDict(TypedDict, total=False):
     strategy: str
     checkout_yield: bool
     adaptive_idle_timeout: bool
+    h3_race_delay: float
+    h3_blocked_ttl: float
 
 
 def _seconds(name: str, value: Any, allow_none: bool = True, allow_zero: bool = False) -> None:
@@ -99,6 +101,12 @@ class PoolOptions:
     #: learn per host how long the server keeps an idle connection (idle closes seen, a
     #: ``Keep-Alive: timeout=``) and retire idle connections a margin before that
     adaptive_idle_timeout: bool = True
+    #: HTTP/3 racing: when no QUIC connection to an origin is open and its handshake has
+    #: not finished after this many seconds, TCP serves the request (QUIC goes on for the
+    #: next ones); 0 = TCP at once
+    h3_race_delay: float = 0.25
+    #: HTTP/3: an origin where QUIC failed is served over TCP for this many seconds
+    h3_blocked_ttl: float = 300.0
 
     def __post_init__(self) -> None:
         _count("max_connections", self.max_connections)
@@ -137,6 +145,8 @@ class PoolOptions:
         if not isinstance(self.adaptive_idle_timeout, bool):
             raise TypeError("adaptive_idle_timeout must be True or False, not %r"
                             % (self.adaptive_idle_timeout,))
+        _seconds("h3_race_delay", self.h3_race_delay, allow_none=False, allow_zero=True)
+        _seconds("h3_blocked_ttl", self.h3_blocked_ttl, allow_none=False, allow_zero=True)
 
     @property
     def per_host(self) -> int:

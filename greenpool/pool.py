@@ -65,7 +65,21 @@ import random
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 import gevent
 from gevent import Timeout, get_hub, getcurrent
@@ -102,6 +116,9 @@ REAP_INTERVAL = 0.25
 #: closing connections just used); a value learned from closes is trusted this long
 LEARN_MIN_IDLE = 0.5
 LEARN_TTL = 600.0
+#: the keys get_stats() always has besides the counters (add_stats may not take them)
+_STAT_KEYS = frozenset(("name", "max", "max_per_host", "open", "in_use_count", "free_count",
+                        "queue_count", "connecting", "shared_count", "shared_users"))
 # every pool of this process, registered or not (companion pools, direct GreenPool(...)):
 # the registry's fork handler empties them all in the child
 _ALL_POOLS: "weakref.WeakSet[GreenPool]" = weakref.WeakSet()
@@ -180,6 +197,8 @@ class GreenPool:
         self.counters = dict.fromkeys(
             ("created", "reused", "closed", "timeouts", "connect_errors", "reclaimed",
              "expired", "dropped", "shed", "pings", "ping_failures"), 0)
+        # get_stats() sub-dicts a protocol added (add_stats): name -> (source, its counters)
+        self._stat_sources: Dict[str, Tuple[Callable[[], Dict[str, Any]], FrozenSet[str]]] = {}
 
     # -- public: limits and introspection --
 
@@ -256,7 +275,27 @@ class GreenPool:
             "shared_users": streams,
         }
         stats.update(self.counters)
+        for name, (source, _) in self._stat_sources.items():
+            stats[name] = source()
         return stats
+
+    def add_stats(self, name: str, source: Callable[[], Dict[str, Any]],
+                  counters: Iterable[str] = ()) -> None:
+        """Show ``source()`` as the sub-dict ``name`` of :meth:`get_stats` (a protocol's own
+        numbers: HTTP/3 adds ``"http3"`` on first use).  ``counters``: its keys that only
+        grow (exporters make them counters, the others gauges).  Adding a name again keeps
+        the first source.  ``source`` must not yield."""
+        if not name.isidentifier() or name in self.counters or name in _STAT_KEYS:
+            raise ValueError("add_stats needs a new identifier as name, not %r" % (name,))
+        self._stat_sources.setdefault(name, (source, frozenset(counters)))
+
+    def stats_counters(self) -> FrozenSet[str]:
+        """The keys of :meth:`get_stats` that only grow: the pool's counters and, for a
+        sub-dict added by :meth:`add_stats`, ``"<name>.<key>"``."""
+        out = set(self.counters)
+        for name, (_, counters) in self._stat_sources.items():
+            out.update("%s.%s" % (name, c) for c in counters)
+        return frozenset(out)
 
     def host_stats(self, host: str, port: int, transport: Optional[str] = None) -> Dict[str, Any]:
         """``active`` (open), ``in_use``, ``free``, ``queue``, ``shared_users`` for one host,

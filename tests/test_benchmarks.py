@@ -285,3 +285,72 @@ def test_instruction_target_lines() -> None:
     assert any("urllib3" in ln and "NOT met 1.80x" in ln for ln in lines), lines
     assert target_lines({"greenpool-h11": 500_000.0}, "get-100B", 50) == []
     assert target_lines({"greenpool-h11": 5.0, "raw-h11": 5.0}, "get-100B", 1) == []
+
+
+def test_udp_relay_relays_and_drops() -> None:
+    """benchmarks/udprelay.py (the HTTP/3 loss cell's relay, its own process): loss 0 relays
+    every datagram both ways, loss 1 none; it ends when stopped."""
+    import socket
+    import threading
+
+    from benchmarks.servers import Relay
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        echo.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data, addr = echo.recvfrom(65536)
+            except socket.timeout:
+                continue
+            echo.sendto(b"echo:" + data, addr)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    relays = [Relay(echo.getsockname()[1], 0.0), Relay(echo.getsockname()[1], 1.0)]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.settimeout(10)
+        for i in range(50):
+            client.sendto(b"%d" % i, ("127.0.0.1", relays[0].port))
+            assert client.recvfrom(65536)[0] == b"echo:%d" % i
+        client.settimeout(0.3)
+        for i in range(5):
+            client.sendto(b"%d" % i, ("127.0.0.1", relays[1].port))
+        with pytest.raises(socket.timeout):
+            client.recvfrom(65536)
+    finally:
+        for r in relays:
+            r.stop()
+        stop.set()
+        t.join(5)
+        client.close()
+        echo.close()
+    assert all(r.proc.returncode is not None for r in relays)
+
+
+def test_harness_quick_h3_cells(tmp_path: Path) -> None:
+    """The HTTP/3 cells end to end: Caddy and the relays started by the suite, greenpool's
+    HTTP/3 and the raw qh3 floor measured, a target line for them."""
+    pytest.importorskip("qh3")
+    if shutil.which("caddy") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("caddy is required under CI")
+        pytest.skip("caddy not installed")
+    out = tmp_path / "bench.json"
+    args = ["benchmarks", "--quick", "--clients", "greenpool-h3,raw-qh3,greenpool-h3-loss5",
+            "--workloads", "h3-get-100B", "--requests", "300", "--no-micro", "--no-chart",
+            "--out", str(out)]
+    proc = _run(args, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rows = {r["client"]: r for r in doc["summary"]}
+    assert set(rows) == {"greenpool-h3", "raw-qh3", "greenpool-h3-loss5"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["rps"] > 0, row
+    verdicts = {t["target"]: t["verdict"] for t in doc["targets"]}
+    assert verdicts["HTTP/3 >= 0.8x raw qh3 loop"] in ("met", "NOT met")
+    assert verdicts["HTTP/3 5% loss each way >= 0.5x no loss"] == "not run"   # no relay row

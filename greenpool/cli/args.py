@@ -100,8 +100,19 @@ def add_http2(p: argparse.ArgumentParser) -> None:
                    help="use HTTP/2: negotiated by ALPN on https://, prior knowledge on http://")
 
 
+#: ``--http3 MODE`` -> ``Client(http3=...)``
+HTTP3_MODES = {"off": False, "on": True, "prior_knowledge": "prior_knowledge"}
+
+
+def add_http3(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http3", choices=tuple(HTTP3_MODES), default="off", metavar="MODE",
+                   help="HTTP/3 over QUIC for https:// (needs the http3 extra): off; on (origins "
+                        "that advertised it by Alt-Svc in an earlier response); prior_knowledge "
+                        "(QUIC first, TCP when it fails or is slower than the race delay)")
+
+
 def client_options(args: argparse.Namespace, url: str) -> Dict[str, Any]:
-    """Client keywords for ``-k``, ``--cacert``, ``--http2``, ``--timeout``."""
+    """Client keywords for ``-k``, ``--cacert``, ``--http2``, ``--http3``, ``--timeout``."""
     kw: Dict[str, Any] = {"timeout": args.timeout}
     if args.insecure and args.cacert:
         raise CLIError("-k/--insecure and --cacert contradict each other: choose one")
@@ -113,6 +124,11 @@ def client_options(args: argparse.Namespace, url: str) -> Dict[str, Any]:
         kw["verify"] = False
     if args.http2:
         kw["http2"] = "prior_knowledge" if url.startswith("http://") else True
+    http3 = HTTP3_MODES[getattr(args, "http3", "off")]
+    if http3:
+        if not url.startswith("https://"):
+            raise CLIError("--http3 %s needs an https:// URL (QUIC always runs TLS)" % args.http3)
+        kw["http3"] = http3
     return kw
 
 

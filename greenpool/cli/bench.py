@@ -2,7 +2,7 @@
 
 What this owns: N GETs from C greenlets through the pool ``"bench"``
 (``max_connections`` = C), then the summary: requests, errors, rate, the status
-classes, each error type with one example message, latency quantiles and a
+classes, the HTTP versions that answered, each error type with one example message, latency quantiles and a
 histogram.  Exit 1 when any request failed or got a status >= 400; Ctrl-C
 prints the summary of what completed and exits 130.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional
 
 import greenpool
 from greenpool.cli import args as _args
@@ -18,8 +18,8 @@ from greenpool.cli.load import LoadRun, Progress
 
 DESCRIPTION = """\
 N GETs of URL from C greenlets through the pool "bench" (max_connections = C).
-Prints requests, errors, req/s, the status classes (2xx, 3xx, 4xx, 5xx), each
-error type with one example message, latency quantiles and a histogram.
+Prints requests, errors, req/s, the status classes (2xx, 3xx, 4xx, 5xx), the
+HTTP versions that answered, each error type with one example message, latency quantiles and a histogram.
 Exit codes: 0 all requests got a status < 400, 1 some failed or got >= 400,
 2 invalid arguments, 130 interrupted (the summary covers what completed).
 """
@@ -38,6 +38,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=_args.positive_float, default=30.0, metavar="SECONDS",
                    help="each request's timeout")
     _args.add_http2(p)
+    _args.add_http3(p)
     _args.add_tls(p)
     _args.add_progress(p)
     p.set_defaults(run=run)
@@ -48,9 +49,12 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     pool = greenpool.start_pool("bench", max_connections=args.concurrency)
     try:
         with greenpool.Client(pool=pool, headers=args.header, **kw) as client:
+            versions: Dict[str, int] = {}
+
             def fetch() -> int:
                 r = client.get(args.url)
                 r.read()
+                versions[r.http_version] = versions.get(r.http_version, 0) + 1
                 return r.status
 
             load = LoadRun(fetch, args.requests, args.concurrency)
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
             interval = _args.progress_interval(args, sys.stderr.isatty())
             load.run(Progress(interval) if interval else None)
             args.on_interrupt[0] = None
-            report(load, out)
+            report(load, out, versions)
             out(repr(pool))
     finally:
         greenpool.stop_pool("bench")
@@ -67,12 +71,14 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     return 1 if load.bad() else 0
 
 
-def report(load: LoadRun, out: Callable[[str], None]) -> None:
+def report(load: LoadRun, out: Callable[[str], None], versions: Optional[Dict[str, int]] = None) -> None:
     if load.interrupted:
         out("interrupted: %d of %d requests completed" % (load.done, load.total))
     n = load.done
     out("%d requests, %d errors, %.2fs, %.0f req/s" % (n, load.failed, load.took, n / load.took if load.took else 0))
     out("status: %s" % load.status_line())
+    if versions:
+        out("versions: %s" % ", ".join("%s %d" % kv for kv in sorted(versions.items(), reverse=True)))
     for line in load.error_lines():
         out("error: %s" % line)
     if not n:

@@ -35,6 +35,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=_args.positive_float, default=30.0, metavar="SECONDS",
                    help="the request's timeout")
     _args.add_http2(p)
+    _args.add_http3(p)
     _args.add_tls(p)
     p.set_defaults(run=run)
 

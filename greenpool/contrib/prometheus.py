@@ -21,6 +21,11 @@ Rules:
   ``free_count``, ``queue_count``, ``max``, ...) become gauges
   ``<namespace>_<name>``.  A pool class that reports more numbers (RedisPool)
   gets them as gauges too.
+* A sub-dict of ``get_stats()`` (a protocol's numbers, e.g. ``"http3"``, added by
+  :meth:`GreenPool.add_stats`) becomes ``<namespace>_<sub>_<name>``: a counter
+  when :meth:`GreenPool.stats_counters` names ``"<sub>.<name>"``, else a gauge.
+  Sub-dicts under a key that is not an identifier (a cluster's ``"host:port"``
+  per node) are not exported, as before.
 * ``histograms=True`` subscribes one event hook (removed by
   :meth:`PoolCollector.close`) that observes ``wait`` and ``timeout`` seconds
   into ``<namespace>_checkout_wait_seconds`` and ``connect`` seconds into
@@ -69,6 +74,18 @@ _HELP = {
     "shed": "checkouts shed by queue_target (CoDel)",
     "pings": "health pings",
     "ping_failures": "failed health pings",
+    "http3.quic_connections": "open QUIC (HTTP/3) connections",
+    "http3.quic_streams": "HTTP/3 streams in use",
+    "http3.blocked_origins": "https origins served over TCP because QUIC failed there",
+    "http3.alt_svc_origins": "https origins that advertised HTTP/3 (Alt-Svc) and are remembered",
+    "http3.session_tickets": "TLS session tickets kept for QUIC resumption",
+    "http3.handshakes": "QUIC handshakes completed",
+    "http3.resumed": "QUIC handshakes that resumed a session",
+    "http3.handshake_failures": "QUIC handshakes that failed",
+    "http3.goaway": "QUIC connections that got a GOAWAY",
+    "http3.dead_peer": "QUIC connections closed because the server stopped answering",
+    "http3.closed_by_peer": "QUIC connections the server closed",
+    "http3.retried": "HTTP/3 requests sent again on another connection",
 }
 
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -131,18 +148,15 @@ class PoolCollector:
             if getattr(pool, "closed", False):
                 continue
             stats = pool.get_stats()
+            counters = pool.stats_counters() if hasattr(pool, "stats_counters") else COUNTERS
             for key, value in stats.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                fam = families.get(key)
-                if fam is None:
-                    doc = _HELP.get(key, "greenpool pool stat %s" % key)
-                    if key in COUNTERS:
-                        fam = CounterMetricFamily("%s_%s" % (ns, key), doc, labels=["pool"])
-                    else:
-                        fam = GaugeMetricFamily("%s_%s" % (ns, key), doc, labels=["pool"])
-                    families[key] = fam
-                fam.add_metric([name], value)
+                if isinstance(value, dict):
+                    if not key.isidentifier():   # e.g. a cluster's per-node dicts ("host:port")
+                        continue
+                    for sub, v in value.items():
+                        self._add(families, "%s.%s" % (key, sub), v, name, counters)
+                else:
+                    self._add(families, key, value, name, counters)
         yield from families.values()
         if self._hook is not None:
             yield self._histogram("%s_checkout_wait_seconds" % ns,
@@ -150,6 +164,21 @@ class PoolCollector:
                                   self._wait)
             yield self._histogram("%s_connect_seconds" % ns, "seconds to open a connection",
                                   self._connect)
+
+    def _add(self, families: Dict[str, Any], key: str, value: Any, pool: str,
+             counters: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        fam = families.get(key)
+        if fam is None:
+            doc = _HELP.get(key, "greenpool pool stat %s" % key)
+            metric = "%s_%s" % (self.namespace, key.replace(".", "_"))
+            if key in counters:
+                fam = CounterMetricFamily(metric, doc, labels=["pool"])
+            else:
+                fam = GaugeMetricFamily(metric, doc, labels=["pool"])
+            families[key] = fam
+        fam.add_metric([pool], value)
 
     def _histogram(self, name: str, doc: str, table: Dict[str, List[Any]]) -> Any:
         from prometheus_client.core import HistogramMetricFamily

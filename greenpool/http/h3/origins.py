@@ -7,11 +7,11 @@ What this owns:
   forgotten on ``clear``; learned from any HTTP/1.1 or HTTP/2 response
   (:func:`learn`);
 * the blocked cache: an origin where QUIC failed is served over TCP for
-  ``blocked_ttl`` seconds (:data:`BLOCKED_TTL`, 300 s);
+  the pool option ``h3_blocked_ttl`` seconds (default 300 s);
 * :func:`try_h3`, the decision and the race: with a live QUIC connection to
   the origin the request goes straight to it; otherwise the QUIC connection
-  is opened in the background, and when it is not ready after
-  ``race_delay`` (:data:`RACE_DELAY`, 0.25 s) the request goes over TCP
+  is opened in the background, and when it is not ready after the pool
+  option ``h3_race_delay`` (default 0.25 s) the request goes over TCP
   (``None`` returned) while QUIC finishes for the next requests.  A caller
   never sees a QUIC connect error: the origin is marked blocked and TCP
   serves it.
@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import gevent
 
+from greenpool import events
 from greenpool.errors import ConnectError, GreenPoolError
 from greenpool.http.h3 import transport
 from greenpool.http.models import Request, Response, Timeout
+from greenpool.options import PoolOptions
 
 if TYPE_CHECKING:
     from greenpool.pool import GreenPool
@@ -39,8 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["try_h3", "learn", "alt_svc", "blocked", "block", "unblock", "blocked_count", "stats",
            "BLOCKED_TTL", "RACE_DELAY", "DEFAULT_MA"]
 
-BLOCKED_TTL = 300.0
-RACE_DELAY = 0.25
+#: the defaults of the pool options ``h3_blocked_ttl`` and ``h3_race_delay`` (each pool reads its own)
+BLOCKED_TTL = PoolOptions.h3_blocked_ttl
+RACE_DELAY = PoolOptions.h3_race_delay
 DEFAULT_MA = 86400.0
 MAX_ENTRIES = 1024
 _monotonic = time.monotonic
@@ -50,6 +53,7 @@ _TCP: Any = object()
 _alt: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], Tuple[int, float]]]" = weakref.WeakKeyDictionary()
 # per pool: (host, port) -> blocked until; and the handshakes running in the background
 _blocked: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], float]]" = weakref.WeakKeyDictionary()
+_with_stats: "weakref.WeakSet[Any]" = weakref.WeakSet()     # pools whose get_stats() has "http3"
 _racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], _Handshake]]" = weakref.WeakKeyDictionary()
 
 _ENTRY = re.compile(r'\s*([A-Za-z0-9_.~!$&\'*+^`|%-]+)\s*=\s*"([^"]*)"\s*((?:;\s*[A-Za-z0-9_-]+\s*=\s*'
@@ -116,7 +120,15 @@ def blocked(pool: Any, host: str, port: int) -> bool:
     return True
 
 
-def block(pool: Any, host: str, port: int, ttl: float = BLOCKED_TTL) -> None:
+def block(pool: Any, host: str, port: int, ttl: Optional[float] = None,
+          reason: Optional[str] = None) -> None:
+    """Serve ``https://host:port`` over TCP for ``ttl`` seconds (default: the pool's
+    ``h3_blocked_ttl``); subscribers get a ``"blocked"`` event (key ``(host, port,
+    "quic")``, ``seconds`` = ``ttl``, ``reason`` = why)."""
+    if ttl is None:
+        ttl = pool.options.h3_blocked_ttl
+    if events._subscribers:
+        events.emit("blocked", pool, (host, port, "quic"), ttl, reason)
     memory = _blocked.get(pool)
     if memory is None:
         memory = _blocked[pool] = {}
@@ -139,6 +151,8 @@ def stats(pool: Any) -> Dict[str, int]:
     ``quic_streams``), ``blocked_origins``, ``alt_svc_origins``, ``session_tickets``, and the
     counters of :func:`greenpool.http.h3.transport.counters`."""
     out = transport.counters(pool)
+    if pool is None:    # the pool is gone (a stats source outliving it)
+        return out
     conns = streams = 0
     for key, h in getattr(pool, "_hosts", {}).items():
         if key[2] == "quic":
@@ -155,17 +169,20 @@ def stats(pool: Any) -> Dict[str, int]:
 
 
 def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Optional[float],
-           connect_opts: Dict[str, Any], mode: Any, *, race_delay: float = RACE_DELAY,
-           blocked_ttl: float = BLOCKED_TTL, rescue: bool = False, **kw: Any) -> Optional[Response]:
+           connect_opts: Dict[str, Any], mode: Any, *, race_delay: Optional[float] = None,
+           blocked_ttl: Optional[float] = None, rescue: bool = False, **kw: Any) -> Optional[Response]:
     """The response over HTTP/3, or None: send it over TCP (see the module docstring).
 
     ``mode``: True (only origins that advertised h3 by Alt-Svc) or
     ``"prior_knowledge"`` (every https origin, on its own port).  ``rescue=True``:
     TCP failed after this origin's race went to TCP: wait for the QUIC handshake
-    still running (None when there is none, or it fails too).
+    still running (None when there is none, or it fails too).  ``race_delay`` and
+    ``blocked_ttl`` default to the pool options ``h3_race_delay`` and ``h3_blocked_ttl``.
     """
     url = request.url
     host, port = url.host, url.port
+    if pool not in _with_stats:
+        _add_stats(pool)
     if blocked(pool, host, port):
         return None
     if mode == "prior_knowledge":
@@ -189,10 +206,20 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
                                 conn=conn, **kw)
     conn = pool.checkout_h3(host, qport)
     if conn is None and not pool.host_stats(host, qport, "quic")["active"]:
-        conn = _race(pool, host, port, qport, timeout, deadline, connect_opts, race_delay, blocked_ttl)
+        options = pool.options
+        conn = _race(pool, host, port, qport, timeout, deadline, connect_opts,
+                     options.h3_race_delay if race_delay is None else race_delay,
+                     options.h3_blocked_ttl if blocked_ttl is None else blocked_ttl)
         if conn is _TCP or blocked(pool, host, port):
             return None
     return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn, **kw)
+
+
+def _add_stats(pool: "GreenPool") -> None:
+    """``pool.get_stats()["http3"]``: :func:`stats` (the pool held weakly)."""
+    _with_stats.add(pool)
+    ref = weakref.ref(pool)
+    pool.add_stats("http3", lambda: stats(ref()), transport.COUNTERS)
 
 
 def _remaining_connect(pool: Any, timeout: Timeout, deadline: Optional[float]) -> Optional[float]:
@@ -234,8 +261,8 @@ def _race(pool: "GreenPool", host: str, port: int, qport: int, timeout: Timeout,
         def connect() -> None:
             try:
                 hs.conn = transport.acquire(pool, host, qport, timeout, deadline, connect_opts)
-            except ConnectError:
-                block(pool, host, port, blocked_ttl)
+            except ConnectError as e:
+                block(pool, host, port, blocked_ttl, "%s: %s" % (type(e).__name__, e))
             except GreenPoolError:
                 pass
             finally:
