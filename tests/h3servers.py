@@ -3,7 +3,8 @@
 :class:`Caddy` serves HTTP/1.1, HTTP/2 and HTTP/3 (UDP) on one port of 127.0.0.1 with the
 test CA's certificate, sends ``Alt-Svc: h3=":<port>"``, has no admin endpoint, no ACME and
 no automatic HTTPS: ``/`` answers :data:`CADDY_BODY`, ``/bytes/64k`` and ``/bytes/1m`` are
-static files of :func:`pattern` bytes.
+static files of :func:`pattern` bytes, so are ``/n/<size>`` for each size of :data:`LOSS_SIZES`,
+and ``POST /echo`` answers the request body.
 
 :class:`H3Server` runs in the test's own gevent hub (a greenlet on a UDP socket bound to 127.0.0.1), one
 QUIC connection per client address.  Routes:
@@ -45,6 +46,7 @@ from servers import HOST, TLS, Server, _tcp_probe, find_binary  # noqa: E402
 
 BODY = b"hello over h3\n"
 CADDY_BODY = b"hello from caddy"
+LOSS_SIZES = [i * 97 for i in range(100)]   # Caddy's /n/<size> files
 
 
 def pattern(n: int) -> bytes:
@@ -79,6 +81,9 @@ class Caddy(Server):
         (root / "bytes").mkdir(parents=True, exist_ok=True)
         (root / "bytes" / "64k").write_bytes(pattern(64 * 1024))
         (root / "bytes" / "1m").write_bytes(pattern(1024 * 1024))
+        (root / "n").mkdir(exist_ok=True)
+        for size in LOSS_SIZES:
+            (root / "n" / str(size)).write_bytes(pattern(size))
         (self.dir / "Caddyfile").write_text("""{
     admin off
     auto_https off
@@ -91,6 +96,13 @@ https://%(host)s:%(port)d, https://localhost:%(port)d {
     bind %(host)s
     tls %(cert)s %(key)s
     %(header)s
+    handle /echo {
+        respond "{http.request.body}" 200
+    }
+    handle /n/* {
+        root * %(root)s
+        file_server
+    }
     handle /bytes/* {
         root * %(root)s
         file_server

@@ -122,6 +122,12 @@ class H3Conn:
             return [d for d, _ in self.quic.datagrams_to_send(now)]
         except QuicConnectionError:
             return []
+        except ValueError as e:
+            # the library's packet builder failed (seen under loss: "reserved stream is
+            # missing"); what it had queued may never leave: the connection is over
+            if self.closed is None:
+                self.closed = "QUIC library error while sending: %s" % (e,)
+            return []
 
     def timer(self) -> Optional[float]:
         return self.quic.get_timer()

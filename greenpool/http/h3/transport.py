@@ -190,6 +190,7 @@ class H3Protocol:
         self._ready: Optional[Waiter] = None
         self._waiter = Waiter()
         self._woken = False
+        self._parked = False
         self._flush_pending = False
         self._blocked: Set[Stream] = set()
         self._pings: Set[Stream] = set()
@@ -308,9 +309,12 @@ class H3Protocol:
     # -- the reader greenlet --
 
     def _wake(self, *_: Any) -> None:
+        # a wake while the reader is busy (its turn yielded to the hub) is kept, not
+        # dropped: the reader runs another turn before it parks again
         if not self._woken:
             self._woken = True
-            self._waiter.switch(None)
+            if self._parked:
+                self._waiter.switch(None)
 
     def request_flush(self) -> None:
         """Send what the library queued, once, after the current loop turn.  Never yields."""
@@ -322,8 +326,13 @@ class H3Protocol:
         try:
             self._io.start(self._wake)
             while not self.closed:
+                if not self._woken:
+                    self._parked = True
+                    try:
+                        self._waiter.get()
+                    finally:
+                        self._parked = False
                 self._woken = False
-                self._waiter.get()
                 more = self._turn()
                 if more and not self.closed:
                     gevent.sleep(0)
@@ -357,6 +366,10 @@ class H3Protocol:
         if self.closed:
             return False
         self._send(now)
+        if q.closed is not None:
+            self._die(ConnectionClosed("HTTP/3 connection to %s:%s failed: %s"
+                                       % (self.conn.key[0], self.conn.key[1], q.closed)))
+            return False
         # the dead-peer rule: silence while the server owes us an ACK
         if q.ready and q.awaiting_ack(now):
             since = self._unacked_since
