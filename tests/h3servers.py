@@ -19,7 +19,8 @@ QUIC connection per client address.  Routes:
 - ``GET /goaway-first`` -> a GOAWAY whose id is the next client stream, then the answer;
   streams at or above a GOAWAY's id are never answered (not processed).
 
-Knobs: ``max_streams`` (the initial MAX_STREAMS for bidirectional streams),
+Knobs: ``max_streams`` (the bidirectional streams a client may have open at once: the
+MAX_STREAMS advertised and enforced),
 ``idle_timeout``, ``goaway_after`` (send GOAWAY after that many requests, with the id of
 the next stream), :meth:`stop` (a crash: the socket closes, state is lost) and
 :meth:`restart` (the same port, a new process state: old connections are unknown, their
@@ -128,6 +129,51 @@ https://%(host)s:%(port)d, https://localhost:%(port)d {
         except psutil.Error:
             return False
         return any(c.laddr[1] == self.port for c in conns)
+
+
+class _ServerQuic(QuicConnection):
+    """qh3's server connection with ``max_streams`` as its bidirectional MAX_STREAMS
+    (qh3 passes a fixed 100 to its native core; the core keeps that many open at once,
+    raising the limit as streams complete)."""
+
+    max_streams = 100
+    _LIMIT_ARG = 21      # local_max_streams_bidi among QuicConnectionCore's arguments
+
+    def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
+        import qh3.quic.connection as qc
+        real = qc.QuicConnectionCore
+        limit = self.max_streams
+
+        def make(*args: Any) -> Any:
+            args_l = list(args)
+            assert args_l[self._LIMIT_ARG] == 100, "qh3 changed QuicConnectionCore's arguments"
+            args_l[self._LIMIT_ARG] = limit
+            return real(*args_l)
+        qc.QuicConnectionCore = make  # type: ignore[misc]
+        try:
+            super()._create_core(remote_addr, initial_dcid, now)
+        finally:
+            qc.QuicConnectionCore = real  # type: ignore[misc]
+
+    def _create_tls(self, remote_source_cid: Any) -> Any:
+        """The transport parameters advertise the same limit (qh3 writes a fixed 100)."""
+        bridge = super()._create_tls(remote_source_cid)
+        if self.max_streams == 100:
+            return bridge
+        from qh3._hazmat import Buffer
+        from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+        from qh3.tls import ExtensionType
+        extensions = []
+        for kind, data in bridge.tls.handshake_extensions:
+            if kind == ExtensionType.QUIC_TRANSPORT_PARAMETERS:
+                params = pull_quic_transport_parameters(Buffer(data=data))
+                params.initial_max_streams_bidi = self.max_streams
+                buf = Buffer(capacity=4096)
+                push_quic_transport_parameters(buf, params)
+                data = buf.data
+            extensions.append((kind, data))
+        bridge.tls.handshake_extensions = extensions
+        return bridge
 
 
 class _Peer:
@@ -260,10 +306,11 @@ class H3Server:
         if peer is None:
             if header is None:
                 return   # not an Initial: a connection we do not know (e.g. after restart)
-            quic = QuicConnection(configuration=self._config(),
+            quic = _ServerQuic(configuration=self._config(),
                                   original_destination_connection_id=header[3],
                                   session_ticket_fetcher=self._fetch_ticket,
                                   session_ticket_handler=self._keep_ticket)
+            quic.max_streams = self.max_streams
             peer = self.peers[addr] = _Peer(self, quic, addr)
             peer.odcid = header[3]
             peer.cids.add(header[4])
@@ -280,7 +327,6 @@ class H3Server:
                 break
             if isinstance(ev, ProtocolNegotiated):
                 peer.h3 = H3Connection(quic)
-                self._apply_limits(peer)
             if peer.h3 is None:
                 continue
             for hev in peer.h3.handle_event(ev):
@@ -297,9 +343,6 @@ class H3Server:
         open_now = len(peer.requests)
         if open_now > self.max_open_seen:
             self.max_open_seen = open_now
-
-    def _apply_limits(self, peer: _Peer) -> None:
-        """qh3 servers advertise its defaults; a test may want fewer streams."""
 
     def _respond(self, peer: _Peer, sid: int) -> None:
         if peer.goaway_id is not None and sid >= peer.goaway_id:

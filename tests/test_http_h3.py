@@ -155,6 +155,48 @@ def test_streams_never_exceed_max_streams(no_leaks, h3, tls):
         p.close()
 
 
+def test_peer_max_streams_2_is_never_exceeded(no_leaks, tls):
+    """A server allowing 2 concurrent streams: 20 concurrent requests all served on one
+    connection, never more than 2 open at the server, none refused and sent again."""
+    p = GreenPool("h3two", max_per_host=1, checkout_timeout=30.0)
+    try:
+        with H3Server(str(tls.cert_path), str(tls.key_path), max_streams=2) as h3:
+            c = client(p, tls)
+            assert c.get(h3.url + "/").content == BODY
+            gs = [gevent.spawn(c.get, h3.url + "/slow/0.02", timeout=30) for _ in range(20)]
+            assert [g.get(timeout=60).content for g in gs] == [b"slow"] * 20
+            assert h3.connections == 1
+            assert h3.requests == 21
+            assert 1 <= h3.max_open_seen <= 2
+            assert h3.library_errors == 0
+            route_pool = c._route(p, URL(h3.url)).pool
+            assert origins.stats(route_pool)["retried"] == 0
+            assert quic_books(p) == (1, 0)
+    finally:
+        p.close()
+
+
+def test_short_peer_idle_timeout_retires_the_connection_first(no_leaks, tls):
+    """The server closes a connection idle for 0.5 s: the pool retires it before that and
+    the next request opens a new one without an error."""
+    p = GreenPool("h3peeridle", timeout=30)
+    try:
+        with H3Server(str(tls.cert_path), str(tls.key_path), idle_timeout=0.5) as h3:
+            c = client(p, tls)
+            assert c.get(h3.url + "/").content == BODY
+            gevent.sleep(1.0)
+            assert quic_books(p) == (0, 0)          # retired (not closed by the server)
+            assert sum(q.counters["expired"] for q in all_pools(p)) == 1
+            assert c.get(h3.url + "/").content == BODY
+            assert h3.connections == 2
+            route_pool = c._route(p, URL(h3.url)).pool
+            st = origins.stats(route_pool)
+            assert (st["closed_by_peer"], st["retried"], st["dead_peer"]) == (0, 0, 0), st
+            assert quic_books(p) == (1, 0)
+    finally:
+        p.close()
+
+
 def test_streamed_body_and_early_close(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     r = c.get(h3.url + "/chunks/5", stream=True)
