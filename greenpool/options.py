@@ -99,6 +99,9 @@ class PoolOptions:
     #: learn per host how long the server keeps an idle connection (idle closes seen, a
     #: ``Keep-Alive: timeout=``) and retire idle connections a margin before that
     adaptive_idle_timeout: bool = True
+    #: HTTP/3: with a session ticket for the origin, idempotent requests without a body
+    #: go in 0-RTT (replayable by an attacker on the path); sent again at 1-RTT if refused
+    zero_rtt: bool = False
 
     def __post_init__(self) -> None:
         _count("max_connections", self.max_connections)
@@ -134,6 +137,8 @@ class PoolOptions:
             raise ValueError("strategy must be one of %s, not %r" % (", ".join(STRATEGIES), self.strategy))
         if not isinstance(self.checkout_yield, bool):
             raise TypeError("checkout_yield must be True or False, not %r" % (self.checkout_yield,))
+        if not isinstance(self.zero_rtt, bool):
+            raise TypeError("zero_rtt must be True or False, not %r" % (self.zero_rtt,))
         if not isinstance(self.adaptive_idle_timeout, bool):
             raise TypeError("adaptive_idle_timeout must be True or False, not %r"
                             % (self.adaptive_idle_timeout,))

@@ -22,7 +22,8 @@ QUIC connection per client address.  Routes:
 Knobs: ``max_streams`` (the bidirectional streams a client may have open at once: the
 MAX_STREAMS advertised and enforced),
 ``idle_timeout``, ``goaway_after`` (send GOAWAY after that many requests, with the id of
-the next stream), :meth:`stop` (a crash: the socket closes, state is lost) and
+the next stream), ``early_data`` (False: session tickets are not honoured, so 0-RTT is
+rejected; ``early_requests`` counts requests that came in 0-RTT), :meth:`stop` (a crash: the socket closes, state is lost) and
 :meth:`restart` (the same port, a new process state: old connections are unknown, their
 packets dropped, as a peer that lost its keys).
 """
@@ -193,9 +194,9 @@ class _Peer:
 class H3Server:
     """See the module docstring.  ``port`` is fixed at construction (kept across restarts)."""
 
-    def __init__(self, cert: str, key: str, *, max_streams: int = 128, idle_timeout: float = 30.0,
+    def __init__(self, cert: str, key: str, *, max_streams: int = 100, idle_timeout: float = 30.0,
                  goaway_after: Optional[int] = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, early_data: bool = True) -> None:
         self.cert = cert
         self.key = key
         self.max_streams = max_streams
@@ -211,9 +212,14 @@ class H3Server:
         self.max_open_seen = 0
         self.library_errors = 0
         self.tickets: Dict[bytes, Any] = {}   # issued session tickets, for resumption
+        self.early_data = early_data
+        self.early_requests = 0    # requests that arrived before the handshake ended (0-RTT)
 
     def _fetch_ticket(self, label: bytes) -> Any:
-        return self.tickets.pop(label, None)
+        ticket = self.tickets.pop(label, None)
+        if not self.early_data:
+            return None     # no resumption: early data rejected, a full handshake
+        return ticket
 
     def _keep_ticket(self, ticket: Any) -> None:
         self.tickets[ticket.ticket] = ticket
@@ -331,6 +337,8 @@ class H3Server:
                 continue
             for hev in peer.h3.handle_event(ev):
                 if isinstance(hev, HeadersReceived):
+                    if not quic._handshake_complete:
+                        self.early_requests += 1
                     peer.requests[hev.stream_id] = (hev.headers, [])
                     if hev.stream_ended:
                         self._respond(peer, hev.stream_id)

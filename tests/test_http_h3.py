@@ -473,6 +473,69 @@ def test_session_ticket_resumes_the_next_connection(no_leaks, h3, pool, tls):
     assert h3.connections == 2
 
 
+def _zero_rtt_second_connection(h3, tls):
+    """A GET (a ticket arrives), the connection closed, then a GET and a POST on the next
+    connection, which resumes with the ticket: returns (pool, route pool, responses)."""
+    p = GreenPool("h3zero", zero_rtt=True)
+    c = client(p, tls)
+    assert c.get(h3.url + "/").content == BODY
+    route_pool = c._route(p, URL(h3.url)).pool
+    deadline = time.monotonic() + 10
+    while not transport.session_tickets.get(route_pool) and time.monotonic() < deadline:
+        gevent.sleep(0.01)             # the ticket comes after the handshake
+    for h in list(route_pool._hosts.values()):
+        for conn in list(h.shared):
+            conn.close()
+    get = gevent.spawn(c.get, h3.url + "/n/3000", timeout=10)
+    post = gevent.spawn(c.post, h3.url + "/echo", body=b"not in 0-RTT", timeout=10)
+    return p, route_pool, (get.get(timeout=20), post.get(timeout=20))
+
+
+def test_zero_rtt_accepted_sends_the_get_in_early_data(no_leaks, h3, tls):
+    p, route_pool, (get, post) = _zero_rtt_second_connection(h3, tls)
+    try:
+        assert (get.http_version, get.content) == ("HTTP/3", pattern(3000))
+        assert post.content == b"not in 0-RTT"
+        assert h3.early_requests == 1            # the GET; the POST waited for 1-RTT
+        st = origins.stats(route_pool)
+        assert (st["zero_rtt_accepted"], st["zero_rtt_rejected"], st["resumed"]) == (1, 0, 1), st
+        assert (st["handshakes"], st["retried"]) == (2, 0), st
+        assert h3.connections == 2
+        assert quic_books(p) == (1, 0)
+    finally:
+        p.close()
+
+
+def test_zero_rtt_rejected_is_sent_again_at_1rtt(no_leaks, tls):
+    with H3Server(str(tls.cert_path), str(tls.key_path), early_data=False) as h3:
+        p, route_pool, (get, post) = _zero_rtt_second_connection(h3, tls)
+        try:
+            assert (get.http_version, get.content) == ("HTTP/3", pattern(3000))
+            assert post.content == b"not in 0-RTT"
+            assert h3.early_requests == 0
+            st = origins.stats(route_pool)
+            assert (st["zero_rtt_accepted"], st["zero_rtt_rejected"]) == (0, 1), st
+            assert (st["handshakes"], st["retried"]) == (2, 1), st
+            assert h3.connections == 2
+            assert quic_books(p) == (1, 0)
+        finally:
+            p.close()
+
+
+def test_zero_rtt_is_off_by_default(no_leaks, h3, pool, tls):
+    c = client(pool, tls)
+    assert c.get(h3.url + "/").content == BODY
+    route_pool = c._route(pool, URL(h3.url)).pool
+    gevent.sleep(0.05)
+    for h in list(route_pool._hosts.values()):
+        for conn in list(h.shared):
+            conn.close()
+    assert c.get(h3.url + "/").content == BODY
+    st = origins.stats(route_pool)
+    assert (st["resumed"], st["zero_rtt_accepted"], st["zero_rtt_rejected"]) == (1, 0, 0), st
+    assert h3.early_requests == 0
+
+
 def test_wrong_ca_and_wrong_host_are_rejected(no_leaks, tls, pool):
     with H3Server(str(tls.untrusted_cert_path), str(tls.untrusted_key_path)) as h3:
         with pytest.raises(ConnectError):
