@@ -40,6 +40,7 @@ class PoolOptionsDict(TypedDict, total=False):
     strategy: str
     checkout_yield: bool
     adaptive_idle_timeout: bool
+    zero_rtt: bool
 
 
 def _seconds(name: str, value: Any, allow_none: bool = True, allow_zero: bool = False) -> None:
