@@ -23,9 +23,9 @@ Knobs: ``max_streams`` (the bidirectional streams a client may have open at once
 MAX_STREAMS advertised and enforced),
 ``idle_timeout``, ``goaway_after`` (send GOAWAY after that many requests, with the id of
 the next stream), ``early_data`` (False: session tickets are not honoured, so 0-RTT is
-rejected; ``early_requests`` counts requests that came in 0-RTT), :meth:`stop` (a crash: the socket closes, state is lost) and
-:meth:`restart` (the same port, a new process state: old connections are unknown, their
-packets dropped, as a peer that lost its keys).
+rejected; ``early_requests`` counts requests that came in 0-RTT), :meth:`stop` (a crash:
+the socket closes, state is lost) and :meth:`restart` (the same port, a new process state:
+old connections are unknown, their packets dropped, as a peer that lost its keys).
 """
 from __future__ import annotations
 
