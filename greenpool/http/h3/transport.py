@@ -31,6 +31,11 @@ Theory of operation:
   streams fail with :class:`~greenpool.errors.ConnectionClosed`, and those
   with no response byte yet are sent again on a new connection when their
   method is idempotent or the server said it never processed them.
+* **0-RTT** (pool option ``zero_rtt``): a new connection holding a session
+  ticket that allows early data does its handshake in the background;
+  idempotent requests without a body are sent at once (0-RTT), the others
+  wait for the handshake (:meth:`H3Protocol.wait_ready`); early requests the
+  server rejected are :class:`Refused`, so sent again at 1-RTT.
 * Every use of the connection is given back exactly once: at the end of the
   body, at ``close()``, or on any error, kill or timeout (which also cancels
   that stream only).
