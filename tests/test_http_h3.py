@@ -270,8 +270,8 @@ def test_packet_loss_each_way_no_errors(no_leaks, caddy, pool, tls, loss):
 def test_a_wake_while_the_reader_is_between_slices_is_kept(no_leaks, h3, pool, tls):
     """A watcher (datagrams, the QUIC timer, a flush) firing while the reader's slice is
     still running or yielded after a full batch runs one more slice.  It used to be
-    dropped: the reader parked with a flush pending and the library's timer spent, and
-    a request queued then left only with the next datagram (under loss: never)."""
+    dropped: the reader parked with a flush pending (later flush requests were no-ops) or
+    the library's timer spent, and what was queued waited for the next datagram."""
     c = client(pool, tls)
     route_pool = c._route(pool, URL(h3.url)).pool
     conn = transport.acquire(route_pool, "127.0.0.1", h3.port, Timeout(5), None,
