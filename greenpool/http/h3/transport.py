@@ -329,7 +329,6 @@ class H3Protocol:
 
     def _handshake_timed_out(self, timeout: float) -> None:
         if not self.q.ready and not self.closed:
-            count(self.conn.pool, "handshake_failures")
             self._die(ConnectTimeout("QUIC handshake with %s:%s timed out after %ss"
                                      % (self.conn.key[0], self.conn.key[1], timeout)))
 
@@ -606,10 +605,11 @@ class H3Protocol:
             self.conn.pool.capacity_changed(self.conn)
 
     def _fail_all(self, err: BaseException) -> None:
-        t = getattr(self, "_handshake_timer", None)
-        if t is not None:
+        t = self._handshake_timer
+        if t is not None:           # a background (0-RTT) handshake that never finished
             t.close()
             self._handshake_timer = None
+            count(self.conn.pool, "handshake_failures")
         for st in list(self._pings) + list(self._handshaking):
             self._notify(st)
         for st in list(self.streams.values()):
