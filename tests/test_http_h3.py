@@ -522,6 +522,32 @@ def test_zero_rtt_rejected_is_sent_again_at_1rtt(no_leaks, tls):
             p.close()
 
 
+def test_zero_rtt_handshake_failure_fails_the_early_request(no_leaks, h3, tls):
+    """The server is gone when the 0-RTT connection starts: the GET already sent in 0-RTT
+    fails with a connect error (nothing listens on TCP either), the background handshake
+    counts as failed, and the books are exact."""
+    p = GreenPool("h3zerofail", zero_rtt=True)
+    try:
+        c = client(p, tls)
+        assert c.get(h3.url + "/").content == BODY
+        route_pool = c._route(p, URL(h3.url)).pool
+        deadline = time.monotonic() + 10
+        while not transport.session_tickets.get(route_pool) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        for h in list(route_pool._hosts.values()):
+            for conn in list(h.shared):
+                conn.close()
+        h3.stop()                      # ICMP port unreachable from now on
+        with pytest.raises(ConnectError):
+            c.get(h3.url + "/", timeout=Timeout(5, connect=3))
+        st = origins.stats(route_pool)
+        assert (st["handshakes"], st["handshake_failures"], st["zero_rtt_accepted"],
+                st["zero_rtt_rejected"]) == (1, 1, 0, 0), st
+        assert quic_books(p) == (0, 0)
+    finally:
+        p.close()
+
+
 def test_zero_rtt_is_off_by_default(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     assert c.get(h3.url + "/").content == BODY

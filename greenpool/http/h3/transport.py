@@ -781,6 +781,10 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
               decode_content: bool, max_decoded_size: Optional[int], header_limit: int,
               max_body_size: Optional[int]) -> Response:
     proto: H3Protocol = conn.proto
+    if proto is None:       # closed before this use began (its 0-RTT handshake failed)
+        pool.release_shared(conn)
+        raise ConnectError("the HTTP/3 connection to %s:%s closed during its handshake"
+                           % (conn.host, conn.port))
     st: Optional[Stream] = None
     body_started = False
     try:
