@@ -1,7 +1,9 @@
 """HTTP/3 (greenpool.http.h3): Client(http3=...) against Caddy and an in-process qh3 server.
 
 The in-process server (tests/h3servers.py) makes the faults: restart on the same port,
-GOAWAY, CONNECTION_CLOSE mid-stream, a hanging stream.  Fallback cases use nginx (TCP only:
+GOAWAY, CONNECTION_CLOSE mid-stream, a hanging stream, MAX_STREAMS=2, a short idle timeout,
+0-RTT accepted or rejected.  Packet loss goes through a UDP loss relay to Caddy (qh3's own
+server side wedges a stream under loss).  Fallback cases use nginx (TCP only:
 its UDP port is closed, or a black hole bound on it here).  Each test ends with exact pool
 books and, through ``no_leaks``, no file descriptor or greenlet left.
 """
