@@ -42,6 +42,7 @@ class PoolOptionsDict(TypedDict, total=False):
     adaptive_idle_timeout: bool
     h3_race_delay: float
     h3_blocked_ttl: float
+    zero_rtt: bool
 
 
 def _seconds(name: str, value: Any, allow_none: bool = True, allow_zero: bool = False) -> None:
@@ -107,6 +108,9 @@ class PoolOptions:
     h3_race_delay: float = 0.25
     #: HTTP/3: an origin where QUIC failed is served over TCP for this many seconds
     h3_blocked_ttl: float = 300.0
+    #: HTTP/3: with a session ticket for the origin, idempotent requests without a body
+    #: go in 0-RTT (replayable by an attacker on the path); sent again at 1-RTT if refused
+    zero_rtt: bool = False
 
     def __post_init__(self) -> None:
         _count("max_connections", self.max_connections)
@@ -142,6 +146,8 @@ class PoolOptions:
             raise ValueError("strategy must be one of %s, not %r" % (", ".join(STRATEGIES), self.strategy))
         if not isinstance(self.checkout_yield, bool):
             raise TypeError("checkout_yield must be True or False, not %r" % (self.checkout_yield,))
+        if not isinstance(self.zero_rtt, bool):
+            raise TypeError("zero_rtt must be True or False, not %r" % (self.zero_rtt,))
         if not isinstance(self.adaptive_idle_timeout, bool):
             raise TypeError("adaptive_idle_timeout must be True or False, not %r"
                             % (self.adaptive_idle_timeout,))

@@ -127,7 +127,7 @@ _ALL_POOLS: "weakref.WeakSet[GreenPool]" = weakref.WeakSet()
 class _Host:
     """Everything the pool keeps for one key."""
 
-    __slots__ = ("key", "open", "in_use", "connecting", "idle", "waiters", "live",
+    __slots__ = ("key", "open", "in_use", "connecting", "setting_up", "idle", "waiters", "live",
                  "shared", "retired", "rr", "prewarmed", "server_idle", "retire_after", "idle_closes",
                  "learned_until")
 
@@ -136,6 +136,7 @@ class _Host:
         self.open = 0            # this key's semaphore counter (all states)
         self.in_use = 0          # exclusive checkouts
         self.connecting = 0      # reserved slots still connecting
+        self.setting_up = 0      # shared connections open, their setup (handshake) running
         self.idle: Deque[Connection] = deque()   # LIFO: append/pop at the right
         self.waiters: Deque[_Waiter] = deque()   # FIFO, cancelled ones skipped lazily
         self.live = 0            # waiters not cancelled
@@ -638,7 +639,7 @@ class GreenPool:
             if conn is not None:
                 self._use(conn)
                 return conn
-            if h.connecting or not self.connector.open_on_demand:
+            if h.connecting or h.setting_up or not self.connector.open_on_demand:
                 return None  # a shared connection is on its way (or the pool keeps its own): wait
         elif h.idle:
             conn = self._pop_idle(h)
@@ -757,12 +758,17 @@ class GreenPool:
             self._close(conn, "pool stopped while connecting")
             raise self._closed_error()
         if shared:
+            # until its setup ends, callers of this key wait for this connection rather
+            # than open more (its slot no longer counts as connecting)
+            h.setting_up += 1
             try:
                 if setup is not None:
                     setup(conn)
             except BaseException:
-                self._close(conn, "setup failed")
+                h.setting_up -= 1
+                self._close(conn, "setup failed")    # dispatches: a waiter may try again
                 raise
+            h.setting_up -= 1
             conn.users = 1
             self.register_h2(conn)
         return conn
@@ -882,7 +888,7 @@ class GreenPool:
             for c in h.shared:
                 if c.capacity() > 0:
                     return True
-            if h.connecting or not self.connector.open_on_demand:
+            if h.connecting or h.setting_up or not self.connector.open_on_demand:
                 return False
         elif h.idle:
             return True

@@ -3,7 +3,8 @@
 :class:`Caddy` serves HTTP/1.1, HTTP/2 and HTTP/3 (UDP) on one port of 127.0.0.1 with the
 test CA's certificate, sends ``Alt-Svc: h3=":<port>"``, has no admin endpoint, no ACME and
 no automatic HTTPS: ``/`` answers :data:`CADDY_BODY`, ``/bytes/64k`` and ``/bytes/1m`` are
-static files of :func:`pattern` bytes.
+static files of :func:`pattern` bytes, so are ``/n/<size>`` for each size of :data:`LOSS_SIZES`,
+and ``POST /echo`` answers the request body.
 
 :class:`H3Server` runs in the test's own gevent hub (a greenlet on a UDP socket bound to 127.0.0.1), one
 QUIC connection per client address.  Routes:
@@ -18,11 +19,13 @@ QUIC connection per client address.  Routes:
 - ``GET /goaway-first`` -> a GOAWAY whose id is the next client stream, then the answer;
   streams at or above a GOAWAY's id are never answered (not processed).
 
-Knobs: ``max_streams`` (the initial MAX_STREAMS for bidirectional streams),
+Knobs: ``max_streams`` (the bidirectional streams a client may have open at once: the
+MAX_STREAMS advertised and enforced),
 ``idle_timeout``, ``goaway_after`` (send GOAWAY after that many requests, with the id of
-the next stream), :meth:`stop` (a crash: the socket closes, state is lost) and
-:meth:`restart` (the same port, a new process state: old connections are unknown, their
-packets dropped, as a peer that lost its keys).
+the next stream), ``early_data`` (False: session tickets are not honoured, so 0-RTT is
+rejected; ``early_requests`` counts requests that came in 0-RTT), :meth:`stop` (a crash:
+the socket closes, state is lost) and :meth:`restart` (the same port, a new process state:
+old connections are unknown, their packets dropped, as a peer that lost its keys).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from servers import HOST, TLS, Server, _tcp_probe, find_binary  # noqa: E402
 
 BODY = b"hello over h3\n"
 CADDY_BODY = b"hello from caddy"
+LOSS_SIZES = [i * 97 for i in range(100)]   # Caddy's /n/<size> files
 
 
 def pattern(n: int) -> bytes:
@@ -79,6 +83,9 @@ class Caddy(Server):
         (root / "bytes").mkdir(parents=True, exist_ok=True)
         (root / "bytes" / "64k").write_bytes(pattern(64 * 1024))
         (root / "bytes" / "1m").write_bytes(pattern(1024 * 1024))
+        (root / "n").mkdir(exist_ok=True)
+        for size in LOSS_SIZES:
+            (root / "n" / str(size)).write_bytes(pattern(size))
         (self.dir / "Caddyfile").write_text("""{
     admin off
     auto_https off
@@ -91,6 +98,13 @@ https://%(host)s:%(port)d, https://localhost:%(port)d {
     bind %(host)s
     tls %(cert)s %(key)s
     %(header)s
+    handle /echo {
+        respond "{http.request.body}" 200
+    }
+    handle /n/* {
+        root * %(root)s
+        file_server
+    }
     handle /bytes/* {
         root * %(root)s
         file_server
@@ -118,6 +132,51 @@ https://%(host)s:%(port)d, https://localhost:%(port)d {
         return any(c.laddr[1] == self.port for c in conns)
 
 
+class _ServerQuic(QuicConnection):
+    """qh3's server connection with ``max_streams`` as its bidirectional MAX_STREAMS
+    (qh3 passes a fixed 100 to its native core; the core keeps that many open at once,
+    raising the limit as streams complete)."""
+
+    max_streams = 100
+    _LIMIT_ARG = 21      # local_max_streams_bidi among QuicConnectionCore's arguments
+
+    def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
+        import qh3.quic.connection as qc
+        real = qc.QuicConnectionCore
+        limit = self.max_streams
+
+        def make(*args: Any) -> Any:
+            args_l = list(args)
+            assert args_l[self._LIMIT_ARG] == 100, "qh3 changed QuicConnectionCore's arguments"
+            args_l[self._LIMIT_ARG] = limit
+            return real(*args_l)
+        qc.QuicConnectionCore = make  # type: ignore[misc]
+        try:
+            super()._create_core(remote_addr, initial_dcid, now)
+        finally:
+            qc.QuicConnectionCore = real  # type: ignore[misc]
+
+    def _create_tls(self, remote_source_cid: Any) -> Any:
+        """The transport parameters advertise the same limit (qh3 writes a fixed 100)."""
+        bridge = super()._create_tls(remote_source_cid)
+        if self.max_streams == 100:
+            return bridge
+        from qh3._hazmat import Buffer
+        from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+        from qh3.tls import ExtensionType
+        extensions = []
+        for kind, data in bridge.tls.handshake_extensions:
+            if kind == ExtensionType.QUIC_TRANSPORT_PARAMETERS:
+                params = pull_quic_transport_parameters(Buffer(data=data))
+                params.initial_max_streams_bidi = self.max_streams
+                buf = Buffer(capacity=4096)
+                push_quic_transport_parameters(buf, params)
+                data = buf.data
+            extensions.append((kind, data))
+        bridge.tls.handshake_extensions = extensions
+        return bridge
+
+
 class _Peer:
     def __init__(self, server: "H3Server", quic: QuicConnection, addr: Tuple[str, int]) -> None:
         self.server = server
@@ -135,9 +194,9 @@ class _Peer:
 class H3Server:
     """See the module docstring.  ``port`` is fixed at construction (kept across restarts)."""
 
-    def __init__(self, cert: str, key: str, *, max_streams: int = 128, idle_timeout: float = 30.0,
+    def __init__(self, cert: str, key: str, *, max_streams: int = 100, idle_timeout: float = 30.0,
                  goaway_after: Optional[int] = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, early_data: bool = True) -> None:
         self.cert = cert
         self.key = key
         self.max_streams = max_streams
@@ -153,9 +212,14 @@ class H3Server:
         self.max_open_seen = 0
         self.library_errors = 0
         self.tickets: Dict[bytes, Any] = {}   # issued session tickets, for resumption
+        self.early_data = early_data
+        self.early_requests = 0    # requests that arrived before the handshake ended (0-RTT)
 
     def _fetch_ticket(self, label: bytes) -> Any:
-        return self.tickets.pop(label, None)
+        ticket = self.tickets.pop(label, None)
+        if not self.early_data:
+            return None     # no resumption: early data rejected, a full handshake
+        return ticket
 
     def _keep_ticket(self, ticket: Any) -> None:
         self.tickets[ticket.ticket] = ticket
@@ -248,10 +312,11 @@ class H3Server:
         if peer is None:
             if header is None:
                 return   # not an Initial: a connection we do not know (e.g. after restart)
-            quic = QuicConnection(configuration=self._config(),
+            quic = _ServerQuic(configuration=self._config(),
                                   original_destination_connection_id=header[3],
                                   session_ticket_fetcher=self._fetch_ticket,
                                   session_ticket_handler=self._keep_ticket)
+            quic.max_streams = self.max_streams
             peer = self.peers[addr] = _Peer(self, quic, addr)
             peer.odcid = header[3]
             peer.cids.add(header[4])
@@ -268,11 +333,12 @@ class H3Server:
                 break
             if isinstance(ev, ProtocolNegotiated):
                 peer.h3 = H3Connection(quic)
-                self._apply_limits(peer)
             if peer.h3 is None:
                 continue
             for hev in peer.h3.handle_event(ev):
                 if isinstance(hev, HeadersReceived):
+                    if not quic._handshake_complete:
+                        self.early_requests += 1
                     peer.requests[hev.stream_id] = (hev.headers, [])
                     if hev.stream_ended:
                         self._respond(peer, hev.stream_id)
@@ -285,9 +351,6 @@ class H3Server:
         open_now = len(peer.requests)
         if open_now > self.max_open_seen:
             self.max_open_seen = open_now
-
-    def _apply_limits(self, peer: _Peer) -> None:
-        """qh3 servers advertise its defaults; a test may want fewer streams."""
 
     def _respond(self, peer: _Peer, sid: int) -> None:
         if peer.goaway_id is not None and sid >= peer.goaway_id:

@@ -731,6 +731,39 @@ def test_shared_opens_another_only_when_full(server):
     pool.close()
 
 
+def test_shared_callers_wait_for_the_connection_in_its_setup(server):
+    """While a shared connection's setup runs (an HTTP/2 or QUIC handshake: its slot no
+    longer counts as connecting), other callers wait for it instead of opening more; when
+    the setup fails, the next caller opens one again."""
+    connector = MuxConnector(limit=100)
+    pool = GreenPool("setup", connector=connector, max_connections=10, checkout_timeout=10)
+    fail = [True]
+    started = gevent.event.Event()
+
+    def setup(conn):
+        started.set()
+        gevent.sleep(0.05)                 # the handshake takes a while
+        if fail[0]:
+            fail[0] = False
+            raise ConnectError("handshake failed")
+
+    def user():
+        try:
+            conn = pool.acquire_shared("127.0.0.1", server.port, "tcp", 10, setup)
+        except ConnectError:
+            return "failed"
+        pool.release_shared(conn)
+        return conn.id
+    gs = [gevent.spawn(user)]
+    started.wait(10)                       # the others come while its setup runs
+    gs += [gevent.spawn(user) for _ in range(5)]
+    got = [g.get(timeout=10) for g in gs]
+    assert got.count("failed") == 1 and len(set(got) - {"failed"}) == 1, got
+    assert connector.opened == 2           # the failed one, then the one everyone shared
+    assert_exact(pool)
+    pool.close()
+
+
 @pytest.mark.parametrize("strategy", ["round_robin", "random", "least_busy"])
 def test_shared_strategies_spread_users(server, strategy):
     pool = GreenPool("s-" + strategy, connector=MuxConnector(limit=1000), strategy=strategy)

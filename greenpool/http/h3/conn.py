@@ -19,7 +19,8 @@ Promises:
   above which nothing was processed), ``CLOSED`` (payload: a message),
   ``READY`` (the handshake finished; payload: True when 0-RTT was accepted).
 * Session tickets: a ticket received is handed to ``on_ticket``; one given
-  at construction is offered for resumption.
+  at construction is offered for resumption, and when it allows early data
+  (:meth:`H3Conn.early_data`) streams opened before ``READY`` go in 0-RTT.
 """
 from __future__ import annotations
 
@@ -99,6 +100,11 @@ class H3Conn:
         self.quic.connect(addr, now)
         self.h3 = H3Connection(self.quic)
 
+    def early_data(self) -> bool:
+        """0-RTT is on: a session ticket allowing early data was offered, so streams opened
+        before the handshake ends leave in 0-RTT packets (the server may reject them)."""
+        return bool(getattr(self.quic, "_early_data_attempted", False))
+
     def _ticket(self, ticket: Any) -> None:
         if self._on_ticket is not None:
             self._on_ticket(ticket)
@@ -121,6 +127,12 @@ class H3Conn:
         try:
             return [d for d, _ in self.quic.datagrams_to_send(now)]
         except QuicConnectionError:
+            return []
+        except ValueError as e:
+            # the library's packet builder failed (seen under loss: "reserved stream is
+            # missing"); what it had queued may never leave: the connection is over
+            if self.closed is None:
+                self.closed = "QUIC library error while sending: %s" % (e,)
             return []
 
     def timer(self) -> Optional[float]:

@@ -31,6 +31,11 @@ Theory of operation:
   streams fail with :class:`~greenpool.errors.ConnectionClosed`, and those
   with no response byte yet are sent again on a new connection when their
   method is idempotent or the server said it never processed them.
+* **0-RTT** (pool option ``zero_rtt``): a new connection holding a session
+  ticket that allows early data does its handshake in the background;
+  idempotent requests without a body are sent at once (0-RTT), the others
+  wait for the handshake (:meth:`H3Protocol.wait_ready`); early requests the
+  server rejected are :class:`Refused`, so sent again at 1-RTT.
 * Every use of the connection is given back exactly once: at the end of the
   body, at ``close()``, or on any error, kill or timeout (which also cancels
   that stream only).
@@ -119,7 +124,7 @@ session_tickets: "weakref.WeakKeyDictionary[Any, Dict[Tuple[Any, ...], Any]]" = 
 # per pool: what happened to its QUIC connections (see stats())
 _counters: "weakref.WeakKeyDictionary[Any, Dict[str, int]]" = weakref.WeakKeyDictionary()
 COUNTERS = ("handshakes", "resumed", "handshake_failures", "goaway", "dead_peer", "closed_by_peer",
-            "retried")
+            "retried", "zero_rtt_accepted", "zero_rtt_rejected")
 
 
 def count(pool: Any, what: str) -> None:
@@ -131,7 +136,8 @@ def count(pool: Any, what: str) -> None:
 
 def counters(pool: Any) -> Dict[str, int]:
     """This pool's HTTP/3 counters: handshakes (resumed), handshake_failures, goaway,
-    dead_peer, closed_by_peer, retried (requests sent again on another connection)."""
+    dead_peer, closed_by_peer, retried (requests sent again, on another connection or at
+    1-RTT), zero_rtt_accepted / zero_rtt_rejected (handshakes that sent requests in 0-RTT)."""
     return dict(_counters.get(pool) or dict.fromkeys(COUNTERS, 0))
 
 
@@ -146,7 +152,7 @@ class Stream:
     """One request/response exchange: what the reader delivered so far."""
 
     __slots__ = ("id", "head", "chunks", "buffered", "ended", "trailers", "error", "waiter",
-                 "sent_end", "released", "max_body", "received", "header_limit")
+                 "sent_end", "released", "max_body", "received", "header_limit", "early")
 
     def __init__(self, sid: int, header_limit: int, max_body: Optional[int]) -> None:
         self.id = sid
@@ -162,6 +168,7 @@ class Stream:
         self.released = False
         self.max_body = max_body
         self.header_limit = header_limit
+        self.early = False          # opened before the handshake ended: sent in 0-RTT
 
     def __repr__(self) -> str:
         return "<H3 stream %d head=%s ended=%s buffered=%d>" % (
@@ -190,9 +197,13 @@ class H3Protocol:
         self._ready: Optional[Waiter] = None
         self._waiter = Waiter()
         self._woken = False
+        self._parked = False
         self._flush_pending = False
         self._blocked: Set[Stream] = set()
         self._pings: Set[Stream] = set()
+        self._handshaking: Set[Stream] = set()   # callers waiting for 1-RTT (see wait_ready)
+        self.early = False          # the handshake runs in the background (0-RTT)
+        self._handshake_timer: Any = None
         self._left = 0
         self._io = self._loop.io(self.sock.fileno(), 1)
         self._timer: Any = None
@@ -268,12 +279,25 @@ class H3Protocol:
 
     # -- starting --
 
-    def start(self, timeout: Optional[float]) -> None:
-        """Run the handshake (the reader greenlet does the I/O); raises ConnectError."""
+    def start(self, timeout: Optional[float], zero_rtt: bool = False) -> None:
+        """Run the handshake (the reader greenlet does the I/O); raises ConnectError.
+
+        ``zero_rtt`` with a session ticket allowing early data: returns at once, the
+        handshake goes on in the background and requests that may go in 0-RTT
+        (:func:`_exchange`) are sent meanwhile; the others wait for it
+        (:meth:`wait_ready`)."""
         host, port = self.conn.key[:2]
         w = self._ready = Waiter()
         self.reader = gevent.spawn(self._run)
         self.request_flush()
+        if zero_rtt and self.q.early_data():
+            self.early = True
+            self._ready = None
+            self._handshake_timer = None
+            if timeout is not None:     # the background handshake is bounded all the same
+                t = self._handshake_timer = self._loop.timer(max(timeout, 0.0))
+                t.start(self._handshake_timed_out, timeout)
+            return
         timer = None
         if timeout is not None:
             timer = self._loop.timer(max(timeout, 0.0))
@@ -287,18 +311,43 @@ class H3Protocol:
         pool = self.conn.pool
         if result is _TIMEDOUT or isinstance(result, BaseException):
             count(pool, "handshake_failures")
-        else:
-            count(pool, "handshakes")
-            if self.q.resumed:
-                count(pool, "resumed")
         if result is _TIMEDOUT:
             raise ConnectTimeout("QUIC handshake with %s:%s timed out after %ss" % (host, port, timeout))
         if isinstance(result, BaseException):
             raise result
+        self._handshake_done()
+
+    def _handshake_done(self) -> None:
+        pool = self.conn.pool
+        count(pool, "handshakes")
+        if self.q.resumed:
+            count(pool, "resumed")
         self._left = self.q.streams_left()
         peer_idle = self._peer_idle_timeout()
         idle = min(self.config.idle_timeout, peer_idle) if peer_idle else self.config.idle_timeout
         self.conn.idle_timeout = idle * 0.8   # retired before QUIC's own idle close
+
+    def _handshake_timed_out(self, timeout: float) -> None:
+        if not self.q.ready and not self.closed:
+            self._die(ConnectTimeout("QUIC handshake with %s:%s timed out after %ss"
+                                     % (self.conn.key[0], self.conn.key[1], timeout)))
+
+    def wait_ready(self, seconds: Optional[float]) -> None:
+        """Park until the background (0-RTT) handshake ended; raises if it failed.  Yields."""
+        if self.q.ready or not self.early:
+            return
+        st = Stream(-1, 0, None)
+        self._handshaking.add(st)
+        try:
+            while not self.q.ready and not self.closed:
+                if not self.wait(st, seconds):
+                    raise ConnectTimeout("QUIC handshake with %s:%s not finished within the "
+                                         "timeout" % self.conn.key[:2])
+        finally:
+            self._handshaking.discard(st)
+        if self.closed:
+            raise _copy(self.error) if self.error is not None else ConnectionClosed(
+                "the HTTP/3 connection closed during its handshake")
 
     def _peer_idle_timeout(self) -> Optional[float]:
         params = getattr(self.q.quic, "_applied_transport_parameters", None)
@@ -308,9 +357,12 @@ class H3Protocol:
     # -- the reader greenlet --
 
     def _wake(self, *_: Any) -> None:
+        # a wake while the reader is busy (its turn yielded to the hub) is kept, not
+        # dropped: the reader runs another turn before it parks again
         if not self._woken:
             self._woken = True
-            self._waiter.switch(None)
+            if self._parked:
+                self._waiter.switch(None)
 
     def request_flush(self) -> None:
         """Send what the library queued, once, after the current loop turn.  Never yields."""
@@ -322,8 +374,13 @@ class H3Protocol:
         try:
             self._io.start(self._wake)
             while not self.closed:
+                if not self._woken:
+                    self._parked = True
+                    try:
+                        self._waiter.get()
+                    finally:
+                        self._parked = False
                 self._woken = False
-                self._waiter.get()
                 more = self._turn()
                 if more and not self.closed:
                     gevent.sleep(0)
@@ -357,6 +414,10 @@ class H3Protocol:
         if self.closed:
             return False
         self._send(now)
+        if q.closed is not None:
+            self._die(ConnectionClosed("HTTP/3 connection to %s:%s failed: %s"
+                                       % (self.conn.key[0], self.conn.key[1], q.closed)))
+            return False
         # the dead-peer rule: silence while the server owes us an ACK
         if q.ready and q.awaiting_ack(now):
             since = self._unacked_since
@@ -406,7 +467,8 @@ class H3Protocol:
             timer.close()
         # an idle connection's timers (QUIC idle, ACK delay) never keep the process alive
         timer = self._timer = self._loop.timer(max(due - now, 0.0), ref=bool(self.streams)
-                                               or self._ready is not None or bool(self._pings))
+                                               or self._ready is not None or bool(self._pings)
+                                               or (self.early and not self.q.ready))
         self._timer_due = due
         timer.start(self._wake)
 
@@ -511,12 +573,44 @@ class H3Protocol:
                 return
             elif kind is READY:
                 self.zero_rtt = bool(payload)
+                if self.early:
+                    self._early_ready(bool(payload))
+                    continue
                 w = self._ready
                 if w is not None:
                     self._loop.run_callback(w.switch, None)
 
+    def _early_ready(self, accepted: bool) -> None:
+        """The background handshake ended: count it, and send again at 1-RTT what the
+        server refused to take in 0-RTT (streams it never processed)."""
+        self._ready = None
+        t = self._handshake_timer
+        if t is not None:
+            t.close()
+            self._handshake_timer = None
+        self._handshake_done()
+        early = [st for st in self.streams.values() if st.early]
+        if early:
+            count(self.conn.pool, "zero_rtt_accepted" if accepted else "zero_rtt_rejected")
+        if not accepted:
+            for st in early:
+                if st.head is None and st.error is None:
+                    st.error = Refused("the server rejected 0-RTT: HTTP/3 stream %d not "
+                                       "processed" % st.id)
+                    self._notify(st)
+        for st in list(self._handshaking):
+            self._notify(st)
+        if self.conn.pool is not None:
+            self._left = self.q.streams_left()
+            self.conn.pool.capacity_changed(self.conn)
+
     def _fail_all(self, err: BaseException) -> None:
-        for st in list(self._pings):
+        t = self._handshake_timer
+        if t is not None:           # a background (0-RTT) handshake that never finished
+            t.close()
+            self._handshake_timer = None
+            count(self.conn.pool, "handshake_failures")
+        for st in list(self._pings) + list(self._handshaking):
             self._notify(st)
         for st in list(self.streams.values()):
             if st.error is None and not st.ended:
@@ -541,6 +635,7 @@ class H3Protocol:
             raise Refused(str(e)) from None
         st = self.streams[sid] = Stream(sid, header_limit, max_body)
         st.sent_end = end_stream
+        st.early = not self.q.ready
         self._io.ref = True
         return st
 
@@ -598,7 +693,7 @@ def _setup_for(pool: Any, cfg: H3Config, verify: Any, cert: Any,
                     session_tickets.setdefault(p, {})[tkey] = t
             proto = H3Protocol(conn, cfg, verify, cert, ticket, keep)
             conn.proto = proto      # the pool closes it (and proto) if the handshake fails
-            proto.start(handshake)
+            proto.start(handshake, zero_rtt=bool(p is not None and p.options.zero_rtt))
         if len(_setups) > 256:
             _setups.clear()
         fn = _setups[key] = setup
@@ -686,9 +781,15 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
               decode_content: bool, max_decoded_size: Optional[int], header_limit: int,
               max_body_size: Optional[int]) -> Response:
     proto: H3Protocol = conn.proto
+    if proto is None:       # closed before this use began (its 0-RTT handshake failed)
+        pool.release_shared(conn)
+        raise ConnectError("the HTTP/3 connection to %s:%s closed during its handshake"
+                           % (conn.host, conn.port))
     st: Optional[Stream] = None
     body_started = False
     try:
+        if proto.early and not proto.q.ready and not (idempotent and body is None):
+            proto.wait_ready(_remaining(timeout.connect, deadline))   # not in 0-RTT
         st = proto.open_stream(headers, body is None, header_limit, max_body_size)
         proto.request_flush()
         if body is not None:
