@@ -23,7 +23,12 @@ What this owns:
 * UDP for QUIC: :func:`connect_udp` (a connected datagram socket, so an ICMP
   port-unreachable comes back as ``ECONNREFUSED``), :func:`udp_recv_batch`
   and :func:`udp_send` (never wait: the QUIC connection greenlet reads and
-  writes from hub wakeups).
+  writes from hub wakeups);
+* fork safety: every socket made here (and every TLS socket made with
+  :func:`wrap_tls`) is remembered, weakly, from the moment it exists, so
+  :func:`sever_inherited` can cut a child process off all of them, including
+  the ones still connecting, in a TLS handshake or a proxy's tunnel (no pool
+  holds those yet).  See :func:`sever`.
 
 Promises: every failure is a greenpool :class:`~greenpool.errors.ConnectError`
 (``DNSError``, ``TLSError``, ``ConnectTimeout``) whose message names the
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 import select as _stdselect
 import socket as _stdsocket
 import ssl as _stdssl
@@ -144,9 +150,78 @@ def interleave(infos: Sequence[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
     return out
 
 
+# -- fork safety --------------------------------------------------------------------------
+
+# Every socket this module made that is still alive.  After os.fork() the child holds
+# copies of the parent's descriptors *and* of the parent's greenlets: a greenlet that was
+# connecting, in a TLS handshake or a proxy's tunnel when the parent forked (a socket no
+# pool holds yet) would go on, in the child, on the very connection the parent goes on
+# with, and the server would see two processes' bytes interleaved (TLS: "bad record mac").
+_sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _new_socket(family: int, type_: int, proto: int = 0) -> gsocket.socket:
+    sock = gsocket.socket(family, type_, proto)
+    _sockets.add(sock)
+    return sock
+
+
+def sever(sock: Any) -> None:
+    """Cut this process off ``sock`` without a byte to the peer (after ``os.fork()``, in
+    the child: the parent still uses the connection).
+
+    Its TLS object is dropped first (it reads and writes by descriptor *number*, which
+    this process may soon give to a new socket), then the descriptor is detached (a
+    greenlet waiting on it is woken with ``EBADF``; any later use fails) and our copy
+    closed: no shutdown, no TLS close_notify.  Never yields; never raises.
+    """
+    try:
+        if getattr(sock, "_sslobj", None) is not None:
+            sock._sslobj = None
+        fd = sock.detach()
+        if isinstance(fd, int) and fd >= 0:
+            os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def sever_inherited() -> None:
+    """In a child after ``os.fork()``: :func:`sever` every socket this module made in the
+    parent (pools drop the ones they hold; this reaches the rest, the ones in flight)."""
+    socks = list(_sockets)
+    _sockets.clear()
+    for sock in socks:
+        try:
+            gone = sock.fileno() < 0
+        except (OSError, ValueError, AttributeError):
+            gone = True
+        if not gone:
+            sever(sock)
+
+
+def wrap_tls(raw: Any, ctx: Any, server_hostname: Optional[str]) -> Any:
+    """``raw`` (a connected gevent socket) wrapped in TLS by ``ctx``, handshake done.
+
+    The TLS socket is remembered for :func:`sever_inherited` before its handshake
+    starts.  On failure the socket is closed and the ``ssl``/``OSError`` propagates.
+    """
+    if isinstance(ctx, gssl.SSLContext):
+        sock = ctx.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=False)
+    else:
+        sock = gssl.SSLSocket(sock=raw, server_hostname=server_hostname, _context=ctx,
+                              do_handshake_on_connect=False)
+    _sockets.add(sock)
+    try:
+        sock.do_handshake()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _connect_one(info: Tuple[Any, ...], source_address: Optional[Tuple[str, int]]) -> gsocket.socket:
     family, type_, proto, _, sockaddr = info
-    sock = gsocket.socket(family, type_, proto)
+    sock = _new_socket(family, type_, proto)
     try:
         if source_address is not None:
             sock.bind(source_address)
@@ -242,10 +317,7 @@ def connect(host: str, port: int, transport: str = "tcp", *,
                 sni = server_hostname if server_hostname is not None else host
                 raw, sock = sock, None
                 try:
-                    if isinstance(ctx, gssl.SSLContext):
-                        sock = ctx.wrap_socket(raw, server_hostname=sni)
-                    else:
-                        sock = gssl.SSLSocket(sock=raw, server_hostname=sni, _context=ctx)
+                    sock = wrap_tls(raw, ctx, sni)
                 except BaseException:
                     raw.close()
                     raise
@@ -280,7 +352,7 @@ def connect_unix(path: str, *, timeout: Optional[float] = None) -> gsocket.socke
 
     Failures are :class:`ConnectError` naming the path (``ConnectTimeout`` after ``timeout``).
     """
-    sock = gsocket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    sock = _new_socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
     deadline = gevent.Timeout(timeout) if timeout is not None else None
     if deadline is not None:
         deadline.start()
@@ -476,7 +548,7 @@ def connect_udp(host: str, port: int, *, timeout: Optional[float] = None,
         raise DNSError("cannot resolve %s: no addresses" % where)
     error: Optional[OSError] = None
     for fam, type_, proto, _, sockaddr in interleave(infos):
-        sock = gsocket.socket(fam, type_, proto)
+        sock = _new_socket(fam, type_, proto)
         try:
             sock.connect(sockaddr)
             return sock

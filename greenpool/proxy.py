@@ -130,7 +130,7 @@ class SocksConnector(Connector):
                     self._socks4(sock, host, port, where)
                 if transport == "ssl":
                     ctx = net.ssl_context(opts.get("verify", True), opts.get("cert"), opts.get("alpn"))
-                    sock = ctx.wrap_socket(sock, server_hostname=opts.get("server_hostname") or host)
+                    sock = net.wrap_tls(sock, ctx, opts.get("server_hostname") or host)
                 conn = Connection(key, sock)
                 sock = None
                 return conn

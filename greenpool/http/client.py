@@ -353,7 +353,7 @@ class ProxyConnector(Connector):
                     self._tunnel(sock, host, port)
                     ctx = net.ssl_context(opts.get("verify", True), opts.get("cert"), opts.get("alpn"))
                     sni = opts.get("server_hostname") or host
-                    sock = ctx.wrap_socket(sock, server_hostname=sni)
+                    sock = net.wrap_tls(sock, ctx, sni)
                 conn = Connection(key, sock)
                 sock = None
                 return conn
