@@ -473,7 +473,7 @@ class GreenPool:
 
     def register_h3(self, conn: Connection) -> None:
         """:meth:`register_h2` for a QUIC connection (key transport ``"quic"``)."""
-        if conn.key[2] != "quic":
+        if conn.key[2].partition("|")[0] != "quic":
             raise ValueError("register_h3 takes a QUIC connection, not %r" % (conn,))
         self.register_h2(conn)
 

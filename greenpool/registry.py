@@ -152,7 +152,7 @@ def _after_fork_in_child() -> None:
     # and what gevent.fork() does itself) makes them usable in the child
     import gevent
     gevent.reinit()
-    # registered pools and every other live one (a client's companion pools, a pool made
+    # registered pools and every other live one (a pool made
     # directly with GreenPool(...)): none may hand the parent's sockets to the child
     pools = list(_pools.values())
     pools += [p for p in list(_ALL_POOLS) if p not in pools]

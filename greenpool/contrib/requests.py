@@ -34,7 +34,7 @@ Rules:
 * **TLS.**  ``verify`` (True: greenpool's trust store, system CAs or certifi;
   False; a CA bundle file or directory) and ``cert`` (a path, or
   ``(cert, key)``) select a greenpool Client per setting; connections opened
-  with different settings never mix (greenpool's companion pools).
+  with different settings never mix (tagged keys in the one pool).
 * **Proxies.**  The proxy requests selects for the URL (``proxies=``,
   ``HTTP(S)_PROXY`` with ``trust_env``) goes to greenpool's ``proxy=``
   (``http://`` and SOCKS proxies; an ``https://`` proxy or a URL without a

@@ -50,7 +50,7 @@ _TCP: Any = object()
 _alt: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], Tuple[int, float]]]" = weakref.WeakKeyDictionary()
 # per pool: (host, port) -> blocked until; and the handshakes running in the background
 _blocked: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], float]]" = weakref.WeakKeyDictionary()
-_racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], _Handshake]]" = weakref.WeakKeyDictionary()
+_racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int, str], _Handshake]]" = weakref.WeakKeyDictionary()
 
 _ENTRY = re.compile(r'\s*([A-Za-z0-9_.~!$&\'*+^`|%-]+)\s*=\s*"([^"]*)"\s*((?:;\s*[A-Za-z0-9_-]+\s*=\s*'
                     r'(?:"[^"]*"|[^,;\s]*)\s*)*)')
@@ -141,7 +141,7 @@ def stats(pool: Any) -> Dict[str, int]:
     out = transport.counters(pool)
     conns = streams = 0
     for key, h in getattr(pool, "_hosts", {}).items():
-        if key[2] == "quic":
+        if key[2].partition("|")[0] == "quic":
             conns += h.open
             streams += sum(c.users for c in h.shared)
     now = _monotonic()
@@ -156,13 +156,15 @@ def stats(pool: Any) -> Dict[str, int]:
 
 def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Optional[float],
            connect_opts: Dict[str, Any], mode: Any, *, race_delay: float = RACE_DELAY,
-           blocked_ttl: float = BLOCKED_TTL, rescue: bool = False, **kw: Any) -> Optional[Response]:
+           blocked_ttl: float = BLOCKED_TTL, rescue: bool = False, quic: str = "quic",
+           **kw: Any) -> Optional[Response]:
     """The response over HTTP/3, or None: send it over TCP (see the module docstring).
 
     ``mode``: True (only origins that advertised h3 by Alt-Svc) or
     ``"prior_knowledge"`` (every https origin, on its own port).  ``rescue=True``:
     TCP failed after this origin's race went to TCP: wait for the QUIC handshake
-    still running (None when there is none, or it fails too).
+    still running (None when there is none, or it fails too).  ``quic``: the key's
+    transport, ``"quic"`` or tagged for non-default TLS settings (``"quic|tls1"``).
     """
     url = request.url
     host, port = url.host, url.port
@@ -176,23 +178,25 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
             return None
     assert qport is not None
     if rescue:
-        hs = _racing.get(pool, {}).get((host, qport))
+        hs = _racing.get(pool, {}).get((host, qport, quic))
         if hs is not None and hs.greenlet is not None:
             hs.greenlet.join(_remaining_connect(pool, timeout, deadline))
             if not hs.greenlet.dead:
                 return None
         conn = hs.take() if hs is not None else None
         if conn is None and (blocked(pool, host, port)
-                             or not pool.host_stats(host, qport, "quic")["active"]):
+                             or not pool.host_stats(host, qport, quic)["active"]):
             return None
         return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport,
-                                conn=conn, **kw)
-    conn = pool.checkout_h3(host, qport)
-    if conn is None and not pool.host_stats(host, qport, "quic")["active"]:
-        conn = _race(pool, host, port, qport, timeout, deadline, connect_opts, race_delay, blocked_ttl)
+                                conn=conn, transport=quic, **kw)
+    conn = pool.checkout_h2(host, qport, quic)
+    if conn is None and not pool.host_stats(host, qport, quic)["active"]:
+        conn = _race(pool, host, port, qport, timeout, deadline, connect_opts, race_delay, blocked_ttl,
+                     quic)
         if conn is _TCP or blocked(pool, host, port):
             return None
-    return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn, **kw)
+    return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn,
+                            transport=quic, **kw)
 
 
 def _remaining_connect(pool: Any, timeout: Timeout, deadline: Optional[float]) -> Optional[float]:
@@ -220,20 +224,21 @@ class _Handshake:
 
 def _race(pool: "GreenPool", host: str, port: int, qport: int, timeout: Timeout,
           deadline: Optional[float], connect_opts: Dict[str, Any], race_delay: float,
-          blocked_ttl: float) -> Any:
+          blocked_ttl: float, quic: str = "quic") -> Any:
     """A use of a QUIC connection ready within ``race_delay``, ``_TCP`` (TCP serves this
     request), or None (the handshake ended: take a use from the pool)."""
     racing = _racing.get(pool)
     if racing is None:
         racing = _racing[pool] = {}
-    key = (host, qport)
+    key = (host, qport, quic)
     hs = racing.get(key)
     if hs is None:
         hs = racing[key] = _Handshake()
 
         def connect() -> None:
             try:
-                hs.conn = transport.acquire(pool, host, qport, timeout, deadline, connect_opts)
+                hs.conn = transport.acquire(pool, host, qport, timeout, deadline, connect_opts,
+                                            transport=quic)
             except ConnectError:
                 block(pool, host, port, blocked_ttl)
             except GreenPoolError:
