@@ -498,9 +498,15 @@ def test_adapter_matches_requests_on_inputs(pool, gunicorn):
 
 
 def test_adapter_session_pickles(pool, gunicorn):
+    """A used Session pickles with either adapter mounted, and its copy sends again."""
     import pickle
-    _, ours = _both(pool)
-    assert ours.get(gunicorn.url + "/echo").status_code == 200
+    theirs, ours = _both(pool)
+    for s in (theirs, ours):
+        assert s.get(gunicorn.url + "/echo").status_code == 200
+        copy = pickle.loads(pickle.dumps(s))
+        assert copy.get(gunicorn.url + "/echo").status_code == 200
+        copy.close()
+    theirs.close()
     copy = pickle.loads(pickle.dumps(ours))
     adapter = copy.get_adapter(gunicorn.url)
     assert isinstance(adapter, GreenPoolAdapter) and adapter.pool == pool.name
@@ -574,10 +580,16 @@ class _RawServer:
 def test_adapter_socks_proxy_from_env(pool, gunicorn, monkeypatch):
     pytest.importorskip("socksio")
     from test_http_socks import fake_socks5
+    import importlib.util
     with fake_socks5() as fake:
         monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:%d" % fake.port)
-        _, ours = _both(pool)
+        theirs, ours = _both(pool)
         r = ours.get(gunicorn.url + "/echo?via=socks")
         assert r.status_code == 200 and r.json()["args"] == {"via": "socks"} and fake.accepted == 1
+        if importlib.util.find_spec("socks") is None:
+            # requests' own adapter needs PySocks for this; greenpool speaks SOCKS itself
+            with pytest.raises(requests.exceptions.InvalidSchema, match="SOCKS"):
+                theirs.get(gunicorn.url + "/echo?via=socks")
         ours.close()
+        theirs.close()
         fake.close_clients()
