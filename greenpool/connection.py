@@ -138,7 +138,7 @@ class Connection:
         """Did the peer close, reset or write to this idle connection?  Never blocks."""
         probe = self._probe
         if probe is None:
-            probe = self._probe = net.Probe(self.sock, base_transport(self.key[2]) == "ssl")
+            probe = self._probe = net.Probe(self.sock, base_transport(self.key[2]) in _TLS)
         return probe.dropped()
 
     def alpn_protocol(self) -> Optional[str]:
@@ -245,6 +245,9 @@ class Connection:
         io = self._io
         if io is not None and io.active:
             io.stop()
+
+
+_TLS = ("ssl", "unix-ssl")
 
 
 def base_transport(transport: str) -> str:

@@ -55,8 +55,10 @@ from greenpool.errors import ConnectError, ConnectTimeout, DNSError, TLSError, f
 
 TRANSPORTS = ("tcp", "ssl")
 #: every transport :func:`connect` opens; ``"unix"`` takes the socket's path as ``host``
-#: (``port`` is ignored, 0 by convention). Connectors list the ones they accept.
-ALL_TRANSPORTS = ("tcp", "ssl", "unix")
+#: (``port`` is ignored, 0 by convention), ``"unix-ssl"`` is TLS over it (the name the
+#: certificate is checked against, and SNI, from ``server_hostname``). Connectors list the
+#: ones they accept.
+ALL_TRANSPORTS = ("tcp", "ssl", "unix", "unix-ssl")
 
 VerifyType = Union[bool, str, _stdssl.SSLContext]
 CertType = Union[None, str, Tuple[str, str], Tuple[str, str, str]]
@@ -295,7 +297,8 @@ def connect(host: str, port: int, transport: str = "tcp", *,
             happy_eyeballs_delay: float = 0.25,
             ssl_context: Optional[_stdssl.SSLContext] = None) -> gsocket.socket:
     """Open a TCP (``"tcp"``), TLS (``"ssl"``) or Unix (``"unix"``, ``host`` is the path)
-    connection; returns a gevent socket.
+    connection, or TLS over a Unix socket (``"unix-ssl"``: ``server_hostname`` names the
+    server, default ``"localhost"``); returns a gevent socket.
 
     The whole of DNS, connect and handshake runs under ``timeout``.
     """
@@ -303,15 +306,25 @@ def connect(host: str, port: int, transport: str = "tcp", *,
         raise ValueError("transport must be one of %s, not %r" % (ALL_TRANSPORTS, transport))
     if transport == "unix":
         return connect_unix(host, timeout=timeout)
-    where = format_address(host, port)
+    over_unix = transport == "unix-ssl"
+    if over_unix:
+        transport = "ssl"
+        where = "unix:%s" % (host,)
+        if server_hostname is None:
+            server_hostname = "localhost"
+    else:
+        where = format_address(host, port)
     deadline = gevent.Timeout(timeout) if timeout is not None else None
     sock = None
     if deadline is not None:
         deadline.start()
     try:
         try:
-            infos = resolve(host, port, family)
-            sock = _happy_eyeballs(infos, happy_eyeballs_delay, source_address)
+            if over_unix:
+                sock = connect_unix(host, timeout=None)
+            else:
+                infos = resolve(host, port, family)
+                sock = _happy_eyeballs(infos, happy_eyeballs_delay, source_address)
             if transport == "ssl":
                 ctx = ssl_context if ssl_context is not None else globals()["ssl_context"](verify, cert, alpn)
                 sni = server_hostname if server_hostname is not None else host

@@ -539,7 +539,7 @@ class GreenPool:
             raise TypeError("host must be a non-empty str, not %r" % (host,))
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError("port must be an int, not %s" % type(port).__name__)
-        if transport == "unix":  # host is the socket's path; the port only names the origin
+        if transport in ("unix", "unix-ssl"):  # host: the socket's path; port: the origin's
             if not 0 <= port < 65536:
                 raise ValueError("port must be in 0..65535, not %r" % (port,))
         elif not 0 < port < 65536:

@@ -531,9 +531,11 @@ class Client:
     sent, redirects and retries included (default None).
     ``default_encoding``: the text encoding when no charset is given, or a callable
     guessing it from the bytes (default ``"utf-8"``, latin-1 when the body is not UTF-8).
-    ``uds``: the path of a Unix domain socket every request goes to (http:// URLs; the
-    URL's host is the Host header; HTTP/1.1; default None). ``http+unix://%2Fpath/...``
-    URLs name the socket per request.
+    ``uds``: the path of a Unix domain socket every request goes to (default None). The
+    URL's host is the Host header; an https:// URL is TLS over the socket, its host the
+    name the certificate must match and the SNI; ``http2`` applies as over TCP (ALPN for
+    https, ``"prior_knowledge"`` for h2c). ``http+unix://%2Fpath/...`` URLs name the
+    socket per request.
     """
 
     def __init__(self, *, pool: Any = "default", base_url: Optional[str] = None,
@@ -875,10 +877,20 @@ class Client:
             return r
         transport = u.transport
         if self.uds is not None or transport == "unix":
+            uds_opts: Dict[str, Any] = {}
+            kind = "unix"
             if transport == "ssl":
-                raise InvalidURL("%s: TLS over a Unix domain socket (uds=) is not supported; "
-                                 "use an http:// URL" % (u,))
-            r = _Route(gp, (self.uds or u.host, u.port, "unix"), {}, False, [],
+                # TLS over the socket: the URL's host is the name checked and sent (SNI);
+                # one socket may serve several names, so the name is in the key (a tag)
+                uds_opts["server_hostname"] = u.host
+                tags = [_tag("name", u.host)]
+                if not self._tls_default:
+                    uds_opts["verify"] = self.verify
+                    uds_opts["cert"] = self.cert
+                    c = self.cert
+                    tags.append(_tag("tls", (self.verify, tuple(c) if isinstance(c, list) else c)))
+                kind = "unix-ssl|" + "+".join(tags)
+            r = _Route(gp, (self.uds or u.host, u.port, kind), uds_opts, False, [],
                        (b"Host", u.authority.encode("ascii")))
             self._routes[tag] = r
             return r
@@ -961,12 +973,11 @@ class Client:
             finally:
                 del req.extensions["h3_lost"]
         http2 = self.http2
-        if http2 and (route.key[2][:3] == "ssl" or http2 == "prior_knowledge") \
-                and not route.absolute and route.key[2] != "unix":
+        if http2 and (req.url.scheme == "https" or http2 == "prior_knowledge") and not route.absolute:
             from greenpool.http import h2transport  # written separately; imported on use
             opts = self.h1_options
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
-                                        transport=route.key[2],
+                                        transport=route.key[2], host=route.key[0],
                                         stream=stream, decode_content=opts.decode_content,
                                         max_decoded_size=opts.max_decoded_size,
                                         max_header_size=opts.max_header_size,

@@ -180,7 +180,7 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
            stream: bool = True, decode_content: bool = True,
            max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
            max_header_size: Optional[int] = None, max_body_size: Optional[int] = None,
-           transport: Optional[str] = None) -> Any:
+           transport: Optional[str] = None, host: Optional[str] = None) -> Any:
     """Send ``request`` over HTTP/2; see the module docstring for what comes back.
 
     ``config``: settings for connections this call opens (default :data:`DEFAULT_CONFIG`).
@@ -195,7 +195,8 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     received, before decoding) this request accepts (None: no limit), see the
     module docstring.  ``transport``: the pool key's transport (default ``"ssl"`` or
     ``"tcp"`` by the URL; a tagged one, ``"ssl|tls1"``, keeps connections opened with
-    other settings apart in the same pool).
+    other settings apart in the same pool; ``"unix"``/``"unix-ssl"``: over the Unix
+    socket ``host``).  ``host``: the key's host (default the URL's).
     """
     check_max_body_size(max_body_size)
     url = request.url
@@ -232,7 +233,7 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     retries = 0
     stale_retry = request.method in _IDEMPOTENT
     while True:
-        conn = _acquire(pool, url, tls, timeout, deadline, connect_opts, cfg, transport)
+        conn = _acquire(pool, url, tls, timeout, deadline, connect_opts, cfg, transport, host)
         if not isinstance(conn.proto, H2Protocol):
             return conn                    # the server chose HTTP/1.1 by ALPN
         try:
@@ -304,8 +305,8 @@ def _start(conn: Connection, cfg: H2Config, handshake_timeout: Any = _POOL_DEFAU
 
 def _acquire(pool: GreenPool, url: Any, tls: bool, timeout: Timeout, deadline: Optional[float],
              connect_opts: Dict[str, Any], cfg: H2Config,
-             transport: Optional[str] = None) -> Connection:
-    host, port = url.host, url.port
+             transport: Optional[str] = None, key_host: Optional[str] = None) -> Connection:
+    host, port = key_host or url.host, url.port
     connect = timeout.connect
     if deadline is not None:
         left = deadline - _monotonic()
