@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import errno
 import os
-import weakref
 import select as _stdselect
 import socket as _stdsocket
 import ssl as _stdssl
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gevent

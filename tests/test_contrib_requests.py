@@ -535,7 +535,7 @@ def test_adapter_repeated_content_length_as_requests(pool, parser):
                 assert r.headers["content-length"] in ("3", "3, 3"), r.headers
         for path in ("/differ", "/differ-list"):
             for s in (theirs, ours):
-                got = _outcome(lambda s=s: s.get(srv.url + path, timeout=10))
+                got = _outcome(lambda s=s, path=path: s.get(srv.url + path, timeout=10))
                 assert got is requests.exceptions.InvalidHeader, (s, path, got)
     ours.close()
     theirs.close()
@@ -579,8 +579,9 @@ class _RawServer:
 
 def test_adapter_socks_proxy_from_env(pool, gunicorn, monkeypatch):
     pytest.importorskip("socksio")
-    from test_http_socks import fake_socks5
     import importlib.util
+
+    from test_http_socks import fake_socks5
     with fake_socks5() as fake:
         monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:%d" % fake.port)
         theirs, ours = _both(pool)

@@ -82,7 +82,6 @@ from greenpool.errors import (
     ConnectTimeout,
     GreenPoolError,
     HTTPError,
-    InvalidURL,
     LocalProtocolError,
     TLSError,
     TooManyRedirects,
@@ -883,13 +882,13 @@ class Client:
                 # TLS over the socket: the URL's host is the name checked and sent (SNI);
                 # one socket may serve several names, so the name is in the key (a tag)
                 uds_opts["server_hostname"] = u.host
-                tags = [_tag("name", u.host)]
+                uds_tags = [_tag("name", u.host)]
                 if not self._tls_default:
                     uds_opts["verify"] = self.verify
                     uds_opts["cert"] = self.cert
                     c = self.cert
-                    tags.append(_tag("tls", (self.verify, tuple(c) if isinstance(c, list) else c)))
-                kind = "unix-ssl|" + "+".join(tags)
+                    uds_tags.append(_tag("tls", (self.verify, tuple(c) if isinstance(c, list) else c)))
+                kind = "unix-ssl|" + "+".join(uds_tags)
             r = _Route(gp, (self.uds or u.host, u.port, kind), uds_opts, False, [],
                        (b"Host", u.authority.encode("ascii")))
             self._routes[tag] = r

@@ -172,7 +172,7 @@ def _one_length_head(held: bytes) -> Optional[bytes]:
     head = held[:end]
     values = [v.rstrip(b" \t") for v in _cl_field_re.findall(head)]
     field = b"\r\nContent-Length: " + one_content_length(values)
-    first = []   # the one field stands where the first one stood (as h11 keeps it)
+    first: "list[bool]" = []   # the one field stands where the first one stood (as h11 keeps it)
 
     def one(_m: "re.Match[bytes]") -> bytes:
         if first:
