@@ -138,7 +138,7 @@ class Connection:
         """Did the peer close, reset or write to this idle connection?  Never blocks."""
         probe = self._probe
         if probe is None:
-            probe = self._probe = net.Probe(self.sock, self.key[2] == "ssl")
+            probe = self._probe = net.Probe(self.sock, base_transport(self.key[2]) in _TLS)
         return probe.dropped()
 
     def alpn_protocol(self) -> Optional[str]:
@@ -247,8 +247,31 @@ class Connection:
             io.stop()
 
 
+_TLS = ("ssl", "unix-ssl")
+
+
+def base_transport(transport: str) -> str:
+    """``"ssl"`` for ``"ssl"`` and ``"ssl|<tag>"`` (see :class:`Transports`)."""
+    return transport.partition("|")[0]
+
+
+class Transports(Tuple[str, ...]):
+    """The transports a connector accepts, each also with a tag: ``"ssl|tls1"`` is
+    ``"ssl"`` keyed apart.  A key's tag keeps connections opened with other settings
+    (TLS verification, a proxy) in their own idle lists of the same pool, under the
+    same caps and stats."""
+
+    def __contains__(self, transport: object) -> bool:
+        return isinstance(transport, str) and \
+            tuple.__contains__(self, transport.partition("|")[0])
+
+
 class Connector:
     """How a pool opens, checks and closes one kind of connection.
+
+    ``connect_opts`` may carry ``via=<Connector>``: that connector opens the
+    connection instead (a proxy's: HTTP CONNECT, SOCKS), so one pool holds them
+    all; the key then carries a tag (:class:`Transports`).
 
     The default opens plain TCP or TLS sockets with :func:`greenpool.net.connect`
     and hands them out exclusively.  A protocol that multiplexes one
@@ -261,8 +284,8 @@ class Connector:
 
     #: transports this connector accepts (``"unix"``: host is the socket's path; ``"quic"``: a
     #: connected UDP socket, the QUIC handshake being the ``setup`` of
-    #: :meth:`GreenPool.acquire_shared`)
-    transports: Tuple[str, ...] = net.ALL_TRANSPORTS + ("quic",)
+    #: :meth:`GreenPool.acquire_shared`), each also with a tag (:class:`Transports`)
+    transports: Tuple[str, ...] = Transports(net.ALL_TRANSPORTS + ("quic",))
     #: True: connections are used by many greenlets at once (acquire_shared)
     shared = False
     #: True: ``ping(conn)`` checks an idle connection every idle_interval
@@ -272,10 +295,15 @@ class Connector:
     open_on_demand = True
 
     def connect(self, key: Key, timeout: Optional[float], **opts: Any) -> Connection:
+        via = opts.pop("via", None)
+        if via is not None:
+            conn: Connection = via.connect(key, timeout, **opts)
+            return conn
         host, port, transport = key
-        if transport == "quic":
+        base = transport.partition("|")[0]
+        if base == "quic":
             return Connection(key, net.connect_udp(host, port, timeout=timeout))
-        sock = net.connect(host, port, transport, timeout=timeout, **opts)
+        sock = net.connect(host, port, base, timeout=timeout, **opts)
         return Connection(key, sock)
 
     def ping(self, conn: Connection, timeout: Optional[float]) -> None:

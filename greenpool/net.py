@@ -23,7 +23,12 @@ What this owns:
 * UDP for QUIC: :func:`connect_udp` (a connected datagram socket, so an ICMP
   port-unreachable comes back as ``ECONNREFUSED``), :func:`udp_recv_batch`
   and :func:`udp_send` (never wait: the QUIC connection greenlet reads and
-  writes from hub wakeups).
+  writes from hub wakeups);
+* fork safety: every socket made here (and every TLS socket made with
+  :func:`wrap_tls`) is remembered, weakly, from the moment it exists, so
+  :func:`sever_inherited` can cut a child process off all of them, including
+  the ones still connecting, in a TLS handshake or a proxy's tunnel (no pool
+  holds those yet).  See :func:`sever`.
 
 Promises: every failure is a greenpool :class:`~greenpool.errors.ConnectError`
 (``DNSError``, ``TLSError``, ``ConnectTimeout``) whose message names the
@@ -37,6 +42,7 @@ import os
 import select as _stdselect
 import socket as _stdsocket
 import ssl as _stdssl
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gevent
@@ -49,8 +55,10 @@ from greenpool.errors import ConnectError, ConnectTimeout, DNSError, TLSError, f
 
 TRANSPORTS = ("tcp", "ssl")
 #: every transport :func:`connect` opens; ``"unix"`` takes the socket's path as ``host``
-#: (``port`` is ignored, 0 by convention). Connectors list the ones they accept.
-ALL_TRANSPORTS = ("tcp", "ssl", "unix")
+#: (``port`` is ignored, 0 by convention), ``"unix-ssl"`` is TLS over it (the name the
+#: certificate is checked against, and SNI, from ``server_hostname``). Connectors list the
+#: ones they accept.
+ALL_TRANSPORTS = ("tcp", "ssl", "unix", "unix-ssl")
 
 VerifyType = Union[bool, str, _stdssl.SSLContext]
 CertType = Union[None, str, Tuple[str, str], Tuple[str, str, str]]
@@ -144,9 +152,78 @@ def interleave(infos: Sequence[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
     return out
 
 
+# -- fork safety --------------------------------------------------------------------------
+
+# Every socket this module made that is still alive.  After os.fork() the child holds
+# copies of the parent's descriptors *and* of the parent's greenlets: a greenlet that was
+# connecting, in a TLS handshake or a proxy's tunnel when the parent forked (a socket no
+# pool holds yet) would go on, in the child, on the very connection the parent goes on
+# with, and the server would see two processes' bytes interleaved (TLS: "bad record mac").
+_sockets: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _new_socket(family: int, type_: int, proto: int = 0) -> gsocket.socket:
+    sock = gsocket.socket(family, type_, proto)
+    _sockets.add(sock)
+    return sock
+
+
+def sever(sock: Any) -> None:
+    """Cut this process off ``sock`` without a byte to the peer (after ``os.fork()``, in
+    the child: the parent still uses the connection).
+
+    Its TLS object is dropped first (it reads and writes by descriptor *number*, which
+    this process may soon give to a new socket), then the descriptor is detached (a
+    greenlet waiting on it is woken with ``EBADF``; any later use fails) and our copy
+    closed: no shutdown, no TLS close_notify.  Never yields; never raises.
+    """
+    try:
+        if getattr(sock, "_sslobj", None) is not None:
+            sock._sslobj = None
+        fd = sock.detach()
+        if isinstance(fd, int) and fd >= 0:
+            os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def sever_inherited() -> None:
+    """In a child after ``os.fork()``: :func:`sever` every socket this module made in the
+    parent (pools drop the ones they hold; this reaches the rest, the ones in flight)."""
+    socks = list(_sockets)
+    _sockets.clear()
+    for sock in socks:
+        try:
+            gone = sock.fileno() < 0
+        except (OSError, ValueError, AttributeError):
+            gone = True
+        if not gone:
+            sever(sock)
+
+
+def wrap_tls(raw: Any, ctx: Any, server_hostname: Optional[str]) -> Any:
+    """``raw`` (a connected gevent socket) wrapped in TLS by ``ctx``, handshake done.
+
+    The TLS socket is remembered for :func:`sever_inherited` before its handshake
+    starts.  On failure the socket is closed and the ``ssl``/``OSError`` propagates.
+    """
+    if isinstance(ctx, gssl.SSLContext):
+        sock = ctx.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=False)
+    else:
+        sock = gssl.SSLSocket(sock=raw, server_hostname=server_hostname, _context=ctx,
+                              do_handshake_on_connect=False)
+    _sockets.add(sock)
+    try:
+        sock.do_handshake()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _connect_one(info: Tuple[Any, ...], source_address: Optional[Tuple[str, int]]) -> gsocket.socket:
     family, type_, proto, _, sockaddr = info
-    sock = gsocket.socket(family, type_, proto)
+    sock = _new_socket(family, type_, proto)
     try:
         if source_address is not None:
             sock.bind(source_address)
@@ -220,7 +297,8 @@ def connect(host: str, port: int, transport: str = "tcp", *,
             happy_eyeballs_delay: float = 0.25,
             ssl_context: Optional[_stdssl.SSLContext] = None) -> gsocket.socket:
     """Open a TCP (``"tcp"``), TLS (``"ssl"``) or Unix (``"unix"``, ``host`` is the path)
-    connection; returns a gevent socket.
+    connection, or TLS over a Unix socket (``"unix-ssl"``: ``server_hostname`` names the
+    server, default ``"localhost"``); returns a gevent socket.
 
     The whole of DNS, connect and handshake runs under ``timeout``.
     """
@@ -228,24 +306,31 @@ def connect(host: str, port: int, transport: str = "tcp", *,
         raise ValueError("transport must be one of %s, not %r" % (ALL_TRANSPORTS, transport))
     if transport == "unix":
         return connect_unix(host, timeout=timeout)
-    where = format_address(host, port)
+    over_unix = transport == "unix-ssl"
+    if over_unix:
+        transport = "ssl"
+        where = "unix:%s" % (host,)
+        if server_hostname is None:
+            server_hostname = "localhost"
+    else:
+        where = format_address(host, port)
     deadline = gevent.Timeout(timeout) if timeout is not None else None
     sock = None
     if deadline is not None:
         deadline.start()
     try:
         try:
-            infos = resolve(host, port, family)
-            sock = _happy_eyeballs(infos, happy_eyeballs_delay, source_address)
+            if over_unix:
+                sock = connect_unix(host, timeout=None)
+            else:
+                infos = resolve(host, port, family)
+                sock = _happy_eyeballs(infos, happy_eyeballs_delay, source_address)
             if transport == "ssl":
                 ctx = ssl_context if ssl_context is not None else globals()["ssl_context"](verify, cert, alpn)
                 sni = server_hostname if server_hostname is not None else host
                 raw, sock = sock, None
                 try:
-                    if isinstance(ctx, gssl.SSLContext):
-                        sock = ctx.wrap_socket(raw, server_hostname=sni)
-                    else:
-                        sock = gssl.SSLSocket(sock=raw, server_hostname=sni, _context=ctx)
+                    sock = wrap_tls(raw, ctx, sni)
                 except BaseException:
                     raw.close()
                     raise
@@ -280,7 +365,7 @@ def connect_unix(path: str, *, timeout: Optional[float] = None) -> gsocket.socke
 
     Failures are :class:`ConnectError` naming the path (``ConnectTimeout`` after ``timeout``).
     """
-    sock = gsocket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    sock = _new_socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
     deadline = gevent.Timeout(timeout) if timeout is not None else None
     if deadline is not None:
         deadline.start()
@@ -476,7 +561,7 @@ def connect_udp(host: str, port: int, *, timeout: Optional[float] = None,
         raise DNSError("cannot resolve %s: no addresses" % where)
     error: Optional[OSError] = None
     for fam, type_, proto, _, sockaddr in interleave(infos):
-        sock = gsocket.socket(fam, type_, proto)
+        sock = _new_socket(fam, type_, proto)
         try:
             sock.connect(sockaddr)
             return sock

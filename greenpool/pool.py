@@ -86,6 +86,7 @@ from gevent import Timeout, get_hub, getcurrent
 from gevent import sleep as _sleep
 from gevent.hub import Waiter
 
+from greenpool import net
 from greenpool.backoff import Backoff
 from greenpool.connection import (
     CLOSED,
@@ -97,7 +98,7 @@ from greenpool.connection import (
     Connector,
     Key,
 )
-from greenpool.errors import CheckinError, ConnectError, PoolClosed, PoolTimeout
+from greenpool.errors import CheckinError, ConnectError, PoolClosed, PoolTimeout, format_address
 from greenpool.events import _subscribers as _listeners
 from greenpool.events import emit as _emit
 from greenpool.options import PoolOptions, PoolOptionsDict
@@ -111,6 +112,8 @@ _monotonic = time.monotonic
 _DEFAULT: Any = object()
 PERMIT: Any = type("PERMIT", (), {"__repr__": lambda self: "PERMIT"})()
 _STOPPED: Any = type("STOPPED", (), {"__repr__": lambda self: "STOPPED"})()
+# granted, in a child after os.fork(), to the copies of the parent's waiters: wait again here
+_FORKED: Any = type("FORKED", (), {"__repr__": lambda self: "FORKED"})()
 REAP_INTERVAL = 0.25
 #: rule 9: idle closes sooner than this are not taken for a server's idle timeout (a restart
 #: closing connections just used); a value learned from closes is trusted this long
@@ -510,7 +513,7 @@ class GreenPool:
 
     def register_h3(self, conn: Connection) -> None:
         """:meth:`register_h2` for a QUIC connection (key transport ``"quic"``)."""
-        if conn.key[2] != "quic":
+        if conn.key[2].partition("|")[0] != "quic":
             raise ValueError("register_h3 takes a QUIC connection, not %r" % (conn,))
         self.register_h2(conn)
 
@@ -576,7 +579,7 @@ class GreenPool:
             raise TypeError("host must be a non-empty str, not %r" % (host,))
         if isinstance(port, bool) or not isinstance(port, int):
             raise TypeError("port must be an int, not %s" % type(port).__name__)
-        if transport == "unix":  # host is the socket's path; the port only names the origin
+        if transport in ("unix", "unix-ssl"):  # host: the socket's path; port: the origin's
             if not 0 <= port < 65536:
                 raise ValueError("port must be in 0..65535, not %r" % (port,))
         elif not 0 < port < 65536:
@@ -625,6 +628,13 @@ class GreenPool:
                     raise self._timeout_error(h, start, shedding)
                 if grant is _STOPPED:
                     raise self._closed_error()
+                if grant is _FORKED:
+                    # a copy, in a child process, of a greenlet that waited in the parent:
+                    # it waits on (same deadline) in the child's books, for the child's
+                    # connections
+                    key = h.key
+                    h = self._hosts.get(key) or self._new_host(key[0], key[1], key[2], connect_opts)
+                    continue
             if codel:
                 self._codel_record(_monotonic() - start)
             if grant is PERMIT:
@@ -724,15 +734,24 @@ class GreenPool:
             connect_opts = dict(connect_opts)
             timeout = connect_opts.pop("connect_timeout")
         started = _monotonic()
+        pid = self._pid
         try:
             conn = self.connector.connect(h.key, timeout, **connect_opts)
         except BaseException as e:
+            if self._pid != pid:
+                raise   # a fork reset the books while we connected: this slot is not in them
             if isinstance(e, ConnectError):
                 self.counters["connect_errors"] += 1
             self._unreserve(h)
             if _listeners:
                 _emit("connect_error", self, h.key, _monotonic() - started, str(e) or type(e).__name__)
             raise
+        if self._pid != pid:
+            # this greenlet is the child's copy of one that was connecting when the parent
+            # forked (the socket was severed in the child; a connector may not have noticed)
+            _drop_in_child(conn)
+            raise ConnectError("the process forked while this connection to %s was opening: "
+                               "it belongs to the parent" % (format_address(*h.key[:2]),))
         h.connecting -= 1
         self.counters["created"] += 1
         if h.live and shared is False:
@@ -804,7 +823,7 @@ class GreenPool:
         if w.grant is None:
             self._cancel(w)
             self.counters["timeouts"] += 1
-        elif _listeners and w.grant is not _STOPPED:
+        elif _listeners and w.grant is not _STOPPED and w.grant is not _FORKED:
             _emit("wait", self, h.key, _monotonic() - w.since)
         return w.grant
 
@@ -1217,10 +1236,26 @@ class GreenPool:
                 _drop_in_child(conn)
         for conn in self._in_use:
             _drop_in_child(conn)
+        loop = get_hub().loop
+        for h in self._waiting.values():
+            for w in h.waiters:
+                if not w.cancelled and w.grant is None:
+                    # the child's copy of a parent's waiter: out of the parent's books (its
+                    # timeout must not take from the child's counts), woken to queue again
+                    # in the child's
+                    w.cancelled = True
+                    w.grant = _FORKED
+                    loop.run_callback(w.waiter.switch, None)
         self._hosts.clear()
         self._waiting.clear()
         self._in_use.clear()
         self._open = self._idle_count = self._queue_count = 0
+        for timer in (self._reaper, self._codel_timer):
+            if timer is not None:   # a copied watcher still runs in the child: stop it
+                try:
+                    timer.close()
+                except Exception:  # noqa: BLE001 - the parent's loop state may be gone
+                    pass
         self._reaper = self._codel_timer = None
         self._pid = os.getpid()
 
@@ -1245,12 +1280,7 @@ def _drop_in_child(conn: Connection) -> None:
             except Exception:  # noqa: BLE001 - the parent's loop state may be gone
                 pass
     conn.proto = None
-    try:
-        fd = conn.sock.detach()
-        if isinstance(fd, int) and fd >= 0:
-            os.close(fd)
-    except OSError:
-        pass
+    net.sever(conn.sock)
 
 
 PoolLike = Union[str, GreenPool]

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import gevent
 
 from greenpool import net
-from greenpool.connection import Connection, Connector
+from greenpool.connection import Connection, Connector, base_transport
 from greenpool.errors import ConnectError, ConnectTimeout, TLSError
 
 __all__ = ["SOCKS_SCHEMES", "SocksProxy", "SocksConnector"]
@@ -128,9 +128,9 @@ class SocksConnector(Connector):
                     self._socks5(sock, host, port, where)
                 else:
                     self._socks4(sock, host, port, where)
-                if transport == "ssl":
+                if base_transport(transport) == "ssl":
                     ctx = net.ssl_context(opts.get("verify", True), opts.get("cert"), opts.get("alpn"))
-                    sock = ctx.wrap_socket(sock, server_hostname=opts.get("server_hostname") or host)
+                    sock = net.wrap_tls(sock, ctx, opts.get("server_hostname") or host)
                 conn = Connection(key, sock)
                 sock = None
                 return conn

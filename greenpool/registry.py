@@ -12,13 +12,18 @@ Promises:
   ``PoolClosed``.
 * After ``os.fork()`` the child keeps the same pool objects, emptied: every
   inherited descriptor is dropped without a byte sent to the peer, so parent
-  and child never share a socket (``os.register_at_fork``).
+  and child never share a socket (``os.register_at_fork``).  That includes the
+  sockets still being opened when the parent forked (no pool holds them yet;
+  :func:`greenpool.net.sever_inherited` reaches them): the child's copy of a
+  greenlet that was connecting fails instead of going on with the parent's
+  connection.
 """
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, TypedDict, overload
 
+from greenpool import net
 from greenpool.connection import Connector
 from greenpool.options import PoolOptionsDict
 from greenpool.pool import _ALL_POOLS, GreenPool
@@ -147,12 +152,17 @@ def _after_fork_in_child() -> None:
     # and what gevent.fork() does itself) makes them usable in the child
     import gevent
     gevent.reinit()
-    # registered pools and every other live one (a client's companion pools, a pool made
+    # registered pools and every other live one (a pool made
     # directly with GreenPool(...)): none may hand the parent's sockets to the child
     pools = list(_pools.values())
     pools += [p for p in list(_ALL_POOLS) if p not in pools]
     for pool in pools:
         pool._after_fork_in_child()
+    # then every other socket greenpool opened in the parent: the ones still connecting
+    # (DNS, TCP, a TLS handshake, a proxy's tunnel) when it forked, which no pool holds yet;
+    # the child's copies of the greenlets opening them fail instead of going on with the
+    # parent's connection
+    net.sever_inherited()
 
 
 if hasattr(os, "register_at_fork"):

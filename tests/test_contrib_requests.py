@@ -387,6 +387,9 @@ def test_map_error_table():
         (greenpool.ReadTimeout("x"), requests.exceptions.ReadTimeout),
         (greenpool.WriteTimeout("x"), requests.exceptions.ReadTimeout),
         (greenpool.RemoteProtocolError("x"), requests.exceptions.ConnectionError),
+        (greenpool.RemoteProtocolError("conflicting Content-Length values: 3, 4"),
+         requests.exceptions.InvalidHeader),
+        (greenpool.RemoteProtocolError("invalid Content-Length b'x'"), requests.exceptions.ConnectionError),
         (greenpool.DecodingError("x"), requests.exceptions.ContentDecodingError),
         (greenpool.InvalidURL("x"), requests.exceptions.InvalidURL),
         (greenpool.PoolClosed("p", "x"), requests.exceptions.ConnectionError),
@@ -495,9 +498,15 @@ def test_adapter_matches_requests_on_inputs(pool, gunicorn):
 
 
 def test_adapter_session_pickles(pool, gunicorn):
+    """A used Session pickles with either adapter mounted, and its copy sends again."""
     import pickle
-    _, ours = _both(pool)
-    assert ours.get(gunicorn.url + "/echo").status_code == 200
+    theirs, ours = _both(pool)
+    for s in (theirs, ours):
+        assert s.get(gunicorn.url + "/echo").status_code == 200
+        copy = pickle.loads(pickle.dumps(s))
+        assert copy.get(gunicorn.url + "/echo").status_code == 200
+        copy.close()
+    theirs.close()
     copy = pickle.loads(pickle.dumps(ours))
     adapter = copy.get_adapter(gunicorn.url)
     assert isinstance(adapter, GreenPoolAdapter) and adapter.pool == pool.name
@@ -508,28 +517,80 @@ def test_adapter_session_pickles(pool, gunicorn):
     ours.close()
 
 
-def test_adapter_differing_content_length_is_invalid_header(pool):
-    """requests' own adapter (urllib3 2) reports conflicting Content-Length fields as
-    InvalidHeader; ours maps greenpool's RemoteProtocolError to the same."""
-    from httpfakes import HTTPFake
-
-    def respond(req, sock):
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"
-    theirs, ours = _both(pool)
-    with HTTPFake(respond) as srv:
-        assert _outcome(lambda: ours.get(srv.url + "/")) is requests.exceptions.InvalidHeader
-        srv.close_clients()
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_adapter_repeated_content_length_as_requests(pool, parser):
+    """Side by side with requests' own adapter (urllib3 2) on the same responses: equal
+    repeated Content-Length values (two fields, or "3, 3") are one, and the body is read;
+    differing ones are requests' InvalidHeader from both."""
+    pytest.importorskip(parser)
+    theirs = requests.Session()
+    ours = requests.Session()
+    ours.mount("http://", GreenPoolAdapter(pool=pool.name, http1_parser=parser))
+    # requests' adapter blocks the process: the server runs in another one
+    with _RawServer() as srv:
+        for path in ("/fields", "/list"):
+            for s in (theirs, ours):
+                r = s.get(srv.url + path, timeout=10)
+                assert r.status_code == 200 and r.content == b"abc", (s, path)
+                assert r.headers["content-length"] in ("3", "3, 3"), r.headers
+        for path in ("/differ", "/differ-list"):
+            for s in (theirs, ours):
+                got = _outcome(lambda s=s, path=path: s.get(srv.url + path, timeout=10))
+                assert got is requests.exceptions.InvalidHeader, (s, path, got)
     ours.close()
     theirs.close()
 
 
+class _RawServer:
+    """Fixed raw responses by path, from a child process (one response per connection)."""
+
+    CODE = (
+        "import socketserver\n"
+        "HEADS = {b'/fields': b'Content-Length: 3\\r\\nContent-Length: 3\\r\\n',\n"
+        "         b'/list': b'Content-Length: 3, 3\\r\\n',\n"
+        "         b'/differ': b'Content-Length: 3\\r\\nContent-Length: 4\\r\\n',\n"
+        "         b'/differ-list': b'Content-Length: 3, 4\\r\\n'}\n"
+        "class H(socketserver.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        line = self.rfile.readline()\n"
+        "        while self.rfile.readline() not in (b'\\r\\n', b''):\n"
+        "            pass\n"
+        "        head = HEADS[line.split()[1]]\n"
+        "        body = b'abc' if head.count(b'3') == 2 else b'abcd'\n"
+        "        self.wfile.write(b'HTTP/1.1 200 OK\\r\\n' + head + b'Connection: close\\r\\n\\r\\n' + body)\n"
+        "socketserver.ThreadingTCPServer.daemon_threads = True\n"
+        "s = socketserver.ThreadingTCPServer(('127.0.0.1', 0), H)\n"
+        "print(s.server_address[1], flush=True)\n"
+        "s.serve_forever()\n"
+    )
+
+    def __enter__(self):
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdout=subprocess.PIPE)
+        self.url = "http://127.0.0.1:%d" % int(self.proc.stdout.readline())
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
 def test_adapter_socks_proxy_from_env(pool, gunicorn, monkeypatch):
     pytest.importorskip("socksio")
+    import importlib.util
+
     from test_http_socks import fake_socks5
     with fake_socks5() as fake:
         monkeypatch.setenv("ALL_PROXY", "socks5h://127.0.0.1:%d" % fake.port)
-        _, ours = _both(pool)
+        theirs, ours = _both(pool)
         r = ours.get(gunicorn.url + "/echo?via=socks")
         assert r.status_code == 200 and r.json()["args"] == {"via": "socks"} and fake.accepted == 1
+        if importlib.util.find_spec("socks") is None:
+            # requests' own adapter needs PySocks for this; greenpool speaks SOCKS itself
+            with pytest.raises(requests.exceptions.InvalidSchema, match="SOCKS"):
+                theirs.get(gunicorn.url + "/echo?via=socks")
         ours.close()
+        theirs.close()
         fake.close_clients()

@@ -25,6 +25,7 @@ from httpfakes import HTTPFake, ok
 import greenpool
 import greenpool.redis
 from greenpool import net
+from greenpool import pool as pool_mod
 from greenpool.errors import (
     ConnectError,
     ConnectionClosed,
@@ -32,6 +33,7 @@ from greenpool.errors import (
     DNSError,
     GreenPoolError,
     PoolClosed,
+    PoolTimeout,
 )
 from greenpool.http.models import Timeout
 
@@ -585,7 +587,7 @@ def _local_ports(pool):
 def test_fork_under_load_http_client(nginx, tls, no_leaks):
     pool = greenpool.start_pool("faults-fork-http", max_connections=8)
     plain = greenpool.Client(pool="faults-fork-http")
-    # verify=<private CA> lives in a companion pool: it must be fork-safe too
+    # verify=<private CA> connections (tagged keys in the same pool) must be fork-safe too
     private = greenpool.Client(pool="faults-fork-http", verify=tls.ca_bundle)
     h2 = greenpool.Client(pool="faults-fork-http", http2=True, verify=tls.ca_bundle)
     stop = gevent.event.Event()
@@ -603,40 +605,199 @@ def test_fork_under_load_http_client(nginx, tls, no_leaks):
     try:
         gs = [gevent.spawn(work, c, u) for c, u in urls for _ in range(4)]
         gevent.sleep(0.3)
-        from greenpool.http import client as client_mod
-        companions = list((client_mod._companions.get(pool) or {}).values())
-        assert companions, "the verify=<CA> requests should use a companion pool"
+        # verify=<CA> connections are the pool's, under tagged keys; the three routes want
+        # 4 + 4 + 1 connections and the pool has 8, so idle ones are evicted to open others
+        # all the time: forks land in TCP connects and TLS handshakes, which no pool holds
+        assert any(k[2].startswith("ssl|tls") for k in pool._hosts), list(pool._hosts)
         parent_ports = set(_local_ports(pool))
-        for cp in companions:
-            parent_ports |= _local_ports(cp)
 
         def child():
-            seen = {"counts_before": [pool.count()] + [cp.count() for cp in companions]}
+            seen = {"counts_before": [pool.count()]}
             ports = set()
             for c, u in urls:
                 r = c.get(u)
                 assert r.content == nginx.small_body
             ports |= _local_ports(pool)
-            for cp in companions:
-                ports |= _local_ports(cp)
             seen["ports"] = sorted(ports)
+            # the workers copied from the parent: those that were mid-request failed, the
+            # others went on with the child's own connections; stop them, then the books
+            stop.set()
+            gevent.joinall(gs, timeout=10)
+            seen["copies_done"] = all(g.dead for g in gs)
+            assert_exact(pool)
             return seen
 
         before = sum(counts.values())
         report = fork_and_report(child)
         assert "error" not in report, report
-        assert report["counts_before"] == [0] * (1 + len(companions)), report
+        assert report["counts_before"] == [0] and report["copies_done"], report
         assert report["ports"] and not set(report["ports"]) & parent_ports, report
         gevent.sleep(0.3)
         assert sum(counts.values()) > before, "the parent kept working"
         stop.set()
         gevent.joinall(gs, timeout=10, raise_error=True)
         assert_exact(pool)
-        for cp in companions:
-            assert_exact(cp)
     finally:
         stop.set()
         greenpool.stop_pool("faults-fork-http")
+
+
+class _GatedTLSServer:
+    """A TLS echo server in its own process (nothing of it is copied into a process the
+    test forks) that holds its first connection's handshake: it reads the ClientHello,
+    prints ``hello``, and answers only after ``go`` arrives on its stdin; later
+    connections are served at once.  Each connection echoes lines until EOF."""
+
+    CODE = textwrap.dedent("""
+        import socket, ssl, sys, threading
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+        lst = socket.create_server(("127.0.0.1", 0))
+        print(lst.getsockname()[1], flush=True)
+        gate = threading.Event()
+        threading.Thread(target=lambda: (sys.stdin.readline(), gate.set()), daemon=True).start()
+        def serve(sock, first):
+            try:
+                if first:
+                    sock.recv(1, socket.MSG_PEEK)      # the ClientHello is here
+                    print("hello", flush=True)
+                    gate.wait()
+                tls = ctx.wrap_socket(sock, server_side=True)
+                f = tls.makefile("rwb")
+                for line in f:
+                    f.write(line)
+                    f.flush()
+            except (OSError, ssl.SSLError) as e:
+                print("error", e, flush=True)
+        first = True
+        while True:
+            s, _ = lst.accept()
+            threading.Thread(target=serve, args=(s, first), daemon=True).start()
+            first = False
+    """)
+
+    def __init__(self, tls):
+        self.tls = tls
+
+    def __enter__(self):
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, str(self.tls.cert_path), str(self.tls.key_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+        return self
+
+    def line(self):
+        return gevent.get_hub().threadpool.apply(self.proc.stdout.readline).decode().strip()
+
+    def release(self):
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def _echo_line(conn, data):
+    conn.sock.sendall(data + b"\n")
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = conn.sock.recv(100)
+        assert chunk, "the server closed the connection"
+        got += chunk
+    return got[:-1]
+
+
+def test_fork_during_a_tls_handshake_leaves_it_to_the_parent(tls, no_leaks):
+    """A connection still opening when the process forks (no pool holds it yet: here
+    the TLS handshake waits for the server) is the parent's.  In the child the copy of
+    the greenlet opening it fails at once with a ConnectError, writing nothing, and the
+    child's books stay exact (the slot it reserved in the parent is not the child's);
+    the child opens its own connection.  The parent's handshake then completes and its
+    connection carries its bytes intact."""
+    with _GatedTLSServer(tls) as srv:
+        pool = greenpool.GreenPool("faults-fork-connecting", max_connections=2)
+        opening = gevent.spawn(pool.checkout, "127.0.0.1", srv.port, "ssl", 30,
+                               verify=tls.ca_bundle)
+        assert srv.line() == "hello"     # our ClientHello reached it: the handshake waits
+        stats = pool.get_stats()
+        assert stats["open"] == 1 and stats["created"] == 0, stats   # reserved, still opening
+
+        def child():
+            out = {"before": pool.get_stats()["open"]}
+            opening.join(timeout=10)
+            out["copy_dead"] = opening.dead
+            out["copy_error"] = type(opening.exception).__name__
+            out["copy_message"] = str(opening.exception)
+            stats = pool.get_stats()
+            out["after"] = [stats["open"], stats["in_use_count"], stats["queue_count"]]
+            assert_exact(pool)
+            conn = pool.checkout("127.0.0.1", srv.port, "ssl", 10, verify=tls.ca_bundle)
+            out["own"] = _echo_line(conn, b"child").decode()
+            pool.checkin(conn)
+            assert_exact(pool)
+            out["created"] = pool.get_stats()["created"]
+            return out
+
+        report = fork_and_report(child)
+        assert "error" not in report, report
+        assert report["before"] == 0, report
+        assert report["copy_dead"] and report["copy_error"] == "ConnectError", report
+        assert report["after"] == [0, 0, 0], report
+        assert report["own"] == "child", report
+        srv.release()
+        conn = opening.get(timeout=30)
+        assert _echo_line(conn, b"parent") == b"parent"
+        assert _echo_line(conn, b"again") == b"again"
+        pool.checkin(conn)
+        assert pool.get_stats()["created"] == 1
+        assert_exact(pool)
+        pool.close()
+
+
+def test_fork_with_a_waiter_keeps_the_childs_books(no_leaks):
+    """The child's copy of a greenlet waiting for a slot in the parent waits on in the
+    child's books (same deadline) and is served by a connection of the child's own; in
+    the parent it times out as it would have.  The parent's reaper timer, copied too,
+    does not fire in the child."""
+    with ProcessEchoServer() as srv:
+        pool = greenpool.GreenPool("faults-fork-waiter", max_connections=1)
+        held = pool.checkout("127.0.0.1", srv.port)
+        parent_ports = _local_ports(pool)
+        waiter = gevent.spawn(pool.checkout, "127.0.0.1", srv.port, "tcp", 1.0)
+        gevent.sleep(0)
+        assert pool.get_stats()["queue_count"] == 1
+
+        def child():
+            hub = gevent.get_hub()
+            errors = []
+            hub.handle_error = lambda where, t, v, tb: errors.append((type(where).__name__, t.__name__))
+            out = {"before": pool.get_stats()["queue_count"]}
+            conn = waiter.get(timeout=10)
+            out["waiter_port_new"] = conn.sock.getsockname()[1] not in parent_ports
+            conn.sock.sendall(b"w")
+            out["own"] = conn.sock.recv(1).decode()
+            pool.checkin(conn)
+            gevent.sleep(4 * pool_mod.REAP_INTERVAL)
+            out["hub_errors"] = sorted(set(errors))
+            stats = pool.get_stats()
+            out["after"] = [stats["open"], stats["free_count"], stats["queue_count"]]
+            assert_exact(pool)
+            return out
+
+        report = fork_and_report(child)
+        assert report == {"before": 0, "waiter_port_new": True, "own": "w", "hub_errors": [],
+                          "after": [1, 1, 0]}, report
+        waiter.join(timeout=10)     # in the parent it timed out, with the books exact
+        assert isinstance(waiter.exception, PoolTimeout)
+        assert pool.get_stats()["queue_count"] == 0
+        pool.checkin(held)
+        assert_exact(pool)
+        pool.close()
 
 
 def test_fork_child_gets_fresh_unregistered_pool(no_leaks):
@@ -913,13 +1074,11 @@ def test_fork_with_http2_streams_in_flight(hypercorn, tls, no_leaks):
     the parent's connection (its copied reader is stopped, nothing is written): a POST
     fails at once with ConnectionClosed, an idempotent GET is sent again on the child's
     own connection.  In the parent both complete on the connection they started on."""
-    from greenpool.http import client as client_mod
-
     pool = greenpool.start_pool("faults-fork-h2", max_connections=4)
     c = greenpool.Client(pool="faults-fork-h2", http2=True, verify=tls.ca_bundle)
     try:
         assert c.get(hypercorn.https_url + "/").http_version == "HTTP/2"
-        pools = [pool] + list((client_mod._companions.get(pool) or {}).values())
+        pools = [pool]  # verify=<CA> connections are the pool's (tagged keys)
 
         def ports():
             return set().union(*(_local_ports(p) for p in pools))

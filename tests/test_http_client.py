@@ -704,8 +704,9 @@ def test_http_proxy_absolute_form(pool, parser):
         import base64
         assert seen[0].headers["proxy-authorization"] == "Basic " + base64.b64encode(b"user:p@ss").decode()
         assert "p%40ss" not in repr(c) and "ss" not in repr(c._proxies)
-        for cp in greenpool.http.client._companions[pool].values():
-            assert "p%40ss" not in cp.name and "user" not in cp.name
+        for key in pool._hosts:  # the proxied connections are in the pool, keyed with a tag
+            assert "p%40ss" not in repr(key) and "user" not in repr(key)
+        assert list(pool._hosts)[0][2].startswith("tcp|proxy")
         c.get("http://example.invalid/again")
         assert proxy.accepted == 1
 
@@ -781,11 +782,14 @@ def test_https_verify_settings_use_separate_connections(pool, parser, tls, no_le
             greenpool.Client(pool=pool, http1_parser=parser).get(url)
         insecure = greenpool.Client(pool=pool, http1_parser=parser, verify=False)
         assert insecure.get(url).content == b"tls"
-        assert pool.count() == 0  # verify=False connections live in a companion pool
+        # verify=False connections are the pool's, under their own key
+        assert pool.count() == 1 and pool.count(("localhost", origin.port, "ssl")) == 0
         with pytest.raises(errors.TLSError):
             greenpool.Client(pool=pool, http1_parser=parser).get(url)
         assert greenpool.Client(pool=pool, http1_parser=parser, verify=tls.ca_path).get(url).content == b"tls"
-        pool.close()  # stops the companions too
+        assert pool.count() == 2 and pool.get_stats()["created"] == 2
+        assert_exact(pool)
+        pool.close()  # closes them all
 
 
 def test_trust_env(monkeypatch):

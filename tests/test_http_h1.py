@@ -480,9 +480,13 @@ MALFORMED = {
     "empty header name": OK + b": b\r\nContent-Length: 0\r\n\r\n",
     "no colon": OK + b"AB\r\nContent-Length: 0\r\n\r\n",
     "continuation first": OK + b" A: b\r\nContent-Length: 0\r\n\r\n",
-    "duplicate Content-Length": OK + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
-    "Content-Length list": OK + b"Content-Length: 2, 2\r\n\r\nhi",
     "conflicting Content-Length": OK + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+    "conflicting Content-Length list": OK + b"Content-Length: 2, 3\r\n\r\nhi",
+    "Content-Length 2 and 02": OK + b"Content-Length: 2\r\nContent-Length: 02\r\n\r\nhi",
+    "Content-Length list with a blank item": OK + b"Content-Length: 2,,2\r\n\r\nhi",
+    "a third differing Content-Length": (
+        OK + b"Content-Length: 2\r\nA: b\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi"
+    ),
     "negative Content-Length": OK + b"Content-Length: -2\r\n\r\nhi",
     "signed Content-Length": OK + b"Content-Length: +2\r\n\r\nhi",
     "empty Content-Length": OK + b"Content-Length: \r\n\r\nhi",
@@ -505,6 +509,47 @@ MALFORMED = {
     "obs-fold in a 1xx": b"HTTP/1.1 103 Early\r\nA: b\r\n c\r\n\r\n" + OK + b"\r\n",
     "bad status after a 1xx": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 20 OK\r\n\r\n",
 }
+
+# RFC 9110 8.6: repeated identical Content-Length values (fields or a list) are that value
+EQUAL_CONTENT_LENGTHS = {
+    "two fields": OK + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    "a list": OK + b"Content-Length: 2, 2\r\n\r\nhi",
+    "a list without blanks": OK + b"Content-Length: 2,2\r\n\r\nhi",
+    "three, apart": OK + b"Content-Length: 2\r\nA: b\r\nContent-Length: 2 , 2\r\nC: d\r\n\r\nhi",
+    "after a 1xx": b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"Content-Length: 2\r\ncontent-length: 2\r\n\r\nhi",
+}
+
+
+@pytest.mark.parametrize("response", list(EQUAL_CONTENT_LENGTHS.values()), ids=list(EQUAL_CONTENT_LENGTHS))
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_equal_repeated_content_length_is_one(backend, feeding, response, method):
+    """Both backends take identical repeated Content-Length values as one field, however
+    the bytes arrive, and the connection stays reusable for the next response."""
+    if method == b"HEAD":
+        response = response[:-2]    # no body after a HEAD response's head
+    events, conn = exchange(backend, response, feeding, method=method)
+    head = [e for e in events if type(e) is ResponseHead][0]
+    assert [(k, v) for k, v in head.headers if k == b"content-length"] == [(b"content-length", b"2")]
+    body = [e.data for e in events if type(e) is Data]
+    assert body == ([] if method == b"HEAD" else [b"hi"]), events
+    assert type(events[-1]) is EndOfMessage and conn.keep_alive
+    if method == b"GET":
+        conn.start_next_cycle()
+        again, _ = exchange(backend, OK + b"Content-Length: 1\r\n\r\nx", feeding, conn=conn)
+        assert [e.data for e in again if type(e) is Data] == [b"x"]
+    assert exchange(ALL_BACKENDS[0], response, "whole", method=method)[0] == events
+
+
+@pytest.mark.parametrize("response", [MALFORMED["conflicting Content-Length"],
+                                      MALFORMED["conflicting Content-Length list"],
+                                      MALFORMED["a third differing Content-Length"]])
+def test_conflicting_content_length_message(backend, feeding, response):
+    """Both backends name the conflict the same way (the requests adapter maps it to
+    requests' InvalidHeader)."""
+    from greenpool.http.h1 import CONFLICTING_CONTENT_LENGTH
+    _, exc = exchange_error(backend, response, feeding)
+    assert str(exc).startswith(CONFLICTING_CONTENT_LENGTH), exc
+
 
 MALFORMED_BODY = {
     "invalid chunk size": CHUNKED + b"zz\r\nhi\r\n0\r\n\r\n",
@@ -1134,7 +1179,7 @@ def test_h11_head_cache_checks_each_distinct_head_once():
     heads[0].headers.append((b"x", b"y"))
     assert heads[2].headers == [(b"server", b"X"), (b"content-length", b"2")]
     cookie = b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=secret\r\nContent-Length: 0\r\n\r\n"
-    bad = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n"
+    bad = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\nContent-Length: 02\r\n\r\n"
     for _ in range(2):
         assert type(fresh_response("h11", cookie)[0][-1]) is EndOfMessage
         with pytest.raises(RemoteProtocolError, match="Content-Length"):

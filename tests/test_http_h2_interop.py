@@ -317,10 +317,7 @@ def test_client_h2_max_body_size_fails_that_stream_only(nginx, tls, pool, route,
     r = greenpool.Client(pool=pool, **kw).get(base + "/")
     assert r.headers["content-encoding"] == "gzip" and "content-length" not in r.headers
     assert r.content == SMALL_BODY
-    used = pool
-    if route == "h2-tls":   # verify=<CA>: a companion pool holds those connections
-        from greenpool.http import client as client_mod
-        used = next(iter(client_mod._companions[pool].values()))
+    used = pool  # verify=<CA> connections are the pool's too (under a tagged key)
     stats = used.get_stats()
     assert stats["shared_count"] == 1 and stats["shared_users"] == 0 and stats["open"] == 1
     assert_exact(used)

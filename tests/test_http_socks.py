@@ -220,3 +220,73 @@ def test_socks_from_env_and_repr(monkeypatch, dante, gunicorn, pool):
     with pytest.raises(ValueError):
         greenpool.Client(proxy="socks6://127.0.0.1:1")
     pool.close()
+
+
+def test_one_pool_one_cap_across_http_tls_proxies_and_unix(no_leaks, dante, nginx_factory, tls, tmp_path):
+    """max_connections=4 holds over plain http, https with a private CA, https through an
+    HTTP CONNECT proxy, http through a SOCKS proxy and a Unix socket together: the pool's
+    own events never show more than 4 open (those being opened included), every connection
+    is the user's pool's (each route under its own key; get_stats() counts every one),
+    and stop_pool closes them all."""
+    from test_http_client import _connect_proxy
+
+    from greenpool import events
+    path = str(tmp_path / "cap.sock")
+    nginx = nginx_factory(extra_http="server { listen unix:%s; location / { return 200 \"uds\\n\"; } }"
+                          % path)
+    name = "test-one-cap"
+    pool = greenpool.start_pool(name, max_connections=4, checkout_timeout=60)
+    connect_proxy, tunnels = _connect_proxy()
+    seen = []
+
+    def listen(e):
+        if e.pool == name:
+            seen.append((e.kind, e.key, e.open))
+
+    with connect_proxy:
+        routes = [
+            (greenpool.Client(pool=name), nginx.http_url + "/", "tcp"),
+            (greenpool.Client(pool=name, verify=tls.ca_bundle), nginx.https_h1_url + "/", "ssl|tls"),
+            (greenpool.Client(pool=name, verify=tls.ca_bundle,
+                              proxy="http://127.0.0.1:%d" % connect_proxy.port),
+             nginx.https_h1_url + "/", "ssl|proxy+tls"),
+            (greenpool.Client(pool=name, proxy="socks5://127.0.0.1:%d" % dante.port),
+             nginx.http_url + "/", "tcp|proxy"),
+            (greenpool.Client(pool=name, uds=path), "http://uds.local/", "unix"),
+        ]
+
+        def work(c, url):
+            for _ in range(5):
+                r = c.get(url)
+                assert r.status == 200
+
+        events.subscribe(listen)
+        try:
+            gevent.joinall([gevent.spawn(work, c, u) for c, u, _ in routes for _ in range(6)],
+                           raise_error=True)
+        finally:
+            events.unsubscribe(listen)
+        stats = pool.get_stats()
+        assert tunnels, "the https route through the HTTP proxy opened a CONNECT tunnel"
+    peak = max(o for _, _, o in seen)
+    assert peak == 4, peak     # 30 callers at once: the cap was reached and held
+    assert all(o <= 4 for _, _, o in seen)
+    connects = [k for kind, k, _ in seen if kind == "connect"]
+    # every route opened its connections in this pool, each under its own key
+    shapes = {k[2].split("|")[0] + ("|" + "+".join(t.rstrip("0123456789") for t in
+                                                  k[2].split("|")[1].split("+")) if "|" in k[2] else "")
+              for k in connects}
+    assert shapes == {shape for _, _, shape in routes}, shapes
+    assert stats["created"] == len(connects) and stats["in_use_count"] == 0, stats
+    assert stats["reused"] > 0 and 1 <= stats["open"] <= 4, stats
+    assert sum(pool.host_stats(*k)["active"] for k in pool._hosts) == stats["open"]
+    assert_exact(pool)
+    open_before = stats["open"]
+    seen.clear()
+    events.subscribe(listen)
+    try:
+        assert greenpool.stop_pool(name)
+    finally:
+        events.unsubscribe(listen)
+    closes = [k for kind, k, _ in seen if kind == "close"]
+    assert len(closes) == open_before and pool.get_stats()["open"] == 0, seen

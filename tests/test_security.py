@@ -106,7 +106,6 @@ def test_self_signed_leaf_is_rejected(self_signed, tls, pool, verify, http2):
     """A server presenting a self-signed certificate fails the handshake with a TLSError,
     by default and with a private CA; no request byte reaches it.  Trusting that very
     certificate makes the same server answer: the failure was verification."""
-    from greenpool.http import client as client_mod
     cert, key = self_signed
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
@@ -120,11 +119,11 @@ def test_self_signed_leaf_is_rejected(self_signed, tls, pool, verify, http2):
         r = greenpool.request("GET", url, pool=pool, timeout=5, http2=http2, verify=str(cert))
         assert r.status == 200 and r.content == b"private"
         assert len(srv.requests) == 1
-    pools = [pool] + list((client_mod._companions.get(pool) or {}).values())
-    assert pool.count() == 0    # every TLS connection here lives in a companion pool or none
-    for p in pools:
-        assert p.get_stats()["in_use_count"] == 0
-        assert_exact(p)
+    # the default-verify attempt left nothing; the verify=<cert> connection is the pool's,
+    # under its own tagged key, never the default key
+    assert pool.count((("127.0.0.1", srv.port, "ssl"))) == 0
+    assert pool.get_stats()["in_use_count"] == 0
+    assert_exact(pool)
 
 
 def test_tls12_is_the_minimum(tls, pool):
@@ -259,11 +258,8 @@ def test_proxy_credentials_never_in_logs_reprs_or_errors(pool, caplog):
         expected = "Basic " + base64.b64encode(("user:" + SECRET).encode()).decode()
         assert seen == [expected]   # sent to the proxy, as it must be
         texts = [repr(client), repr(pool), str(pool.get_stats()), repr(r)]
-        from greenpool.http import client as client_mod
-        for cp in (client_mod._companions.get(pool) or {}).values():
-            texts += [cp.name, repr(cp), str(cp.get_stats()), repr(cp.connector)]
-            for h in cp._hosts.values():
-                texts += [repr(h.key)] + [repr(c) for c in h.idle]
+        for h in pool._hosts.values():  # proxied connections: the pool's, tagged keys
+            texts += [repr(h.key)] + [repr(c) for c in h.idle]
         texts += [repr(p) for p in client._proxies.values()]
         # a failing proxy: the error names the proxy without its password
         dead = greenpool.Client(pool=pool, proxy=proxy_url % refused_port())

@@ -34,7 +34,7 @@ Rules:
 * **TLS.**  ``verify`` (True: greenpool's trust store, system CAs or certifi;
   False; a CA bundle file or directory) and ``cert`` (a path, or
   ``(cert, key)``) select a greenpool Client per setting; connections opened
-  with different settings never mix (greenpool's companion pools).
+  with different settings never mix (tagged keys in the one pool).
 * **Proxies.**  The proxy requests selects for the URL (``proxies=``,
   ``HTTP(S)_PROXY`` with ``trust_env``) goes to greenpool's ``proxy=``
   (``http://`` and SOCKS proxies; an ``https://`` proxy or a URL without a
@@ -88,6 +88,7 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http.client import Client
+from greenpool.http.h1 import CONFLICTING_CONTENT_LENGTH
 from greenpool.http.models import Response, Timeout
 from greenpool.proxy import SOCKS_SCHEMES
 
@@ -122,8 +123,8 @@ def map_error(error: GreenPoolError, request: Any = None, *, proxy: Optional[str
         cls = rex.InvalidURL
     elif isinstance(error, LocalProtocolError):
         cls = rex.InvalidHeader if "header" in str(error).lower() else rex.RequestException
-    elif isinstance(error, RemoteProtocolError) and "content-length" in str(error).lower():
-        cls = rex.InvalidHeader  # as urllib3 2 reports conflicting Content-Length fields
+    elif isinstance(error, RemoteProtocolError) and str(error).startswith(CONFLICTING_CONTENT_LENGTH):
+        cls = rex.InvalidHeader  # as urllib3 2 reports differing Content-Length values
     elif isinstance(error, (TransportError, ProtocolError)):
         cls = rex.ChunkedEncodingError if body else rex.ConnectionError
     elif isinstance(error, PoolError):

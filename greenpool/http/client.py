@@ -10,13 +10,15 @@ and the total deadline.  The exchanges themselves are ``h1transport`` and
 Rules:
 
 * **Pools.**  ``pool=`` is a pool name or a :class:`~greenpool.pool.GreenPool`;
-  the default is the lazily started ``"default"`` pool.  Connections that
-  must not mix with the pool's ordinary ones live in a *companion pool* with
-  the same options, made on first use and stopped with its parent: one per
-  proxy (its connector opens the tunnel), and one per non-default TLS
-  setting (``verify=False``, a private CA, a client ``cert``), so that a
-  connection opened without verification is never reused by a request that
-  asked for it.
+  the default is the lazily started ``"default"`` pool.  Every connection a
+  Client opens is that pool's (one cap, one set of stats).  Connections that
+  must not mix with the pool's ordinary ones get a tagged key in it,
+  ``(host, port, "ssl|tls1")``: one tag per non-default TLS setting
+  (``verify=False``, a private CA, a client ``cert``), so that a connection
+  opened without verification is never reused by a request that asked for it,
+  and one per proxy (``"tcp|proxy2"``; the proxy's connector opens the tunnel,
+  passed to the pool as ``via=``).  Unix sockets are keyed ``(path, port,
+  "unix")``.
 * **Timeouts.**  ``timeout=`` is a :class:`~greenpool.http.models.Timeout` or a
   number (all phases).  ``None`` (the default): no read/write/total limit;
   the pool wait and the connect use the pool's ``checkout_timeout`` and
@@ -49,13 +51,11 @@ from __future__ import annotations
 
 import base64
 import codecs
-import dataclasses
 import io
 import json as _json
 import os
 import ssl
 import time
-import weakref
 from http.cookiejar import CookieJar
 from typing import (
     TYPE_CHECKING,
@@ -76,13 +76,12 @@ from urllib.parse import unquote, urlencode
 import gevent
 
 from greenpool import net
-from greenpool.connection import Connection, Connector
+from greenpool.connection import Connection, Connector, base_transport
 from greenpool.errors import (
     ConnectError,
     ConnectTimeout,
     GreenPoolError,
     HTTPError,
-    InvalidURL,
     LocalProtocolError,
     TLSError,
     TooManyRedirects,
@@ -349,11 +348,11 @@ class ProxyConnector(Connector):
         try:
             try:
                 sock = net.connect(p.host, p.port, "tcp", timeout=None, **tcp_opts)
-                if transport == "ssl":
+                if base_transport(transport) == "ssl":
                     self._tunnel(sock, host, port)
                     ctx = net.ssl_context(opts.get("verify", True), opts.get("cert"), opts.get("alpn"))
                     sni = opts.get("server_hostname") or host
-                    sock = ctx.wrap_socket(sock, server_hostname=sni)
+                    sock = net.wrap_tls(sock, ctx, sni)
                 conn = Connection(key, sock)
                 sock = None
                 return conn
@@ -449,63 +448,46 @@ def _bypass(host: str, no_proxy: List[str]) -> bool:
     return False
 
 
-# -- companion pools -------------------------------------------------------------------------
+# -- connection keys -------------------------------------------------------------------------
 
-_companions: "weakref.WeakKeyDictionary[GreenPool, Dict[Any, GreenPool]]" = weakref.WeakKeyDictionary()
-
-
-def _companion(pool: GreenPool, tag: Any, label: str, connector: Optional[Connector]) -> GreenPool:
-    """The pool for ``tag`` next to ``pool``: same options, separate connections."""
-    table = _companions.get(pool)
-    if table is None:
-        table = _companions[pool] = {}
-    cp = table.get(tag)
-    if pool.closed:
-        if cp is not None:
-            cp.close()
-        raise pool._closed_error()
-    if cp is None or cp.closed:
-        options = dataclasses.asdict(pool.options)
-        options["max_connections"] = pool.max_connections
-        cp = table[tag] = GreenPool("%s[%s]" % (pool.name, label), connector=connector, **options)
-        weakref.finalize(pool, cp.close)
-        _watch_close(pool)
-    return cp
+# Connections that must not mix with a pool's ordinary ones (opened without verification,
+# with a private CA or a client certificate, or through a proxy) live in the same pool under
+# a tagged key, ``(host, port, "ssl|tls1")``: same caps, stats, expiry and stop_pool.  A tag
+# names one setting for the life of the process (a counter, never reused, so a cleared table
+# cannot make two settings share a tag); it shows nothing of the setting (no path, no secret).
+_tags: Dict[Any, str] = {}
+_tag_count = 0
 
 
-def _watch_close(pool: GreenPool) -> None:
-    """Stop a pool's companions when it stops (wraps its close once)."""
-    if getattr(pool, "_companions_hooked", False):
-        return
-    original = pool.close
-
-    def close() -> None:
-        original()
-        for cp in list((_companions.get(pool) or {}).values()):
-            cp.close()
-
-    try:
-        pool.close = close  # type: ignore[method-assign]
-        pool.stop = close  # type: ignore[method-assign]
-        pool._companions_hooked = True  # type: ignore[attr-defined]
-    except AttributeError:  # pragma: no cover - a pool class with __slots__
-        pass
+def _tag(kind: str, setting: Any) -> str:
+    global _tag_count
+    key = (kind, setting)
+    tag = _tags.get(key)
+    if tag is None:
+        if len(_tags) >= 1024:
+            _tags.clear()
+        _tag_count += 1
+        tag = _tags[key] = "%s%d" % (kind, _tag_count)
+    return tag
 
 
 class _Route:
     """Where a request for one origin goes (cached per Client and origin)."""
 
-    __slots__ = ("pool", "key", "connect_opts", "absolute", "proxy_headers", "host_header")
+    __slots__ = ("pool", "key", "connect_opts", "absolute", "proxy_headers", "host_header", "quic")
 
     def __init__(self, pool: GreenPool, key: Tuple[str, int, str], connect_opts: Dict[str, Any],
                  absolute: bool, proxy_headers: List[Tuple[bytes, bytes]],
-                 host_header: Tuple[bytes, bytes]) -> None:
+                 host_header: Tuple[bytes, bytes], quic: Optional[str] = None) -> None:
         self.pool = pool
         self.key = key
         self.connect_opts = connect_opts
         self.absolute = absolute
         self.proxy_headers = proxy_headers
         self.host_header = host_header
+        #: the key transport of this origin's QUIC connections (``"quic"``, tagged like
+        #: ``key`` for other TLS settings); None: no HTTP/3 here (plain http, a proxy)
+        self.quic = quic
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -548,9 +530,11 @@ class Client:
     sent, redirects and retries included (default None).
     ``default_encoding``: the text encoding when no charset is given, or a callable
     guessing it from the bytes (default ``"utf-8"``, latin-1 when the body is not UTF-8).
-    ``uds``: the path of a Unix domain socket every request goes to (http:// URLs; the
-    URL's host is the Host header; HTTP/1.1; default None). ``http+unix://%2Fpath/...``
-    URLs name the socket per request.
+    ``uds``: the path of a Unix domain socket every request goes to (default None). The
+    URL's host is the Host header; an https:// URL is TLS over the socket, its host the
+    name the certificate must match and the SNI; ``http2`` applies as over TCP (ALPN for
+    https, ``"prior_knowledge"`` for h2c). ``http+unix://%2Fpath/...`` URLs name the
+    socket per request.
     """
 
     def __init__(self, *, pool: Any = "default", base_url: Optional[str] = None,
@@ -892,10 +876,20 @@ class Client:
             return r
         transport = u.transport
         if self.uds is not None or transport == "unix":
+            uds_opts: Dict[str, Any] = {}
+            kind = "unix"
             if transport == "ssl":
-                raise InvalidURL("%s: TLS over a Unix domain socket (uds=) is not supported; "
-                                 "use an http:// URL" % (u,))
-            r = _Route(gp, (self.uds or u.host, u.port, "unix"), {}, False, [],
+                # TLS over the socket: the URL's host is the name checked and sent (SNI);
+                # one socket may serve several names, so the name is in the key (a tag)
+                uds_opts["server_hostname"] = u.host
+                uds_tags = [_tag("name", u.host)]
+                if not self._tls_default:
+                    uds_opts["verify"] = self.verify
+                    uds_opts["cert"] = self.cert
+                    c = self.cert
+                    uds_tags.append(_tag("tls", (self.verify, tuple(c) if isinstance(c, list) else c)))
+                kind = "unix-ssl|" + "+".join(uds_tags)
+            r = _Route(gp, (self.uds or u.host, u.port, kind), uds_opts, False, [],
                        (b"Host", u.authority.encode("ascii")))
             self._routes[tag] = r
             return r
@@ -903,29 +897,32 @@ class Client:
         if proxy is not None and _bypass(u.host, self._no_proxy):
             proxy = None
         connect_opts: Dict[str, Any] = {}
+        tags: List[str] = []
+        if proxy is not None:
+            connect_opts["via"] = SocksConnector(proxy) if isinstance(proxy, SocksProxy) \
+                else ProxyConnector(proxy)
+            tags.append(_tag("proxy", proxy.tag))
+        quic = "quic" if transport == "ssl" and proxy is None else None
         if transport == "ssl" and not self._tls_default:
-            connect_opts = {"verify": self.verify, "cert": self.cert}
-        pool = gp
+            connect_opts["verify"] = self.verify
+            connect_opts["cert"] = self.cert
+            v = self.verify
+            c = self.cert
+            tls_tag = _tag("tls", (v, tuple(c) if isinstance(c, list) else c))
+            tags.append(tls_tag)
+            if quic is not None:
+                quic += "|" + tls_tag
         absolute = False
         proxy_headers: List[Tuple[bytes, bytes]] = []
-        if proxy is not None:
-            tls = (self.verify if isinstance(self.verify, (bool, str)) else id(self.verify),
-                   str(self.cert)) if transport == "ssl" else None
-            connector: Connector = SocksConnector(proxy) if isinstance(proxy, SocksProxy) \
-                else ProxyConnector(proxy)
-            pool = _companion(gp, ("proxy", proxy.tag, tls), "proxy %s:%d" % (proxy.host, proxy.port),
-                              connector)
-            if transport == "tcp" and isinstance(proxy, Proxy):
-                absolute = True
-                if proxy.auth:
-                    proxy_headers = [(b"Proxy-Authorization", proxy.auth)]
-        elif connect_opts:
-            v = self.verify
-            vt = v if isinstance(v, (bool, str)) else "context-%x" % id(v)
-            pool = _companion(gp, ("tls", vt, str(self.cert)), "tls verify=%s" % (
-                vt if not isinstance(v, str) else "ca"), None)
+        if isinstance(proxy, Proxy) and transport == "tcp":
+            absolute = True
+            if proxy.auth:
+                proxy_headers = [(b"Proxy-Authorization", proxy.auth)]
+        if tags:
+            transport = transport + "|" + "+".join(tags)
+        pool = gp
         r = _Route(pool, (u.host, u.port, transport), connect_opts, absolute, proxy_headers,
-                   (b"Host", u.authority.encode("ascii")))
+                   (b"Host", u.authority.encode("ascii")), quic)
         if len(self._routes) > 256:
             self._routes.clear()
         self._routes[tag] = r
@@ -960,7 +957,7 @@ class Client:
         if t.connect is not None:
             connect_opts = dict(connect_opts, connect_timeout=t.connect)
         conn = None
-        if self.http3 and route.key[2] == "ssl" and not route.absolute and "h3_lost" not in req.extensions:
+        if self.http3 and route.quic is not None and "h3_lost" not in req.extensions:
             resp = self._send_h3(route, req, t, deadline, connect_opts, stream, sent)
             if resp is not None:
                 return resp
@@ -975,17 +972,17 @@ class Client:
             finally:
                 del req.extensions["h3_lost"]
         http2 = self.http2
-        if http2 and (route.key[2] == "ssl" or http2 == "prior_knowledge") and not route.absolute \
-                and route.key[2] != "unix":
+        if http2 and (req.url.scheme == "https" or http2 == "prior_knowledge") and not route.absolute:
             from greenpool.http import h2transport  # written separately; imported on use
             opts = self.h1_options
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
+                                        transport=route.key[2], host=route.key[0],
                                         stream=stream, decode_content=opts.decode_content,
                                         max_decoded_size=opts.max_decoded_size,
                                         max_header_size=opts.max_header_size,
                                         max_body_size=opts.max_body_size)
             if isinstance(result, Response):
-                if self.http3 is True:
+                if self.http3 is True and route.quic is not None:
                     h3_learn(route.pool, req.url, result)
                 result._sent = sent
                 if self._post is not None:
@@ -997,7 +994,7 @@ class Client:
         resp = h1transport.handle(route.pool, req, t, deadline, connect_opts, conn, stream=stream,
                                   options=self.h1_options, key=route.key,
                                   target=str(req.url).encode("ascii") if route.absolute else None)
-        if self.http3 is True and route.key[2] == "ssl":
+        if self.http3 is True and route.quic is not None:
             h3_learn(route.pool, req.url, resp)
         resp._sent = sent
         if self._post is not None:
@@ -1010,7 +1007,7 @@ class Client:
         from greenpool.http.h3 import origins  # needs the http3 extra; imported on use
         opts = self.h1_options
         resp = origins.try_h3(route.pool, req, t, deadline, connect_opts, self.http3, rescue=rescue,
-                              stream=stream,
+                              quic=route.quic or "quic", stream=stream,
                               decode_content=opts.decode_content,
                               max_decoded_size=opts.max_decoded_size,
                               max_header_size=opts.max_header_size, max_body_size=opts.max_body_size)

@@ -40,7 +40,9 @@ Promises, identical for both backends (the tests feed every case to both):
 * **Responses** are parsed strictly, by the stricter of h11 and llhttp on each
   point: only ``HTTP/1.0`` and ``HTTP/1.1``; status 100..999; CRLF line
   endings only; no obs-fold; no control characters in header lines; exactly
-  one valid ``Content-Length`` (duplicates, lists, signs, > 2**63-1 rejected);
+  one valid ``Content-Length`` value (signs, > 2**63-1 rejected; repeated fields or a
+  comma list are that value when every one is the same number, as RFC 9110 8.6 allows,
+  and :data:`CONFLICTING_CONTENT_LENGTH` when they differ);
   ``Transfer-Encoding`` only as a single ``chunked`` and never together with
   ``Content-Length``; ``101 Switching Protocols`` is rejected (upgrades are not
   supported here).  Chunk extensions and trailers are parsed and dropped
@@ -385,6 +387,27 @@ _SPECIAL_RESP = frozenset((b"content-length", b"transfer-encoding", b"connection
 _MAX_CONTENT_LENGTH = 2**63 - 1
 _digits_re = re.compile(rb"[0-9]+")
 UPGRADE_REFUSED = "unexpected 101 Switching Protocols: protocol upgrades are not supported"
+#: the start of the message of a response whose Content-Length values differ (both backends;
+#: the requests adapter reports it as requests' InvalidHeader, as urllib3 does)
+CONFLICTING_CONTENT_LENGTH = "conflicting Content-Length values"
+
+
+def one_content_length(values: Sequence[bytes]) -> bytes:
+    """The one value that the Content-Length fields ``values`` (each possibly a comma
+    list) state: RFC 9110 8.6 lets a recipient take repeated identical values as one.
+    :class:`RemoteProtocolError` when one is not a number or they differ."""
+    first = b""
+    for value in values:
+        for part in value.split(b","):
+            part = part.strip(b" \t")
+            if not _digits_re.fullmatch(part):
+                raise RemoteProtocolError("invalid Content-Length %r" % (value,))
+            if not first:
+                first = part
+            elif part != first:   # "identical" (RFC 9110 8.6): 5 and 05 differ, as for h11
+                raise RemoteProtocolError("%s: %s" % (
+                    CONFLICTING_CONTENT_LENGTH, b", ".join(values).decode("latin-1")[:200]))
+    return first
 
 
 def _keep_alive_timeout(value: bytes) -> Optional[float]:
@@ -412,8 +435,9 @@ def _read_framing(
     encodings: Tuple[bytes, ...] = ()
     for name, value in specials:
         if name == b"content-length":
-            if length >= 0:
-                raise RemoteProtocolError("duplicate Content-Length headers")
+            if length >= 0:   # the backends hand over one field for equal repeated values
+                raise RemoteProtocolError("%s (repeated Content-Length fields)" % (
+                    CONFLICTING_CONTENT_LENGTH,))
             if not _digits_re.fullmatch(value):
                 raise RemoteProtocolError("invalid Content-Length %r" % (value,))
             length = int(value)

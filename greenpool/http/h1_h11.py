@@ -9,7 +9,7 @@ h11's events are turned into ours, and its errors into
 :class:`~greenpool.errors.RemoteProtocolError` /
 :class:`~greenpool.errors.LimitExceeded`.  h11 is more lenient than llhttp on
 a few points of the response head (bare LF, obs-fold, control characters,
-duplicate or comma-listed Content-Length), which it normalises away before we
+Content-Length values with blanks or leading zeros), which it normalises away before we
 see the event; so while a head is awaited we keep its raw bytes (a bounded,
 cheap copy) and check them when h11 hands us the head.  EOF is never given to
 h11: the shared rules in ``h1.py`` decide what it means.
@@ -29,6 +29,7 @@ from greenpool.http.h1 import (
     _R_HEAD,
     _S_DONE,
     _SPECIAL_RESP,
+    CONFLICTING_CONTENT_LENGTH,
     UPGRADE_REFUSED,
     Data,
     Event,
@@ -38,6 +39,7 @@ from greenpool.http.h1 import (
     Informational,
     ResponseHead,
     _keep,
+    one_content_length,
 )
 
 _blank_line_re = re.compile(rb"\n\r?\n")  # how h11 finds the end of a head
@@ -102,11 +104,11 @@ def _check_head(
         if name in _SPECIAL_RESP:
             specials.append((name, value))
             if name == b"content-length":
+                # h11 made one field of repeated equal values; the raw ones must agree
+                # by our rule too (digits only), and the field is their one value
                 found = _cl_line_re.findall(region)
-                if len(found) != 1 or b"," in found[0]:
-                    raise RemoteProtocolError(
-                        "malformed response: duplicate or invalid Content-Length"
-                    )
+                if len(found) != 1 or b"," in found[0] or found[0].strip(b" \t") != value:
+                    specials[-1] = (name, one_content_length(found))
         elif name == b"set-cookie":
             keep = False
     head = (headers, size, tuple(specials))
@@ -214,6 +216,8 @@ class H11Connection(H1Connection):
             return self._trailers_too_large()
         if "_SWITCH_UPGRADE" in str(e):  # a 101 we did not ask for
             return RemoteProtocolError(UPGRADE_REFUSED)
+        if str(e) == "conflicting Content-Length headers":
+            return RemoteProtocolError(CONFLICTING_CONTENT_LENGTH)
         return RemoteProtocolError("malformed response: %s" % (e,))
 
     def _on_head(

@@ -19,6 +19,12 @@ the body bytes as they arrive; llhttp does not say where in a feed a head ended,
 the rare feed that completes a chunked response's head, :func:`_body_start` finds it
 (from what :func:`_partial_head` kept of a head split across feeds).
 
+llhttp refuses every repeated ``Content-Length`` (and a comma list), where RFC 9110 8.6
+lets a client take identical values as one (h11 does): after such a refusal, the head is
+kept (:func:`_one_length_head`) until its blank line, then handed to a fresh parser with
+one ``Content-Length`` field when every value is the same, else refused as h11 refuses it.
+Responses without the repetition never reach this path.
+
 llhttp cannot be told that a response answers a HEAD request (httptools does
 not expose ``F_SKIPBODY``), so for HEAD we feed the parser only up to each
 head's blank line, end the message ourselves, and use a fresh parser for the
@@ -27,6 +33,7 @@ next cycle.  llhttp never sees EOF either: ``h1.py`` decides what EOF means.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Deque, Dict, Optional, Tuple
 
@@ -46,6 +53,7 @@ from greenpool.http.h1 import (
     HeadFields,
     ResponseHead,
     _keep,
+    one_content_length,
     serialize_head,
 )
 
@@ -149,6 +157,31 @@ class _StopParsing(Exception):
     """Raised in a callback when bytes follow the complete final response."""
 
 
+# what llhttp says of a repeated Content-Length field and of a comma list
+_LLHTTP_CL_REFUSALS = frozenset(("Duplicate Content-Length", "Invalid character in Content-Length"))
+_cl_field_re = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def _one_length_head(held: bytes) -> Optional[bytes]:
+    """``held`` (from the start of the head llhttp refused for a repeated Content-Length)
+    with that head's Content-Length fields made one; None while its blank line has not
+    come.  RemoteProtocolError when the values differ or one is not a number."""
+    end = held.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = held[:end]
+    values = [v.rstrip(b" \t") for v in _cl_field_re.findall(head)]
+    field = b"\r\nContent-Length: " + one_content_length(values)
+    first: "list[bool]" = []   # the one field stands where the first one stood (as h11 keeps it)
+
+    def one(_m: "re.Match[bytes]") -> bytes:
+        if first:
+            return b""
+        first.append(True)
+        return field
+    return _cl_field_re.sub(one, head) + b"\r\n\r\n" + held[end + 4:]
+
+
 class HttptoolsConnection(H1Connection):
     """:class:`~greenpool.http.h1.H1Connection` over httptools."""
 
@@ -160,6 +193,8 @@ class HttptoolsConnection(H1Connection):
         "_cb_error",
         "_tail",
         "_dirty",
+        "_region",
+        "_held",
     )
 
     backend = "httptools"
@@ -172,6 +207,10 @@ class HttptoolsConnection(H1Connection):
         self._cb_error: Optional[Exception] = None
         self._tail = b""
         self._dirty = False
+        # the bytes of a head split across feeds (only then), from its response's start
+        self._region = b""
+        # a head llhttp refused for a repeated Content-Length, kept until its blank line
+        self._held: Optional[bytes] = None
         self._parser = self._new_parser()
 
     def _new_parser(self) -> httptools.HttpResponseParser:
@@ -196,6 +235,9 @@ class HttptoolsConnection(H1Connection):
         chunk = self._filter_incoming(data)
         if chunk is None:
             return
+        if self._held is not None:
+            self._hold(chunk)
+            return
         if self._is_head and self._rstate == _R_HEAD:
             self._feed_heads_only(chunk)
         else:
@@ -208,6 +250,9 @@ class HttptoolsConnection(H1Connection):
         except (_ParserError, _ParserUpgrade) as e:
             err = self._cb_error
             self._cb_error = None
+            if err is None and in_head and self._rstate == _R_HEAD and str(e) in _LLHTTP_CL_REFUSALS:
+                self._hold(self._region + data, True)
+                return
             if self._rstate != _R_DONE:
                 if err is None:
                     err = RemoteProtocolError("malformed response: %s" % (e,))
@@ -216,6 +261,11 @@ class HttptoolsConnection(H1Connection):
             # bytes after the final response (the body's framing is still checked below)
             self.keep_alive = False
             self._dirty = True
+        if in_head:
+            if self._rstate == _R_HEAD:
+                self._region += data
+            elif self._region:
+                self._region = b""
         if in_head and not self._is_head:
             if self._rstate == _R_HEAD:
                 self._tail = _partial_head(self._tail + data)
@@ -235,6 +285,36 @@ class HttptoolsConnection(H1Connection):
             err = self._trailers_over()
             if err is not None:
                 self._fail(err)
+
+    def _hold(self, data: bytes, start: bool = False) -> None:
+        """Keep a head llhttp refused for a repeated Content-Length until its blank line,
+        then parse it again with one Content-Length field (see the module docstring).
+        ``start``: ``data`` holds every byte of the response so far."""
+        if start:
+            # the refused head starts after the last head that ended before it (1xx)
+            held = data
+            i = held.rfind(b"\r\n\r\n", 0, max(0, held.lower().find(b"\r\ncontent-length")))
+            if i >= 0:
+                held = held[i + 4:]
+        else:
+            held = (self._held or b"") + data
+        try:
+            fixed = _one_length_head(held)
+        except RemoteProtocolError as e:
+            self._held = None
+            self._fail(e)
+            return
+        if fixed is None:
+            self._held = held   # bounded: h1.py fails a head over max_header_size
+            return
+        self._held = None
+        self._region = b""
+        self._tail = b""
+        self._parser = self._new_parser()
+        if self._is_head:
+            self._feed_heads_only(fixed)
+        else:
+            self._feed(fixed)
 
     def _keep_body_events(self, allowed: int) -> None:
         """Keep the events up to the final head and then ``allowed`` body bytes only."""
@@ -284,6 +364,8 @@ class HttptoolsConnection(H1Connection):
             self._parser = self._new_parser()
             self._dirty = False
         self._tail = b""
+        self._region = b""
+        self._held = None
         self._reset()
 
     # -- parser callbacks --------------------------------------------------------------

@@ -179,7 +179,8 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
            connect_opts: Dict[str, Any], http2: Any, config: Optional[H2Config] = None, *,
            stream: bool = True, decode_content: bool = True,
            max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
-           max_header_size: Optional[int] = None, max_body_size: Optional[int] = None) -> Any:
+           max_header_size: Optional[int] = None, max_body_size: Optional[int] = None,
+           transport: Optional[str] = None, host: Optional[str] = None) -> Any:
     """Send ``request`` over HTTP/2; see the module docstring for what comes back.
 
     ``config``: settings for connections this call opens (default :data:`DEFAULT_CONFIG`).
@@ -192,7 +193,10 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     and fails with :class:`~greenpool.errors.LimitExceeded`; the connection and
     its other streams carry on.  ``max_body_size``: the most body bytes (as
     received, before decoding) this request accepts (None: no limit), see the
-    module docstring.
+    module docstring.  ``transport``: the pool key's transport (default ``"ssl"`` or
+    ``"tcp"`` by the URL; a tagged one, ``"ssl|tls1"``, keeps connections opened with
+    other settings apart in the same pool; ``"unix"``/``"unix-ssl"``: over the Unix
+    socket ``host``).  ``host``: the key's host (default the URL's).
     """
     check_max_body_size(max_body_size)
     url = request.url
@@ -229,7 +233,7 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     retries = 0
     stale_retry = request.method in _IDEMPOTENT
     while True:
-        conn = _acquire(pool, url, tls, timeout, deadline, connect_opts, cfg)
+        conn = _acquire(pool, url, tls, timeout, deadline, connect_opts, cfg, transport, host)
         if not isinstance(conn.proto, H2Protocol):
             return conn                    # the server chose HTTP/1.1 by ALPN
         try:
@@ -300,8 +304,9 @@ def _start(conn: Connection, cfg: H2Config, handshake_timeout: Any = _POOL_DEFAU
 
 
 def _acquire(pool: GreenPool, url: Any, tls: bool, timeout: Timeout, deadline: Optional[float],
-             connect_opts: Dict[str, Any], cfg: H2Config) -> Connection:
-    host, port = url.host, url.port
+             connect_opts: Dict[str, Any], cfg: H2Config,
+             transport: Optional[str] = None, key_host: Optional[str] = None) -> Connection:
+    host, port = key_host or url.host, url.port
     connect = timeout.connect
     if deadline is not None:
         left = deadline - _monotonic()
@@ -313,11 +318,12 @@ def _acquire(pool: GreenPool, url: Any, tls: bool, timeout: Timeout, deadline: O
     if connect is not None:
         connect_opts = dict(connect_opts, connect_timeout=connect)
     if not tls:
-        return pool.acquire_shared(host, port, "tcp", _remaining(timeout.pool, deadline),
+        return pool.acquire_shared(host, port, transport or "tcp", _remaining(timeout.pool, deadline),
                                    _setup_for(cfg, False, handshake), **connect_opts)
     opts = dict(connect_opts)
     opts["alpn"] = ALPN
-    key = (host, port)
+    tr = transport or "ssl"
+    key: Tuple[Any, ...] = (host, port) if tr == "ssl" else (host, port, tr)
     memory = _origins.get(pool)
     if memory is None:
         memory = _origins[pool] = {}
@@ -326,21 +332,21 @@ def _acquire(pool: GreenPool, url: Any, tls: bool, timeout: Timeout, deadline: O
         pool_timeout = _remaining(timeout.pool, deadline)
         if kind == "h2":
             try:
-                return pool.acquire_shared(host, port, "ssl", pool_timeout,
+                return pool.acquire_shared(host, port, tr, pool_timeout,
                                            _setup_for(cfg, True, handshake), **opts)
             except _NotH2:
                 memory.pop(key, None)       # the server changed its mind: probe again
                 continue
         if kind == "http/1.1":
-            return pool.checkout(host, port, "ssl", pool_timeout, **opts)
-        conn = _probe(pool, host, port, key, memory, pool_timeout, opts, cfg, handshake)
+            return pool.checkout(host, port, tr, pool_timeout, **opts)
+        conn = _probe(pool, host, port, key, memory, pool_timeout, opts, cfg, handshake, tr)
         if conn is not None:
             return conn
 
 
-def _probe(pool: GreenPool, host: str, port: int, key: Tuple[str, int], memory: Dict[Tuple[str, int], str],
+def _probe(pool: GreenPool, host: str, port: int, key: Tuple[Any, ...], memory: Dict[Any, str],
            pool_timeout: Optional[float], opts: Dict[str, Any], cfg: H2Config,
-           handshake: Any) -> Optional[Connection]:
+           handshake: Any, transport: str = "ssl") -> Optional[Connection]:
     """Learn what the origin speaks; None means "look at the memory again"."""
     probes = _probes.get(pool)
     if probes is None:
@@ -352,13 +358,13 @@ def _probe(pool: GreenPool, host: str, port: int, key: Tuple[str, int], memory: 
             raise PoolTimeout(pool.name, "no connection to %s:%s after %.3fs: waiting for the "
                                          "first connection to learn whether it speaks h2" % (host, port, wait or 0))
         return None
-    conn = pool.checkout_h2(host, port, "ssl")
+    conn = pool.checkout_h2(host, port, transport)
     if conn is not None:
         memory[key] = "h2"
         return conn
     ev = probes[key] = Event()
     try:
-        conn = pool.checkout(host, port, "ssl", pool_timeout, **opts)
+        conn = pool.checkout(host, port, transport, pool_timeout, **opts)
         chosen = conn.alpn_protocol()
         fresh = conn.uses == 1
         if chosen != "h2":

@@ -54,7 +54,7 @@ _alt: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], Tuple[int, float]]]"
 # per pool: (host, port) -> blocked until; and the handshakes running in the background
 _blocked: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], float]]" = weakref.WeakKeyDictionary()
 _with_stats: "weakref.WeakSet[Any]" = weakref.WeakSet()     # pools whose get_stats() has "http3"
-_racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], _Handshake]]" = weakref.WeakKeyDictionary()
+_racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int, str], _Handshake]]" = weakref.WeakKeyDictionary()
 
 _ENTRY = re.compile(r'\s*([A-Za-z0-9_.~!$&\'*+^`|%-]+)\s*=\s*"([^"]*)"\s*((?:;\s*[A-Za-z0-9_-]+\s*=\s*'
                     r'(?:"[^"]*"|[^,;\s]*)\s*)*)')
@@ -155,7 +155,7 @@ def stats(pool: Any) -> Dict[str, int]:
         return out
     conns = streams = 0
     for key, h in getattr(pool, "_hosts", {}).items():
-        if key[2] == "quic":
+        if key[2].partition("|")[0] == "quic":
             conns += h.open
             streams += sum(c.users for c in h.shared)
     now = _monotonic()
@@ -170,7 +170,8 @@ def stats(pool: Any) -> Dict[str, int]:
 
 def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Optional[float],
            connect_opts: Dict[str, Any], mode: Any, *, race_delay: Optional[float] = None,
-           blocked_ttl: Optional[float] = None, rescue: bool = False, **kw: Any) -> Optional[Response]:
+           blocked_ttl: Optional[float] = None, rescue: bool = False, quic: str = "quic",
+           **kw: Any) -> Optional[Response]:
     """The response over HTTP/3, or None: send it over TCP (see the module docstring).
 
     ``mode``: True (only origins that advertised h3 by Alt-Svc) or
@@ -178,6 +179,8 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
     TCP failed after this origin's race went to TCP: wait for the QUIC handshake
     still running (None when there is none, or it fails too).  ``race_delay`` and
     ``blocked_ttl`` default to the pool options ``h3_race_delay`` and ``h3_blocked_ttl``.
+    ``quic``: the key's transport, ``"quic"`` or tagged for non-default TLS settings
+    (``"quic|tls1"``).
     """
     url = request.url
     host, port = url.host, url.port
@@ -193,26 +196,27 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
             return None
     assert qport is not None
     if rescue:
-        hs = _racing.get(pool, {}).get((host, qport))
+        hs = _racing.get(pool, {}).get((host, qport, quic))
         if hs is not None and hs.greenlet is not None:
             hs.greenlet.join(_remaining_connect(pool, timeout, deadline))
             if not hs.greenlet.dead:
                 return None
         conn = hs.take() if hs is not None else None
         if conn is None and (blocked(pool, host, port)
-                             or not pool.host_stats(host, qport, "quic")["active"]):
+                             or not pool.host_stats(host, qport, quic)["active"]):
             return None
         return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport,
-                                conn=conn, **kw)
-    conn = pool.checkout_h3(host, qport)
-    if conn is None and not pool.host_stats(host, qport, "quic")["active"]:
+                                conn=conn, transport=quic, **kw)
+    conn = pool.checkout_h2(host, qport, quic)
+    if conn is None and not pool.host_stats(host, qport, quic)["active"]:
         options = pool.options
         conn = _race(pool, host, port, qport, timeout, deadline, connect_opts,
                      options.h3_race_delay if race_delay is None else race_delay,
-                     options.h3_blocked_ttl if blocked_ttl is None else blocked_ttl)
+                     options.h3_blocked_ttl if blocked_ttl is None else blocked_ttl, quic)
         if conn is _TCP or blocked(pool, host, port):
             return None
-    return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn, **kw)
+    return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn,
+                            transport=quic, **kw)
 
 
 def _add_stats(pool: "GreenPool") -> None:
@@ -247,20 +251,21 @@ class _Handshake:
 
 def _race(pool: "GreenPool", host: str, port: int, qport: int, timeout: Timeout,
           deadline: Optional[float], connect_opts: Dict[str, Any], race_delay: float,
-          blocked_ttl: float) -> Any:
+          blocked_ttl: float, quic: str = "quic") -> Any:
     """A use of a QUIC connection ready within ``race_delay``, ``_TCP`` (TCP serves this
     request), or None (the handshake ended: take a use from the pool)."""
     racing = _racing.get(pool)
     if racing is None:
         racing = _racing[pool] = {}
-    key = (host, qport)
+    key = (host, qport, quic)
     hs = racing.get(key)
     if hs is None:
         hs = racing[key] = _Handshake()
 
         def connect() -> None:
             try:
-                hs.conn = transport.acquire(pool, host, qport, timeout, deadline, connect_opts)
+                hs.conn = transport.acquire(pool, host, qport, timeout, deadline, connect_opts,
+                                            transport=quic)
             except ConnectError as e:
                 block(pool, host, port, blocked_ttl, "%s: %s" % (type(e).__name__, e))
             except GreenPoolError:

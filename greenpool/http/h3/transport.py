@@ -705,12 +705,14 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
            stream: bool = True, decode_content: bool = True,
            max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
            max_header_size: Optional[int] = None, max_body_size: Optional[int] = None,
-           port: Optional[int] = None, conn: Optional[Connection] = None) -> Response:
+           port: Optional[int] = None, conn: Optional[Connection] = None,
+           transport: str = "quic") -> Response:
     """Send ``request`` over HTTP/3 on the pool's shared QUIC connection to its origin.
 
     ``connect_opts``: ``verify``/``cert`` as for TCP and ``connect_timeout``.
     ``port``: the UDP port (an Alt-Svc may name another than the URL's);
-    ``conn``: a use of a QUIC connection already taken (``checkout_h3``).
+    ``conn``: a use of a QUIC connection already taken (``checkout_h3``);
+    ``transport``: the key's, ``"quic"`` or tagged (``"quic|tls1"``: other TLS settings).
     Failures to connect are :class:`~greenpool.errors.ConnectError` (the
     caller may fall back to TCP); later ones as for HTTP/2.
     """
@@ -740,7 +742,8 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
     idempotent = request.method in _IDEMPOTENT
     while True:
         if conn is None:
-            conn = acquire(pool, url.host, port or url.port, timeout, deadline, connect_opts, cfg)
+            conn = acquire(pool, url.host, port or url.port, timeout, deadline, connect_opts, cfg,
+                           transport)
         try:
             response = _exchange(pool, conn, request, headers, body, timeout, deadline, idempotent,
                                  decode_content, max_decoded_size, header_limit, max_body_size)
@@ -759,7 +762,8 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
 
 
 def acquire(pool: "GreenPool", host: str, port: int, timeout: Timeout, deadline: Optional[float],
-            connect_opts: Dict[str, Any], cfg: H3Config = DEFAULT_CONFIG) -> Connection:
+            connect_opts: Dict[str, Any], cfg: H3Config = DEFAULT_CONFIG,
+            transport: str = "quic") -> Connection:
     """One use of a shared QUIC connection to ``host:port`` (opened and handshaken if none
     has room); give it back with ``pool.release_shared``."""
     connect = connect_opts.get("connect_timeout", timeout.connect)
@@ -772,7 +776,7 @@ def acquire(pool: "GreenPool", host: str, port: int, timeout: Timeout, deadline:
                                          "connection to %s:%s was available" % (host, port))
         connect = left if connect is None or left < connect else connect
     setup = _setup_for(pool, cfg, connect_opts.get("verify", True), connect_opts.get("cert"), connect)
-    return pool.acquire_shared(host, port, "quic", _remaining(timeout.pool, deadline), setup,
+    return pool.acquire_shared(host, port, transport, _remaining(timeout.pool, deadline), setup,
                                connect_timeout=connect)
 
 
@@ -780,7 +784,7 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
               body: Any, timeout: Timeout, deadline: Optional[float], idempotent: bool,
               decode_content: bool, max_decoded_size: Optional[int], header_limit: int,
               max_body_size: Optional[int]) -> Response:
-    proto: H3Protocol = conn.proto
+    proto: Optional[H3Protocol] = conn.proto
     if proto is None:       # closed before this use began (its 0-RTT handshake failed)
         pool.release_shared(conn)
         raise ConnectError("the HTTP/3 connection to %s:%s closed during its handshake"
