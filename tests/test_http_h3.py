@@ -251,9 +251,10 @@ def test_packet_loss_each_way_no_errors(no_leaks, caddy, pool, tls, loss):
         url = "https://127.0.0.1:%d" % proxy.port
         # the first handshake outside the race (a lost Initial waits a PTO, past the race
         # delay, and the relay's port has no TCP to fall back to)
-        route_pool = c._route(pool, URL(url)).pool
+        route = c._route(pool, URL(url))
+        route_pool = route.pool
         conn = transport.acquire(route_pool, "127.0.0.1", proxy.port, Timeout(20), None,
-                                 {"verify": str(tls.ca_path), "cert": None})
+                                 {"verify": str(tls.ca_path), "cert": None}, transport=route.quic)
         route_pool.release_shared(conn)
 
         def one(size):
@@ -274,9 +275,10 @@ def test_a_wake_while_the_reader_is_between_slices_is_kept(no_leaks, h3, pool, t
     dropped: the reader parked with a flush pending (later flush requests were no-ops) or
     the library's timer spent, and what was queued waited for the next datagram."""
     c = client(pool, tls)
-    route_pool = c._route(pool, URL(h3.url)).pool
+    route = c._route(pool, URL(h3.url))
+    route_pool = route.pool
     conn = transport.acquire(route_pool, "127.0.0.1", h3.port, Timeout(5), None,
-                             {"verify": str(tls.ca_path), "cert": None})
+                             {"verify": str(tls.ca_path), "cert": None}, transport=route.quic)
     proto = conn.proto
     proto._io.stop()              # only the wakes below, nothing from the network
     if proto._timer is not None:

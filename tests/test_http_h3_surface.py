@@ -40,8 +40,16 @@ def caddy(tls, tmp_path_factory):
 
 
 def route_pool(c: Client, pool: GreenPool, url: str) -> GreenPool:
-    """The pool that holds the connections of ``url`` (a companion pool for a private CA)."""
+    """The pool that holds the connections of ``url`` (the Client's own)."""
     return c._route(pool, URL(url)).pool
+
+
+def tags(c: Client, pool: GreenPool, url: str) -> Tuple[str, str]:
+    """The key transports of ``url``'s TCP and QUIC connections (tagged for a private CA:
+    ``"ssl|tls1"``, ``"quic|tls1"``)."""
+    route = c._route(pool, URL(url))
+    assert route.quic is not None
+    return route.key[2], route.quic
 
 
 def port_of(url: str) -> int:
@@ -74,7 +82,7 @@ def recorder():
 # -- the options --
 
 
-def test_h3_options_defaults_validation_and_companions(tls):
+def test_h3_options_defaults_validation_and_tagged_routes(tls):
     o = PoolOptions()
     assert (o.h3_race_delay, o.h3_blocked_ttl) == (0.25, 300.0)
     assert (origins.RACE_DELAY, origins.BLOCKED_TTL) == (0.25, 300.0)
@@ -87,13 +95,12 @@ def test_h3_options_defaults_validation_and_companions(tls):
             PoolOptions(**kw)
         with pytest.raises(exc, match=name):
             GreenPool("bad", **kw)
-    # a private CA's connections live in a companion pool: it has the same options
+    # a private CA's connections live in the same pool (a tagged key): the same options
     p = GreenPool("h3opts", h3_race_delay=2.5, h3_blocked_ttl=7.0)
     try:
         with Client(pool=p, http3=True, verify=str(tls.ca_path)) as c:
-            cp = route_pool(c, p, "https://127.0.0.1:1/")
-            assert cp is not p
-            assert (cp.options.h3_race_delay, cp.options.h3_blocked_ttl) == (2.5, 7.0)
+            assert route_pool(c, p, "https://127.0.0.1:1/") is p
+            assert tags(c, p, "https://127.0.0.1:1/") == ("ssl|tls1", "quic|tls1")
     finally:
         p.close()
 
@@ -153,12 +160,12 @@ def test_race_delay_zero_starts_tcp_at_once(no_leaks, caddy, tls):
         r = c30.get(caddy.url + "/")
         assert r.http_version == "HTTP/3" and r.content == CADDY_BODY
         rp0, rp30 = route_pool(c0, at_once, caddy.url), route_pool(c30, patient, caddy.url)
-        # a request made while the first handshake runs may open a second QUIC connection
-        # (a shared connection in its handshake no longer counts as connecting in the pool)
-        assert 1 <= rp0.get_stats()["http3"]["quic_connections"] <= 2
+        tcp, _ = tags(c0, at_once, caddy.url)
+        # the second request waited for the handshake in progress: one QUIC connection
+        assert rp0.get_stats()["http3"]["quic_connections"] == 1
         assert rp30.get_stats()["http3"]["quic_connections"] == 1
-        assert rp30.host_stats(HOST, caddy.port, "ssl")["active"] == 0     # TCP never opened
-        assert rp0.host_stats(HOST, caddy.port, "ssl")["active"] == 1
+        assert rp30.host_stats(HOST, caddy.port, tcp)["active"] == 0     # TCP never opened
+        assert rp0.host_stats(HOST, caddy.port, tcp)["active"] == 1
         for p in (rp0, rp30):
             assert_exact(p)
             assert p.get_stats()["shared_users"] == 0
@@ -199,13 +206,14 @@ def test_get_stats_and_host_stats_count_quic_connections(no_leaks, caddy, tls, r
         assert (s["open"], s["shared_count"], s["free_count"]) == (2, 2, 2)
         assert s["http3"]["quic_connections"] == 1
         assert rp.host_stats(HOST, caddy.port)["active"] == 2
-        assert rp.host_stats(HOST, caddy.port, "quic")["active"] == 1
-        assert rp.host_stats(HOST, caddy.port, "ssl")["active"] == 1
+        tcp, quic = tags(c3, pool, caddy.url)
+        assert rp.host_stats(HOST, caddy.port, quic)["active"] == 1
+        assert rp.host_stats(HOST, caddy.port, tcp)["active"] == 1
         assert c3.get(caddy.url + "/").http_version == "HTTP/3"       # the same QUIC connection
         assert "http3.handshakes" in rp.stats_counters() and "created" in rp.stats_counters()
         assert "http3.quic_connections" not in rp.stats_counters()
         assert_exact(rp)
-        key = (HOST, caddy.port, "quic")
+        key = (HOST, caddy.port, quic)
     finally:
         pool.close()
     kinds = recorder.kinds(key)
