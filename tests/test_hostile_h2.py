@@ -520,3 +520,34 @@ def test_goaway_with_a_stream_open_teaches_nothing(no_leaks):
         assert_exact(pool)
         pool.close()
     assert_exact(pool)
+
+
+def test_goaway_at_idle_from_nginx_teaches_the_idle_timeout(nginx_factory, no_leaks):
+    """nginx ends an idle HTTP/2 connection after ``keepalive_timeout`` with GOAWAY(NO_ERROR)
+    (and says nothing of it beforehand): learned after two (up to four on a busy machine)
+    such closes, then the next idle connection is retired by the pool's own timer."""
+    n = nginx_factory(keepalive_timeout="2s")
+    pool = GreenPool("h2idle-nginx", max_connections=4, timeout=60.0)
+    key = ("127.0.0.1", n.h2c_port)
+    try:
+        with greenpool.Client(pool=pool, http2=H2C) as c:
+            closes = 0
+            learned = None
+            while learned is None and closes < 4:
+                r = c.get(n.h2c_url + "/")
+                assert r.status == 200 and r.http_version == "HTTP/2"
+                assert until(lambda: pool.count() == 0, timeout=30)
+                closes += 1
+                learned = pool.host_stats(*key)["server_idle_timeout"]
+                if closes == 1:
+                    assert learned is None
+            stats = pool.host_stats(*key)
+            assert learned is not None and 1.0 < learned < 8, stats
+            assert pool.get_stats()["expired"] == 0     # nginx ended every one so far
+            assert c.get(n.h2c_url + "/").status == 200
+            assert until(lambda: pool.count() == 0, timeout=30)
+            assert pool.get_stats()["expired"] == 1     # this one the pool retired itself
+            assert_exact(pool)
+    finally:
+        pool.close()
+    assert_exact(pool)
