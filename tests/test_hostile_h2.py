@@ -60,7 +60,7 @@ def test_total_deadline_covers_a_dripped_body(pool, no_leaks):
             c.get(srv.url(), timeout=Timeout(10, total=1))
         elapsed = time.monotonic() - t0
         assert isinstance(e.value, TimeoutException)
-        assert 0.9 <= elapsed < 4, elapsed     # the drip alone lasts 10 s
+        assert 0.9 <= elapsed < 6, elapsed     # the drip alone lasts 10 s
         assert until(lambda: srv.resets)
         assert len(srv.resets) == 1            # its stream was reset, the connection stays
         assert pool.get_stats()["shared_users"] == 0
@@ -176,8 +176,9 @@ def test_flood_from_another_process_leaves_the_hub_fair(pool, mode, no_leaks):
                 c.get(srv.url(), timeout=30)
         elapsed = time.monotonic() - t0
         ticker.stop()
-        assert 2 <= elapsed < 4, elapsed            # 10 s before the reader yielded
-        assert ticker.gap < 1.0, ticker.gap
+        # generous bounds for busy machines; 10 s (the whole flood) before the reader yielded
+        assert 2 <= elapsed < 6, elapsed
+        assert ticker.gap < 2.5, ticker.gap
         assert ticker.turns >= 20, ticker.turns      # ~200 in 2 s on an idle machine
         assert pool.get_stats()["shared_users"] == 0
         assert_exact(pool)
