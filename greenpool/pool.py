@@ -591,6 +591,10 @@ class GreenPool:
             if grant is PERMIT:
                 return self._open_conn(h, connect_opts, shared, setup)
             conn: Connection = grant
+            if conn.state is CLOSED:
+                # a shared connection granted, then closed (its peer went away) before
+                # this waiter ran: its use went with it; ask again
+                continue
             return conn
 
     def _serve_now(self, h: _Host, shared: bool) -> Any:
