@@ -578,6 +578,10 @@ class GreenPool:
             if grant is None:
                 remaining = None if deadline is None else deadline - _monotonic()
                 if remaining is not None and remaining <= 0:
+                    if timeout:
+                        # it could wait, but its deadline passed before it queued (the
+                        # process descheduled that long on a busy machine): a timeout too
+                        self.counters["timeouts"] += 1
                     raise self._timeout_error(h, start, shedding)
                 grant = self._wait(h, remaining, shared)
                 if grant is None:
