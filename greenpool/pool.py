@@ -45,7 +45,8 @@ Rules (each one is tested in tests/test_pool.py):
    each other among the last five (one early close, e.g. a restart, cannot
    lower it; closes after under :data:`LEARN_MIN_IDLE` do not count; what closes
    taught is forgotten after :data:`LEARN_TTL`), or what a protocol reports (HTTP/1.1 ``Keep-Alive:
-   timeout=N``: :meth:`learn_server_idle_timeout`); idle connections of the key
+   timeout=N``: :meth:`learn_server_idle_timeout`; an HTTP/2 GOAWAY(NO_ERROR) on an
+   idle connection is an observed close: :meth:`observe_idle_close`); idle connections of the key
    then leave ``min(1, t/2)`` seconds before it (``retire_after``, used like a
    lower ``timeout`` by the idle timer).  ``host_stats`` shows both.
 
@@ -620,6 +621,10 @@ class GreenPool:
             if grant is None:
                 remaining = None if deadline is None else deadline - _monotonic()
                 if remaining is not None and remaining <= 0:
+                    if timeout:
+                        # it could wait, but its deadline passed before it queued (the
+                        # process descheduled that long on a busy machine): a timeout too
+                        self.counters["timeouts"] += 1
                     raise self._timeout_error(h, start, shedding)
                 grant = self._wait(h, remaining, shared)
                 if grant is None:
@@ -640,6 +645,10 @@ class GreenPool:
             if grant is PERMIT:
                 return self._open_conn(h, connect_opts, shared, setup)
             conn: Connection = grant
+            if conn.state is CLOSED:
+                # a shared connection granted, then closed (its peer went away) before
+                # this waiter ran: its use went with it; ask again
+                continue
             return conn
 
     def _serve_now(self, h: _Host, shared: bool) -> Any:
@@ -1031,28 +1040,36 @@ class GreenPool:
         log.debug("pool %r: %s:%s closes idle connections after %.3fs; retiring them after "
                   "%.3fs", self.name, h.key[0], h.key[1], seconds, h.retire_after)
 
+    def observe_idle_close(self, conn: Connection) -> None:
+        """The server of ``conn`` ended it while it was idle, seen as it happened (EOF or
+        reset on an idle socket; HTTP/2 GOAWAY(NO_ERROR) with no stream open): its idle
+        time is one observation for rule 9.  Does not close ``conn``.  Never yields."""
+        h = conn._host
+        if h is None or not self.options.adaptive_idle_timeout:
+            return
+        now = _monotonic()
+        idle = now - conn.last_used
+        if idle < LEARN_MIN_IDLE:
+            return
+        # a timeout closes connections after the same idle time: two closes within 20%
+        # of each other confirm it; the longest confirmed wins, so one early close (a
+        # restart, a reset) cannot lower it
+        for other in h.idle_closes:
+            if abs(other - idle) <= 0.2 * max(other, idle):
+                value = max(other, idle)
+                if h.server_idle is None or value > h.server_idle:
+                    self._learn(h, value, now + LEARN_TTL)
+                break
+        h.idle_closes.append(idle)
+        if len(h.idle_closes) > 4:
+            del h.idle_closes[0]
+
     def _dropped_while_idle(self, conn: Connection, learn: bool) -> None:
         """An idle connection's peer closed (reset, wrote): close it; ``learn``: the hub saw
         it at once (its idle time is the server's), not a check at checkout later on."""
         self.counters["dropped"] += 1
-        if learn and self.options.adaptive_idle_timeout:
-            h = conn._host
-            now = _monotonic()
-            idle = now - conn.last_used
-            seen = h.idle_closes if idle >= LEARN_MIN_IDLE else ()
-            # a timeout closes connections after the same idle time: two closes within 20%
-            # of each other confirm it; the longest confirmed wins, so one early close (a
-            # restart, a reset) cannot lower it
-            for other in seen:
-                if abs(other - idle) <= 0.2 * max(other, idle):
-                    value = max(other, idle)
-                    if h.server_idle is None or value > h.server_idle:
-                        self._learn(h, value, now + LEARN_TTL)
-                    break
-            if idle >= LEARN_MIN_IDLE:
-                h.idle_closes.append(idle)
-                if len(h.idle_closes) > 4:
-                    del h.idle_closes[0]
+        if learn:
+            self.observe_idle_close(conn)
         self._close(conn, "peer closed while idle")
 
     def _on_readable(self, conn: Connection) -> None:

@@ -244,8 +244,9 @@ class Ticker:
 
 
 #: how long the ticker may go without running; a read loop that never yields stops it for
-#: the whole flood (8 s).  Generous, for busy machines.
-MAX_GAP = 0.5
+#: the whole flood (8 s).  Generous: on a machine whose cores are all busy with other
+#: processes, the scheduler alone can hold this one up for most of a second.
+MAX_GAP = 2.0
 
 
 @pytest.mark.parametrize("mode", ["100-continue", "empty-lines"])
@@ -262,8 +263,8 @@ def test_flood_before_the_head_from_another_process(pool, parser, mode, no_leaks
 def test_flood_of_body_from_another_process_timeout_fires_on_time(pool, parser, mode, stream,
                                                                   no_leaks):
     """A body that never ends, always ready to read: other greenlets keep running, and the
-    caller's own gevent.Timeout(1) fires after about 1 s (bound generous: 4 s), not when
-    the server stops (8 s)."""
+    caller's own gevent.Timeout(1) fires after about 1 s (bound generous for busy machines:
+    6 s), not when the server stops (8 s)."""
     with ProcessFloodServer(mode) as srv, client(pool, parser) as c, Ticker() as ticker:
         t0 = time.monotonic()
         with pytest.raises(gevent.Timeout):
@@ -274,7 +275,7 @@ def test_flood_of_body_from_another_process_timeout_fires_on_time(pool, parser, 
                 for _ in r.iter_bytes():
                     pass
         took = time.monotonic() - t0
-        assert 0.9 < took < 4.0, took
+        assert 0.9 < took < 6.0, took
         assert ticker.largest < MAX_GAP, ticker.largest
         closed_after(pool, srv)
 

@@ -823,6 +823,28 @@ def test_shared_waiters_get_freed_capacity(server):
     pool.close()
 
 
+def test_shared_waiter_whose_grant_closes_before_it_runs_gets_a_live_one(server):
+    """A waiter is granted a shared connection (woken by a hub callback); the connection
+    closes before the waiter runs (its reader saw the server go): the waiter is not handed
+    the closed connection (no protocol any more) but a new one."""
+    connector = MuxConnector(limit=1)
+    pool = GreenPool("swc", connector=connector, max_connections=1, checkout_timeout=5)
+    first = pool.acquire_shared("127.0.0.1", server.port)
+    g = gevent.spawn(pool.acquire_shared, "127.0.0.1", server.port)
+    settle()
+    assert pool.get_stats()["queue_count"] == 1
+    pool.release_shared(first)        # granted to the waiter, which has not run yet
+    assert pool.get_stats()["queue_count"] == 0 and first.users == 1
+    first.proto.alive = False         # its reader saw EOF
+    first.close("reader saw EOF")
+    second = g.get(timeout=5)
+    assert second is not first and second.proto is not None and not second.closed
+    assert connector.opened == 2 and second.users == 1
+    pool.release_shared(second)
+    assert_exact(pool)
+    pool.close()
+
+
 def test_dead_shared_connection_is_skipped_and_replaced(server):
     connector = MuxConnector(limit=5)
     pool = GreenPool("sd", connector=connector)

@@ -25,6 +25,14 @@ kept (:func:`_one_length_head`) until its blank line, then handed to a fresh par
 one ``Content-Length`` field when every value is the same, else refused as h11 refuses it.
 Responses without the repetition never reach this path.
 
+A read full of tiny chunks (``1\r\nx\r\n`` ...) is thousands of llhttp callbacks: a 64 KiB
+read would be ~50 ms of Python with no chance to yield.  So a read with more than
+:data:`FEED_FRAMING` bytes of chunk framing is parsed in pieces with about that much
+framing each, one piece each time ``next_event`` runs out of events: the read loop's fair
+yield (h1transport rule 6) then comes between pieces, as it comes between h11's events.
+A read longer than :data:`FEED_HEAD` before the final head is fed a head at a time, so
+the body after it is judged by the same rule.  Other reads are fed whole.
+
 llhttp cannot be told that a response answers a HEAD request (httptools does
 not expose ``F_SKIPBODY``), so for HEAD we feed the parser only up to each
 head's blank line, end the message ourselves, and use a fresh parser for the
@@ -43,6 +51,7 @@ from greenpool.errors import RemoteProtocolError
 from greenpool.http.h1 import (
     _R_BODY,
     _R_DONE,
+    _R_ERROR,
     _R_HEAD,
     _SPECIAL_RESP,
     Data,
@@ -153,6 +162,15 @@ def _body_start(partial: bytes, data: bytes) -> int:
         at_start = True
 
 
+#: a chunked-body read with more framing bytes than this (every chunk has at least 5:
+#: "1\r\n" and "\r\n") is parsed in pieces with about this much framing each (a piece
+#: makes at most ~200 llhttp callbacks, well under a millisecond)
+FEED_FRAMING = 1024
+#: before the final head, a read longer than this is parsed a head at a time (pieces of at
+#: most this much), and the body after the final head as above
+FEED_HEAD = 4096
+
+
 class _StopParsing(Exception):
     """Raised in a callback when bytes follow the complete final response."""
 
@@ -195,6 +213,9 @@ class HttptoolsConnection(H1Connection):
         "_dirty",
         "_region",
         "_held",
+        "_rest",
+        "_rest_raw",
+        "_piece",
     )
 
     backend = "httptools"
@@ -211,6 +232,9 @@ class HttptoolsConnection(H1Connection):
         self._region = b""
         # a head llhttp refused for a repeated Content-Length, kept until its blank line
         self._held: Optional[bytes] = None
+        self._rest = memoryview(b"")  # received, not yet fed to llhttp (a read fed in pieces)
+        self._rest_raw = False  # received before the final head: its chunk framing not counted
+        self._piece = 0  # how many bytes of _rest to feed at a time (body pieces)
         self._parser = self._new_parser()
 
     def _new_parser(self) -> httptools.HttpResponseParser:
@@ -232,16 +256,88 @@ class HttptoolsConnection(H1Connection):
     # -- receiving -------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        chunks = self._chunks
+        counted = chunks.data if chunks is not None else 0
         chunk = self._filter_incoming(data)
         if chunk is None:
             return
         if self._held is not None:
             self._hold(chunk)
             return
-        if self._is_head and self._rstate == _R_HEAD:
+        if self._rstate == _R_BODY:
+            if chunks is not None:
+                framing = len(chunk) - (chunks.data - counted)
+                if framing > FEED_FRAMING:  # many chunks: parse in pieces (see above)
+                    self._split(chunk, framing)
+                    return
+            self._feed(chunk)
+        elif self._is_head and self._rstate == _R_HEAD:
             self._feed_heads_only(chunk)
+        elif len(chunk) > FEED_HEAD:
+            self._rest = memoryview(chunk)
+            self._rest_raw = True
+            self._piece = 0
+            self._feed_piece()
         else:
             self._feed(chunk)
+
+    def _split(self, body: bytes, framing: int) -> None:
+        """Parse chunked-body bytes with ``framing`` bytes of chunk framing in pieces."""
+        self._rest = memoryview(body)
+        self._rest_raw = False
+        self._piece = max(64, len(body) * FEED_FRAMING // framing)
+        self._feed_piece()
+
+    def _feed_piece(self) -> None:
+        """Feed llhttp the next piece of ``_rest`` (a read parsed in pieces)."""
+        rest = self._rest
+        state = self._rstate
+        if state == _R_ERROR:
+            self._rest = memoryview(b"")
+            return
+        if self._held is not None:  # a head refused for a repeated Content-Length is kept
+            self._rest = memoryview(b"")
+            self._hold(bytes(rest))
+            return
+        if self._rest_raw and state != _R_HEAD:
+            # the final head ended in an earlier piece: what follows is body, whose chunk
+            # framing is counted here as _filter_incoming counts a read's
+            self._rest_raw = False
+            self._rest = memoryview(b"")
+            chunks = self._chunks
+            if state == _R_BODY and chunks is not None:
+                if chunks.error is not None:
+                    return
+                body = bytes(rest)
+                counted = chunks.data
+                cut = chunks.feed(body)
+                if cut < len(body):
+                    body = body[:cut]  # over a limit: _no_more_events raises it after these
+                framing = len(body) - (chunks.data - counted)
+                if framing > FEED_FRAMING:
+                    self._split(body, framing)
+                    return
+                rest = memoryview(body)
+            if rest:
+                self._feed(rest)  # type: ignore[arg-type]
+            return
+        if self._rest_raw:
+            # before the final head: up to the last head's end within FEED_HEAD bytes, so
+            # a body that follows is split by its own framing
+            head = bytes(rest[:FEED_HEAD])
+            n = head.rfind(b"\r\n\r\n") + 4
+            if n < 4:
+                n = len(head)
+            piece = head[:n]
+        else:
+            n = self._piece
+            piece = rest[:n]  # type: ignore[assignment]
+        self._rest = rest = rest[n:]
+        self._feed(piece)
+        if rest and self._rstate == _R_DONE:
+            # bytes after the response: llhttp stops at once (keep_alive off), as when fed whole
+            self._rest = memoryview(b"")
+            self._feed(rest)  # type: ignore[arg-type]
 
     def _feed(self, data: bytes) -> None:
         in_head = self._rstate == _R_HEAD
@@ -354,8 +450,13 @@ class HttptoolsConnection(H1Connection):
                 return
 
     def next_event(self) -> Event:
-        if self._events:
-            return self._events.popleft()
+        events = self._events
+        if events:
+            return events.popleft()
+        while self._rest:
+            self._feed_piece()
+            if events:
+                return events.popleft()
         return self._no_more_events()
 
     def start_next_cycle(self) -> None:
@@ -366,6 +467,7 @@ class HttptoolsConnection(H1Connection):
         self._tail = b""
         self._region = b""
         self._held = None
+        self._rest = memoryview(b"")
         self._reset()
 
     # -- parser callbacks --------------------------------------------------------------

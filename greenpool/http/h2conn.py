@@ -47,7 +47,9 @@ Rules and invariants:
   before its use is given back.
 * **GOAWAY.**  The pool unregisters the connection at once; streams up to
   ``last_stream_id`` finish; later ones fail with :class:`Refused` (the
-  server never processed them) and are retried by the request path.
+  server never processed them) and are retried by the request path.  A
+  GOAWAY(NO_ERROR) on an idle connection (no stream, no user) is the server's
+  idle timeout at work: the pool learns from it (``observe_idle_close``).
 * **Dead peers.**  The request path calls ``conn.suspect()`` when a stream's
   read times out; :meth:`H2Protocol.ping` is the probe and :meth:`H2Protocol.fail`
   closes a connection whose PING went unanswered.
@@ -727,9 +729,12 @@ class H2Protocol:
                 st.error = Refused("the server sent GOAWAY (%s) before processing stream %d" % (code, sid))
                 touched.append(st)
         if first:
-            pool = self.conn.pool
+            conn = self.conn
+            pool = conn.pool
             if pool is not None:
-                pool.unregister_h2(self.conn)   # closes now if nobody uses it
+                if ev.error_code == ErrorCodes.NO_ERROR and not self.streams and conn.users == 0:
+                    pool.observe_idle_close(conn)   # the server's idle timeout (pool rule 9)
+                pool.unregister_h2(conn)   # closes now if nobody uses it
         return touched
 
     # -- failures --
