@@ -517,6 +517,8 @@ EQUAL_CONTENT_LENGTHS = {
     "a list without blanks": OK + b"Content-Length: 2,2\r\n\r\nhi",
     "three, apart": OK + b"Content-Length: 2\r\nA: b\r\nContent-Length: 2 , 2\r\nC: d\r\n\r\nhi",
     "after a 1xx": b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"Content-Length: 2\r\ncontent-length: 2\r\n\r\nhi",
+    # a head longer than one piece of a read httptools parses in pieces (FEED_HEAD)
+    "in a long head": OK + b"Content-Length: 2\r\nContent-Length: 2\r\nX-Pad: " + b"a" * 6000 + b"\r\n\r\nhi",
 }
 
 
