@@ -760,6 +760,68 @@ def test_fault_malformed_frame_after_a_complete_response_in_the_same_read(pool, 
         pool.close()
 
 
+def test_fault_oversized_frame_fails_at_its_header_after_the_frames_before_it(pool, no_leaks):
+    """A frame header announcing more than our SETTINGS_MAX_FRAME_SIZE fails the connection
+    at once (GOAWAY FRAME_SIZE_ERROR), without waiting for a payload that may never come;
+    a response completed in the same read before it still reaches its caller."""
+    oversized = struct.pack(">I", 16385)[1:] + b"\x00\x00" + struct.pack(">I", 1)   # DATA, 16385 B
+
+    def respond(ctx, sid, headers, body):
+        if header(headers, b":path") != b"/first":
+            gevent.sleep(30)
+            return
+        ctx.flush()
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"4")])
+        ctx.h2.send_data(sid, b"done", end_stream=True)
+        ctx.sock.sendall(ctx.h2.data_to_send() + oversized)   # one write, one read
+
+    with H2FakeServer(respond) as srv:
+        other = gevent.spawn(get, pool, srv.url("/other"), timeout=30.0)
+        assert until(lambda: srv.requests)
+        r = get(pool, srv.url("/first"), timeout=30.0)
+        assert r.status == 200 and r.read() == b"done"
+        with pytest.raises(RemoteProtocolError, match="broke the HTTP/2 protocol"):
+            other.get(timeout=10)
+        assert until(lambda: srv.goaways) and srv.goaways[0][1] == 6   # FRAME_SIZE_ERROR
+        assert pool.count(("127.0.0.1", srv.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_frames_cut_anywhere_across_reads(pool, no_leaks):
+    """The reader reads frame headers itself (to count frames and floods) and hands h2 the
+    payloads as they come: frames and headers cut at every point, a PING among the DATA,
+    still give the exact body."""
+    body = bytes(range(256)) * 160          # 40960 bytes: four DATA frames
+
+    def respond(ctx, sid, headers, body_in):
+        ctx.flush()
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % len(body))])
+        ctx.h2.send_data(sid, body[:16384])
+        ctx.h2.send_data(sid, body[16384:20000])
+        ping = hyperframe.frame.PingFrame(0)
+        ping.opaque_data = b"12345678"
+        wire = ctx.h2.data_to_send() + ping.serialize()
+        ctx.h2.send_data(sid, body[20000:36384])
+        ctx.h2.send_data(sid, body[36384:], end_stream=True)
+        wire += ctx.h2.data_to_send()
+        off, step = 0, 1
+        while off < len(wire):
+            ctx.sock.sendall(wire[off:off + step])
+            off += step
+            step = step % 13 + 1 if off < 400 else 997
+            gevent.sleep(0.001)
+
+    with H2FakeServer(respond) as srv:
+        for _ in range(2):
+            r = get(pool, srv.url("/"), timeout=30.0)
+            assert r.status == 200 and r.read() == body
+        assert until(lambda: pool.get_stats()["shared_users"] == 0)
+        assert len(srv.conns) == 1
+        assert_exact(pool)
+        pool.close()
+
+
 def test_fault_flow_control_violation(pool, no_leaks):
     def respond(ctx, sid, headers, body):
         ctx.h2.send_headers(sid, [(b":status", b"200")])

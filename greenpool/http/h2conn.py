@@ -22,7 +22,13 @@ Rules and invariants:
   9-byte frame headers before h2 sees the frame: ACKs owed behind an unfinished
   write, CONTINUATIONs per header block, SETTINGS entries, a RST_STREAM token
   bucket, empty frames in a row.  Over one: GOAWAY(ENHANCE_YOUR_CALM), and the
-  connection fails with :class:`Flooded` (a ``LimitExceeded``).
+  connection fails with :class:`Flooded` (a ``LimitExceeded``).  A frame
+  header announcing more than our SETTINGS_MAX_FRAME_SIZE fails the connection
+  (GOAWAY FRAME_SIZE_ERROR) at once, before any of its payload is buffered.
+* **One h2 call per read.**  The frame headers are read by us (counting the
+  slice and the floods); h2 gets every counted frame of a read in one
+  ``receive_data``-like call (:meth:`_ClientConnection.receive_frames`), a
+  frame whose payload is still arriving included (h2 buffers it).
 * **No yield inside h2.**  ``h2.connection.H2Connection`` is not safe across
   greenlet switches: every state change (``send_headers``, ``send_data``,
   ``reset_stream``, ``acknowledge_received_data``, ``receive_data``) runs
@@ -54,9 +60,9 @@ Rules and invariants:
 * **Failure.**  A broken connection (EOF, socket error, a protocol error by
   the server) fails every open stream with a greenpool error and closes the
   connection through its pool (exact counts); the reader greenlet ends.
-  Bytes are fed to ``h2`` one whole frame at a time, so the events of the
-  frames before a bad one are still delivered (a response completed in the
-  same read as the bad frame reaches its caller).
+  The events of the frames before a bad one are still delivered (a response
+  completed in the same read as the bad frame reaches its caller): they are
+  collected as h2 handles each frame, not when the whole read is done.
 * **Header limits are ours, per stream.**  ``h2`` decodes any header block up
   to :data:`DECODE_LIMIT` (HPACK state must stay in step, so a block cannot be
   skipped); the request's limit (``Stream.max_header_list``) is checked after
@@ -96,7 +102,7 @@ from greenpool.errors import (
     format_address,
     format_seconds,
 )
-from greenpool.http.h2backend import ConnectionState, ErrorCodes
+from greenpool.http.h2backend import ConnectionState, ErrorCodes, InvalidPaddingError
 from greenpool.http.h2backend import core as h2
 from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
@@ -116,6 +122,7 @@ _RemoteSettingsChanged = h2.events.RemoteSettingsChanged
 _PingAckReceived = h2.events.PingAckReceived
 _ConnectionTerminated = h2.events.ConnectionTerminated
 _Informational = h2.events.InformationalResponseReceived
+_InvalidPaddingError = InvalidPaddingError
 
 #: what h2/HPACK may decode in one header block; our own (smaller) limit is checked per stream
 DECODE_LIMIT = 16 * 1024 * 1024
@@ -236,6 +243,32 @@ class _ClientConnection(h2.connection.H2Connection):
             self.state_machine.state = ConnectionState.CLIENT_OPEN
         return result
 
+    def receive_frames(self, data: bytes, events: List[Any]) -> None:
+        """``receive_data``, but the events go to ``events`` as each frame is handled,
+        so the events of the frames before a bad one survive its ProtocolError (h2
+        drops them).  Same steps as h2's and jh2's ``receive_data``."""
+        frames = self.incoming_buffer
+        frames.add_data(data)
+        frames.max_frame_size = self.max_inbound_frame_size
+        handle = self._receive_frame
+        try:
+            for frame in frames:
+                events.extend(handle(frame))
+        except _InvalidPaddingError:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from None
+        except h2.exceptions.ProtocolError as e:
+            self._terminate_connection(e.error_code)
+            raise
+
+    def frame_too_large(self, length: int) -> Exception:
+        """A frame header announcing ``length`` over our SETTINGS_MAX_FRAME_SIZE: queue
+        GOAWAY(FRAME_SIZE_ERROR) and return the error (h2 itself would first buffer the
+        whole oversized frame)."""
+        self._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
+        return h2.exceptions.FrameTooLargeError(
+            "Received overlong frame: length %d, max %d" % (length, self.max_inbound_frame_size))
+
     def _local_settings_acked(self) -> Any:
         # h2 would make the advertised SETTINGS_MAX_HEADER_LIST_SIZE the HPACK decoder's hard
         # limit (an error there loses the connection): decode anything, check per stream
@@ -268,8 +301,9 @@ class H2Protocol:
         self._ping_seq = 0
         self._loop = get_hub().loop
         self._settings_seen = False
-        self._rbuf = b""                       # the start of an incomplete frame, or frames
+        self._rbuf = b""                       # the start of a frame header, or frames
         self._more = False                     # ... left for the next slice (fairness)
+        self._skip = 0                         # payload bytes of a counted frame still to come
         self._budget = SLICE_FRAMES            # frames left in this slice
         self._owed = 0                         # SETTINGS/PING ACKs queued since the last drain
         self._conts = 0                        # CONTINUATIONs in the current header block
@@ -407,14 +441,20 @@ class H2Protocol:
 
     def _receive(self, data: bytes, budget: Optional[int] = None
                  ) -> Tuple[List[Any], Optional[Exception]]:
-        """Feed ``data`` to h2 one whole frame at a time, at most ``budget`` frames
-        (default: what is left of the reader's slice, ``self._budget``).
+        """Feed ``data`` to h2 in one call, up to ``budget`` frames (default: what is
+        left of the reader's slice, ``self._budget``).
 
-        An incomplete frame is kept for later; so are the frames past the budget
+        The 9-byte frame headers are read here first: they count the frames
+        (the slice) and the flood limits before h2 sees a frame.  The frames past
+        the budget, or after one over a flood limit, are kept for later
         (``self._more`` is then True: the reader yields, then feeds them without
-        reading).  Returns the events and the ``h2`` protocol error (or
-        :class:`Flooded`) that stopped it, if any: the events of the frames before
-        a bad one survive.  Never yields.
+        reading); the start of a frame whose header is not whole yet is kept too.
+        A frame whose header was counted but whose payload has not all arrived
+        goes to h2 as it comes (h2 buffers it); ``self._skip`` is how much of it is
+        still to come, so its bytes are never read as a header.  Returns the
+        events and the ``h2`` protocol error (or :class:`Flooded`) that stopped
+        it, if any: the events of the frames before a bad one survive
+        (:meth:`_ClientConnection.receive_frames`).  Never yields.
         """
         buf = self._rbuf + data if self._rbuf else data
         self._rbuf = b""
@@ -425,36 +465,49 @@ class H2Protocol:
         h2c = self.h2
         events: List[Any] = []
         n = len(buf)
-        off = 0
-        try:
+        off = self._skip
+        bad: Optional[Exception] = None
+        too_large = 0
+        if off >= n:            # all of it belongs to the frame already counted
+            self._skip = off - n
+            off = n
+        else:
+            limit = h2c.max_inbound_frame_size
             while n - off >= 9:
                 if not budget:
                     self._more = True
                     break
-                budget -= 1
                 length = int.from_bytes(buf[off:off + 3], "big")
-                if length > h2c.max_inbound_frame_size:
-                    end = n      # h2 rejects it from its 9-byte header alone
-                else:
-                    end = off + 9 + length
-                    if end > n:
+                if length > limit:
+                    too_large = length      # refused once the frames before it are fed
+                    break
+                kind = buf[off + 3]
+                if kind > 1 or not length:
+                    bad = self._count(kind, buf[off + 4], length)
+                    if bad is not None:
                         break
-                    kind = buf[off + 3]
-                    if kind > 1 or not length:
-                        flood = self._count(kind, buf[off + 4], length)
-                        if flood is not None:
-                            return events, flood
-                    else:              # DATA or HEADERS with a payload: the common case
-                        self._empty = 0
-                        if kind:
-                            self._conts = 0
-                events.extend(h2c.receive_data(buf[off:end] if off or end < n else buf))
-                off = end
-        except h2.exceptions.ProtocolError as e:
-            return events, e
-        finally:
-            if slice_:
-                self._budget = budget
+                else:                  # DATA or HEADERS with a payload: the common case
+                    self._empty = 0
+                    if kind:
+                        self._conts = 0
+                budget -= 1
+                off += 9 + length
+            if off > n:         # the last frame is counted, its payload still coming
+                self._skip = off - n
+                off = n
+            else:
+                self._skip = 0
+        if slice_:
+            self._budget = budget
+        if off:
+            try:
+                h2c.receive_frames(buf if off == n else buf[:off], events)
+            except h2.exceptions.ProtocolError as e:
+                return events, e
+        if too_large:
+            return events, h2c.frame_too_large(too_large)
+        if bad is not None:
+            return events, bad
         if off < n:
             self._rbuf = buf[off:]
         return events, None
