@@ -102,7 +102,7 @@ from greenpool.errors import (
     format_address,
     format_seconds,
 )
-from greenpool.http.h2backend import ConnectionState, ErrorCodes, InvalidPaddingError
+from greenpool.http.h2backend import ConnectionState, ErrorCodes, InvalidPaddingError, RstStreamFrame
 from greenpool.http.h2backend import core as h2
 from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
@@ -123,6 +123,9 @@ _PingAckReceived = h2.events.PingAckReceived
 _ConnectionTerminated = h2.events.ConnectionTerminated
 _Informational = h2.events.InformationalResponseReceived
 _InvalidPaddingError = InvalidPaddingError
+_RstStreamFrame = RstStreamFrame
+_StreamClosedError = h2.exceptions.StreamClosedError
+_StreamIDTooLowError = h2.exceptions.StreamIDTooLowError
 
 #: what h2/HPACK may decode in one header block; our own (smaller) limit is checked per stream
 DECODE_LIMIT = 16 * 1024 * 1024
@@ -260,6 +263,32 @@ class _ClientConnection(h2.connection.H2Connection):
         except h2.exceptions.ProtocolError as e:
             self._terminate_connection(e.error_code)
             raise
+
+    def _receive_frame(self, frame: Any) -> Any:
+        # h2's own, less its trace line: ``repr(frame)`` there is built for every frame
+        # whether or not anyone logs it, and hexlifies a DATA frame's whole payload
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except _StreamClosedError as e:
+            # closed by our RST_STREAM: a stream error (answer RST_STREAM), else a
+            # connection error
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = _RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                return e._events
+            raise
+        except _StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = _RstStreamFrame(e.stream_id)
+                f.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                return []
+            if self._stream_is_closed_by_end(e.stream_id):
+                raise _StreamClosedError(e.stream_id) from e
+            raise
+        self._prepare_for_sending(frames)
+        return events
 
     def frame_too_large(self, length: int) -> Exception:
         """A frame header announcing ``length`` over our SETTINGS_MAX_FRAME_SIZE: queue
