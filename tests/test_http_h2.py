@@ -844,6 +844,40 @@ def test_fault_flow_control_violation(pool, no_leaks):
         pool.close()
 
 
+def test_closed_streams_held_by_h2_stay_bounded_and_the_server_limit_holds(pool, no_leaks):
+    """h2 forgets closed streams only when it counts the open ones, which greenpool has it do
+    only once the streams held reach the server's MAX_CONCURRENT_STREAMS or HELD_STREAMS:
+    what h2 holds stays under that bound, and a stream past the server's limit is refused."""
+    from greenpool.http import h2conn
+    from greenpool.http.h2conn import Refused
+
+    with H2FakeServer(ok, max_concurrent_streams=1000) as srv:
+        r = get(pool, srv.url())
+        proto = r.stream.proto
+        assert r.read() == b"hello"
+        most = 0
+        for _ in range(h2conn.HELD_STREAMS + 44):
+            assert get(pool, srv.url()).read() == b"hello"
+            most = max(most, len(proto.h2.streams))
+        assert most == h2conn.HELD_STREAMS            # it did hold closed streams, up to the bound
+        assert len(proto.h2.streams) < h2conn.HELD_STREAMS
+        assert len(srv.conns) == 1
+        assert_exact(pool)
+    with H2FakeServer(hold, max_concurrent_streams=2) as srv:
+        first = gevent.spawn(get, pool, srv.url())
+        assert until(lambda: srv.requests)
+        (conn,) = pool._hosts[("127.0.0.1", srv.port, "tcp")].shared
+        proto = conn.proto
+        headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+        second = proto.open_stream(headers, end_stream=True)
+        with pytest.raises(Refused, match="no stream available"):
+            proto.open_stream(headers, end_stream=True)      # a third: over the server's 2
+        proto.release(second, reset=True)
+        first.kill()
+        assert_exact(pool)
+        pool.close()
+
+
 def test_server_raising_max_concurrent_streams_serves_queued_waiters_at_once(no_leaks):
     """One connection allowed, one stream per connection: three more requests queue in the
     pool; a SETTINGS raising the limit hands them streams at once (not when stream 1 ends)."""

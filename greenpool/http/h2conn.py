@@ -133,6 +133,8 @@ DECODE_LIMIT = 16 * 1024 * 1024
 SLICE_FRAMES = 100
 #: frames read after a failed write, looking for a GOAWAY (never yields)
 DRAIN_FRAMES = 1000
+#: closed streams h2 may hold before it is made to forget them (see open_outbound_streams)
+HELD_STREAMS = 256
 #: how long a GOAWAY(ENHANCE_YOUR_CALM) may take to write before the connection closes
 GOODBYE_TIMEOUT = 0.1
 
@@ -245,6 +247,19 @@ class _ClientConnection(h2.connection.H2Connection):
         if self.state_machine.state is ConnectionState.CLOSED:
             self.state_machine.state = ConnectionState.CLIENT_OPEN
         return result
+
+    @property
+    def open_outbound_streams(self) -> int:
+        # h2 counts the open streams by walking every stream it holds (forgetting the
+        # closed ones on the way) at each send_headers: O(streams in flight) per request.
+        # Its one use is the check "count + 1 > the server's MAX_CONCURRENT_STREAMS".
+        # While the streams held, open or closed, stay under that and HELD_STREAMS, the
+        # check passes without the walk; past either, walk as h2 does (exact, and it
+        # forgets the closed ones: what is held stays bounded).
+        held = len(self.streams)
+        if held < HELD_STREAMS and held < self.remote_settings.max_concurrent_streams:
+            return held
+        return self._open_streams(1)
 
     def receive_frames(self, data: bytes, events: List[Any]) -> None:
         """``receive_data``, but the events go to ``events`` as each frame is handled,
