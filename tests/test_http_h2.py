@@ -760,6 +760,68 @@ def test_fault_malformed_frame_after_a_complete_response_in_the_same_read(pool, 
         pool.close()
 
 
+def test_fault_oversized_frame_fails_at_its_header_after_the_frames_before_it(pool, no_leaks):
+    """A frame header announcing more than our SETTINGS_MAX_FRAME_SIZE fails the connection
+    at once (GOAWAY FRAME_SIZE_ERROR), without waiting for a payload that may never come;
+    a response completed in the same read before it still reaches its caller."""
+    oversized = struct.pack(">I", 16385)[1:] + b"\x00\x00" + struct.pack(">I", 1)   # DATA, 16385 B
+
+    def respond(ctx, sid, headers, body):
+        if header(headers, b":path") != b"/first":
+            gevent.sleep(30)
+            return
+        ctx.flush()
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"4")])
+        ctx.h2.send_data(sid, b"done", end_stream=True)
+        ctx.sock.sendall(ctx.h2.data_to_send() + oversized)   # one write, one read
+
+    with H2FakeServer(respond) as srv:
+        other = gevent.spawn(get, pool, srv.url("/other"), timeout=30.0)
+        assert until(lambda: srv.requests)
+        r = get(pool, srv.url("/first"), timeout=30.0)
+        assert r.status == 200 and r.read() == b"done"
+        with pytest.raises(RemoteProtocolError, match="broke the HTTP/2 protocol"):
+            other.get(timeout=10)
+        assert until(lambda: srv.goaways) and srv.goaways[0][1] == 6   # FRAME_SIZE_ERROR
+        assert pool.count(("127.0.0.1", srv.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_frames_cut_anywhere_across_reads(pool, no_leaks):
+    """The reader reads frame headers itself (to count frames and floods) and hands h2 the
+    payloads as they come: frames and headers cut at every point, a PING among the DATA,
+    still give the exact body."""
+    body = bytes(range(256)) * 160          # 40960 bytes: four DATA frames
+
+    def respond(ctx, sid, headers, body_in):
+        ctx.flush()
+        ctx.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % len(body))])
+        ctx.h2.send_data(sid, body[:16384])
+        ctx.h2.send_data(sid, body[16384:20000])
+        ping = hyperframe.frame.PingFrame(0)
+        ping.opaque_data = b"12345678"
+        wire = ctx.h2.data_to_send() + ping.serialize()
+        ctx.h2.send_data(sid, body[20000:36384])
+        ctx.h2.send_data(sid, body[36384:], end_stream=True)
+        wire += ctx.h2.data_to_send()
+        off, step = 0, 1
+        while off < len(wire):
+            ctx.sock.sendall(wire[off:off + step])
+            off += step
+            step = step % 13 + 1 if off < 400 else 997
+            gevent.sleep(0.001)
+
+    with H2FakeServer(respond) as srv:
+        for _ in range(2):
+            r = get(pool, srv.url("/"), timeout=30.0)
+            assert r.status == 200 and r.read() == body
+        assert until(lambda: pool.get_stats()["shared_users"] == 0)
+        assert len(srv.conns) == 1
+        assert_exact(pool)
+        pool.close()
+
+
 def test_fault_flow_control_violation(pool, no_leaks):
     def respond(ctx, sid, headers, body):
         ctx.h2.send_headers(sid, [(b":status", b"200")])
@@ -778,6 +840,40 @@ def test_fault_flow_control_violation(pool, no_leaks):
             r.read()
         assert other.get(timeout=5) == b"slept"
         assert pool.count(("127.0.0.1", bad.port)) == 0
+        assert_exact(pool)
+        pool.close()
+
+
+def test_closed_streams_held_by_h2_stay_bounded_and_the_server_limit_holds(pool, no_leaks):
+    """h2 forgets closed streams only when it counts the open ones, which greenpool has it do
+    only once the streams held reach the server's MAX_CONCURRENT_STREAMS or HELD_STREAMS:
+    what h2 holds stays under that bound, and a stream past the server's limit is refused."""
+    from greenpool.http import h2conn
+    from greenpool.http.h2conn import Refused
+
+    with H2FakeServer(ok, max_concurrent_streams=1000) as srv:
+        r = get(pool, srv.url())
+        proto = r.stream.proto
+        assert r.read() == b"hello"
+        most = 0
+        for _ in range(h2conn.HELD_STREAMS + 44):
+            assert get(pool, srv.url()).read() == b"hello"
+            most = max(most, len(proto.h2.streams))
+        assert most == h2conn.HELD_STREAMS            # it did hold closed streams, up to the bound
+        assert len(proto.h2.streams) < h2conn.HELD_STREAMS
+        assert len(srv.conns) == 1
+        assert_exact(pool)
+    with H2FakeServer(hold, max_concurrent_streams=2) as srv:
+        first = gevent.spawn(get, pool, srv.url())
+        assert until(lambda: srv.requests)
+        (conn,) = pool._hosts[("127.0.0.1", srv.port, "tcp")].shared
+        proto = conn.proto
+        headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+        second = proto.open_stream(headers, end_stream=True)
+        with pytest.raises(Refused, match="no stream available"):
+            proto.open_stream(headers, end_stream=True)      # a third: over the server's 2
+        proto.release(second, reset=True)
+        first.kill()
         assert_exact(pool)
         pool.close()
 

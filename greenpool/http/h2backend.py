@@ -19,7 +19,8 @@ names they take from it.  Nothing else in greenpool imports ``h2`` or ``jh2``.
   ``connection``, ``errors``, ``events``, ``exceptions`` and ``settings``
   modules loaded (``core.events.DataReceived`` is jh2's class when jh2 runs);
   :data:`name` says which (``"h2"`` or ``"jh2"``), :data:`version` its version.
-  Type checking sees h2's declarations, which jh2 shares.
+  ``InvalidPaddingError`` and ``RstStreamFrame`` are its frame layer's
+  (hyperframe, which jh2 vendors).  Type checking sees h2's declarations, which jh2 shares.
 * **Differences** between the cores that the adapter would meet belong here,
   not scattered in it.  The HTTP/2 test suite runs on both
   (``tests/test_http_h2backend.py`` runs it again on the core a test run did
@@ -82,10 +83,15 @@ if TYPE_CHECKING:
     import h2.settings  # noqa: F401
     from h2.connection import ConnectionState as ConnectionState
     from h2.errors import ErrorCodes as ErrorCodes
+    from hyperframe.exceptions import InvalidPaddingError as InvalidPaddingError
+    from hyperframe.frame import RstStreamFrame as RstStreamFrame
 else:
     core = choose(os.environ.get(ENV_VAR))
     ConnectionState = core.connection.ConnectionState
     ErrorCodes = core.errors.ErrorCodes
+    # the frame layer's names (hyperframe's, vendored by jh2), as the connection module uses them
+    InvalidPaddingError = core.connection.InvalidPaddingError
+    RstStreamFrame = core.connection.RstStreamFrame
 
 name: str = core.__name__
 """The chosen core's package name: ``"h2"`` or ``"jh2"``."""
@@ -93,4 +99,5 @@ name: str = core.__name__
 version: str = getattr(core, "__version__", "?")
 """The chosen core's version string."""
 
-__all__ = ["BACKENDS", "ENV_VAR", "ConnectionState", "ErrorCodes", "choose", "core", "name", "version"]
+__all__ = ["BACKENDS", "ENV_VAR", "ConnectionState", "ErrorCodes", "InvalidPaddingError",
+           "RstStreamFrame", "choose", "core", "name", "version"]

@@ -22,7 +22,13 @@ Rules and invariants:
   9-byte frame headers before h2 sees the frame: ACKs owed behind an unfinished
   write, CONTINUATIONs per header block, SETTINGS entries, a RST_STREAM token
   bucket, empty frames in a row.  Over one: GOAWAY(ENHANCE_YOUR_CALM), and the
-  connection fails with :class:`Flooded` (a ``LimitExceeded``).
+  connection fails with :class:`Flooded` (a ``LimitExceeded``).  A frame
+  header announcing more than our SETTINGS_MAX_FRAME_SIZE fails the connection
+  (GOAWAY FRAME_SIZE_ERROR) at once, before any of its payload is buffered.
+* **One h2 call per read.**  The frame headers are read by us (counting the
+  slice and the floods); h2 gets every counted frame of a read in one
+  ``receive_data``-like call (:meth:`_ClientConnection.receive_frames`), a
+  frame whose payload is still arriving included (h2 buffers it).
 * **No yield inside h2.**  ``h2.connection.H2Connection`` is not safe across
   greenlet switches: every state change (``send_headers``, ``send_data``,
   ``reset_stream``, ``acknowledge_received_data``, ``receive_data``) runs
@@ -56,9 +62,9 @@ Rules and invariants:
 * **Failure.**  A broken connection (EOF, socket error, a protocol error by
   the server) fails every open stream with a greenpool error and closes the
   connection through its pool (exact counts); the reader greenlet ends.
-  Bytes are fed to ``h2`` one whole frame at a time, so the events of the
-  frames before a bad one are still delivered (a response completed in the
-  same read as the bad frame reaches its caller).
+  The events of the frames before a bad one are still delivered (a response
+  completed in the same read as the bad frame reaches its caller): they are
+  collected as h2 handles each frame, not when the whole read is done.
 * **Header limits are ours, per stream.**  ``h2`` decodes any header block up
   to :data:`DECODE_LIMIT` (HPACK state must stay in step, so a block cannot be
   skipped); the request's limit (``Stream.max_header_list``) is checked after
@@ -98,7 +104,7 @@ from greenpool.errors import (
     format_address,
     format_seconds,
 )
-from greenpool.http.h2backend import ConnectionState, ErrorCodes
+from greenpool.http.h2backend import ConnectionState, ErrorCodes, InvalidPaddingError, RstStreamFrame
 from greenpool.http.h2backend import core as h2
 from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
@@ -118,6 +124,10 @@ _RemoteSettingsChanged = h2.events.RemoteSettingsChanged
 _PingAckReceived = h2.events.PingAckReceived
 _ConnectionTerminated = h2.events.ConnectionTerminated
 _Informational = h2.events.InformationalResponseReceived
+_InvalidPaddingError = InvalidPaddingError
+_RstStreamFrame = RstStreamFrame
+_StreamClosedError = h2.exceptions.StreamClosedError
+_StreamIDTooLowError = h2.exceptions.StreamIDTooLowError
 
 #: what h2/HPACK may decode in one header block; our own (smaller) limit is checked per stream
 DECODE_LIMIT = 16 * 1024 * 1024
@@ -125,6 +135,8 @@ DECODE_LIMIT = 16 * 1024 * 1024
 SLICE_FRAMES = 100
 #: frames read after a failed write, looking for a GOAWAY (never yields)
 DRAIN_FRAMES = 1000
+#: closed streams h2 may hold before it is made to forget them (see open_outbound_streams)
+HELD_STREAMS = 256
 #: how long a GOAWAY(ENHANCE_YOUR_CALM) may take to write before the connection closes
 GOODBYE_TIMEOUT = 0.1
 
@@ -238,6 +250,71 @@ class _ClientConnection(h2.connection.H2Connection):
             self.state_machine.state = ConnectionState.CLIENT_OPEN
         return result
 
+    @property
+    def open_outbound_streams(self) -> int:
+        # h2 counts the open streams by walking every stream it holds (forgetting the
+        # closed ones on the way) at each send_headers: O(streams in flight) per request.
+        # Its one use is the check "count + 1 > the server's MAX_CONCURRENT_STREAMS".
+        # While the streams held, open or closed, stay under that and HELD_STREAMS, the
+        # check passes without the walk; past either, walk as h2 does (exact, and it
+        # forgets the closed ones: what is held stays bounded).
+        held = len(self.streams)
+        if held < HELD_STREAMS and held < self.remote_settings.max_concurrent_streams:
+            return held
+        return self._open_streams(1)
+
+    def receive_frames(self, data: bytes, events: List[Any]) -> None:
+        """``receive_data``, but the events go to ``events`` as each frame is handled,
+        so the events of the frames before a bad one survive its ProtocolError (h2
+        drops them).  Same steps as h2's and jh2's ``receive_data``."""
+        frames = self.incoming_buffer
+        frames.add_data(data)
+        frames.max_frame_size = self.max_inbound_frame_size
+        handle = self._receive_frame
+        try:
+            for frame in frames:
+                events.extend(handle(frame))
+        except _InvalidPaddingError:
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise h2.exceptions.ProtocolError("Received frame with invalid padding.") from None
+        except h2.exceptions.ProtocolError as e:
+            self._terminate_connection(e.error_code)
+            raise
+
+    def _receive_frame(self, frame: Any) -> Any:
+        # h2's own, less its trace line: ``repr(frame)`` there is built for every frame
+        # whether or not anyone logs it, and hexlifies a DATA frame's whole payload
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except _StreamClosedError as e:
+            # closed by our RST_STREAM: a stream error (answer RST_STREAM), else a
+            # connection error
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = _RstStreamFrame(e.stream_id)
+                f.error_code = e.error_code
+                self._prepare_for_sending([f])
+                return e._events
+            raise
+        except _StreamIDTooLowError as e:
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = _RstStreamFrame(e.stream_id)
+                f.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                return []
+            if self._stream_is_closed_by_end(e.stream_id):
+                raise _StreamClosedError(e.stream_id) from e
+            raise
+        self._prepare_for_sending(frames)
+        return events
+
+    def frame_too_large(self, length: int) -> Exception:
+        """A frame header announcing ``length`` over our SETTINGS_MAX_FRAME_SIZE: queue
+        GOAWAY(FRAME_SIZE_ERROR) and return the error (h2 itself would first buffer the
+        whole oversized frame)."""
+        self._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
+        return h2.exceptions.FrameTooLargeError(
+            "Received overlong frame: length %d, max %d" % (length, self.max_inbound_frame_size))
+
     def _local_settings_acked(self) -> Any:
         # h2 would make the advertised SETTINGS_MAX_HEADER_LIST_SIZE the HPACK decoder's hard
         # limit (an error there loses the connection): decode anything, check per stream
@@ -270,8 +347,9 @@ class H2Protocol:
         self._ping_seq = 0
         self._loop = get_hub().loop
         self._settings_seen = False
-        self._rbuf = b""                       # the start of an incomplete frame, or frames
+        self._rbuf = b""                       # the start of a frame header, or frames
         self._more = False                     # ... left for the next slice (fairness)
+        self._skip = 0                         # payload bytes of a counted frame still to come
         self._budget = SLICE_FRAMES            # frames left in this slice
         self._owed = 0                         # SETTINGS/PING ACKs queued since the last drain
         self._conts = 0                        # CONTINUATIONs in the current header block
@@ -409,14 +487,20 @@ class H2Protocol:
 
     def _receive(self, data: bytes, budget: Optional[int] = None
                  ) -> Tuple[List[Any], Optional[Exception]]:
-        """Feed ``data`` to h2 one whole frame at a time, at most ``budget`` frames
-        (default: what is left of the reader's slice, ``self._budget``).
+        """Feed ``data`` to h2 in one call, up to ``budget`` frames (default: what is
+        left of the reader's slice, ``self._budget``).
 
-        An incomplete frame is kept for later; so are the frames past the budget
+        The 9-byte frame headers are read here first: they count the frames
+        (the slice) and the flood limits before h2 sees a frame.  The frames past
+        the budget, or after one over a flood limit, are kept for later
         (``self._more`` is then True: the reader yields, then feeds them without
-        reading).  Returns the events and the ``h2`` protocol error (or
-        :class:`Flooded`) that stopped it, if any: the events of the frames before
-        a bad one survive.  Never yields.
+        reading); the start of a frame whose header is not whole yet is kept too.
+        A frame whose header was counted but whose payload has not all arrived
+        goes to h2 as it comes (h2 buffers it); ``self._skip`` is how much of it is
+        still to come, so its bytes are never read as a header.  Returns the
+        events and the ``h2`` protocol error (or :class:`Flooded`) that stopped
+        it, if any: the events of the frames before a bad one survive
+        (:meth:`_ClientConnection.receive_frames`).  Never yields.
         """
         buf = self._rbuf + data if self._rbuf else data
         self._rbuf = b""
@@ -427,36 +511,49 @@ class H2Protocol:
         h2c = self.h2
         events: List[Any] = []
         n = len(buf)
-        off = 0
-        try:
+        off = self._skip
+        bad: Optional[Exception] = None
+        too_large = 0
+        if off >= n:            # all of it belongs to the frame already counted
+            self._skip = off - n
+            off = n
+        else:
+            limit = h2c.max_inbound_frame_size
             while n - off >= 9:
                 if not budget:
                     self._more = True
                     break
-                budget -= 1
                 length = int.from_bytes(buf[off:off + 3], "big")
-                if length > h2c.max_inbound_frame_size:
-                    end = n      # h2 rejects it from its 9-byte header alone
-                else:
-                    end = off + 9 + length
-                    if end > n:
+                if length > limit:
+                    too_large = length      # refused once the frames before it are fed
+                    break
+                kind = buf[off + 3]
+                if kind > 1 or not length:
+                    bad = self._count(kind, buf[off + 4], length)
+                    if bad is not None:
                         break
-                    kind = buf[off + 3]
-                    if kind > 1 or not length:
-                        flood = self._count(kind, buf[off + 4], length)
-                        if flood is not None:
-                            return events, flood
-                    else:              # DATA or HEADERS with a payload: the common case
-                        self._empty = 0
-                        if kind:
-                            self._conts = 0
-                events.extend(h2c.receive_data(buf[off:end] if off or end < n else buf))
-                off = end
-        except h2.exceptions.ProtocolError as e:
-            return events, e
-        finally:
-            if slice_:
-                self._budget = budget
+                else:                  # DATA or HEADERS with a payload: the common case
+                    self._empty = 0
+                    if kind:
+                        self._conts = 0
+                budget -= 1
+                off += 9 + length
+            if off > n:         # the last frame is counted, its payload still coming
+                self._skip = off - n
+                off = n
+            else:
+                self._skip = 0
+        if slice_:
+            self._budget = budget
+        if off:
+            try:
+                h2c.receive_frames(buf if off == n else buf[:off], events)
+            except h2.exceptions.ProtocolError as e:
+                return events, e
+        if too_large:
+            return events, h2c.frame_too_large(too_large)
+        if bad is not None:
+            return events, bad
         if off < n:
             self._rbuf = buf[off:]
         return events, None
