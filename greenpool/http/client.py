@@ -144,6 +144,18 @@ _JSON_CT = (b"Content-Type", b"application/json")
 _FORM_CT = (b"Content-Type", b"application/x-www-form-urlencoded")
 
 
+_h2transport: Any = None
+
+
+def _import_h2transport() -> Any:
+    """The HTTP/2 adapter, imported on first use (an ``import`` in ``_send`` would look
+    it up on every request)."""
+    global _h2transport
+    from greenpool.http import h2transport
+    _h2transport = h2transport
+    return h2transport
+
+
 def _url(url: Union[str, URL], params: Any = None) -> URL:
     if url.__class__ is URL:
         return url if not params else URL(str(url), params)
@@ -698,12 +710,17 @@ class Client:
         if base is not None and url.__class__ is str and "://" not in url:
             u = base.join(url) if not params else URL(str(base.join(url)), params)
         else:
-            u = _url(url, params)
+            # a cached URL without a call (what _url does first for a str)
+            u = _URL_CACHE.get(url) if url.__class__ is str and not params else None
+            if u is None:
+                u = _url(url, params)
         t = self.timeout if timeout is _UNSET else \
             _NO_TIMEOUT if timeout is None else _coerce_timeout(timeout)
         total = t.total
         deadline = None if total is None else _monotonic() + total
-        gp = self._pool(pool)
+        gp = self.pool if pool is _UNSET else pool   # what _pool does, without its call
+        if gp.__class__ is not GreenPool:
+            gp = (_registered.get(gp) if gp.__class__ is str else None) or self._pool(pool)
         jar = self._jar
         if extras is not None or self.auth is not None or u.userinfo \
                 or (jar is not None and jar._cookies):  # type: ignore[attr-defined]
@@ -931,7 +948,9 @@ class Client:
     def _build(self, method: str, u: URL, gp: GreenPool, data: Any, length: int,
                ctype: Optional[Tuple[bytes, bytes]],
                override: Optional[List[Tuple[bytes, bytes]]]) -> Request:
-        route = self._route(gp, u)
+        route = self._routes.get((gp, u.scheme, u.host, u.port))  # _route's cache, no call
+        if route is None or route.pool.closed:
+            route = self._route(gp, u)
         raw = [route.host_header] + self._base
         if ctype is not None:
             raw = _merge(raw, [ctype])
@@ -973,7 +992,7 @@ class Client:
                 del req.extensions["h3_lost"]
         http2 = self.http2
         if http2 and (req.url.scheme == "https" or http2 == "prior_knowledge") and not route.absolute:
-            from greenpool.http import h2transport  # written separately; imported on use
+            h2transport = _h2transport or _import_h2transport()
             opts = self.h1_options
             result = h2transport.handle(route.pool, req, t, deadline, connect_opts, http2,
                                         transport=route.key[2], host=route.key[0],
@@ -1309,7 +1328,12 @@ def request(method: str, url: Union[str, URL], *, pool: PoolInput = "default",
         if client is None:
             client = _default_client = _module_client(Client(pool=None))
     else:
-        client = _cached_client(pool, opts)
+        try:
+            client = _clients.get((pool, opts))  # _cached_client's hit, without its call
+        except TypeError:  # an unhashable option: _cached_client makes one
+            client = None
+        if client is None or client._closed:
+            client = _cached_client(pool, opts)
     extras = None
     if data is not None or files is not None or content is not None or cookies is not None \
             or auth is not None:

@@ -312,7 +312,10 @@ def handle(pool: Any, request: Request, timeout: Timeout, deadline: Optional[flo
     rewind = None if body is None else _rewind_point(body)
     while True:
         if conn is None:
-            c = _checkout(pool, key, timeout, deadline, connect_opts)
+            if deadline is None:  # what _checkout does without a total deadline, inline
+                c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts)
+            else:
+                c = _checkout(pool, key, timeout, deadline, connect_opts)
         else:
             c, conn = conn, None
         st = c.proto_state
@@ -366,12 +369,14 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     h1 = st.h1
     sock = c.sock
     length = request.content_length
-    raw = request.raw_headers
+    raw = request._raw  # the client's list (no property call); else the Headers' view
+    if raw is None:
+        raw = request.raw_headers
     expect = opts.expect_continue and length != 0 and body is not None
     if expect:
         raw = raw + [(b"Expect", b"100-continue")]
     try:
-        head = h1.send_request(_method_bytes(method), target, raw,
+        head = h1.send_request(_METHOD_BYTES.get(method) or _method_bytes(method), target, raw,
                                length if body is not None else 0)
     except BaseException:
         # nothing was written and the adapter is untouched: the connection is still good
@@ -381,7 +386,9 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     ev: Any = None
     try:
         # -- write the request ------------------------------------------------------
-        _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
+        # (the call only when the socket's timeout may change: the same value is kept)
+        if deadline is not None or st.timeout is not timeout.write:
+            _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
         try:
             if body is None or length == 0:
                 send_all(sock, head)
@@ -407,7 +414,8 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
         # -- read the response head ---------------------------------------------------
         budget = SLICE
         if ev is None:
-            _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
+            if deadline is not None or st.timeout is not timeout.read:
+                _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
             got = False
             while True:
                 try:
@@ -418,13 +426,14 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                     if deadline is not None:
                         _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
                     try:
-                        data = _recv(sock, st)
+                        n = sock.recv_into(st.buf)  # as _recv, inline (once per request)
                     except OSError as e:
                         err = _read_error(e, sock)
                         if not got and isinstance(err, ConnectionClosed):
                             raise _Stale(err, True) from e
                         raise err from e
                     got = True
+                    data = st.buf[:n] if n else b""
                     budget -= len(data)
                     if budget <= 0:  # rule 6
                         _sleep(PAUSE)
@@ -487,7 +496,17 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
     except BaseException as e:
         c.close("request failed: %s" % (e.__class__.__name__,))
         raise
-    release(c, st)
+    # release(c, st), inline (once per request)
+    if h1.keep_alive:
+        kat = h1.keep_alive_timeout
+        if kat is not None:
+            c.idle_timeout = max(0.0, kat - min(1.0, kat / 2))
+            c.pool.learn_server_idle_timeout(c, kat)
+        h1.start_next_cycle()
+        st.cycles += 1
+        c.pool.checkin(c)
+    else:
+        release(c, st)
     content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if decoder is not None and content:
         content = decoder.decode(content) + decoder.flush()
