@@ -711,9 +711,8 @@ class Client:
             u = base.join(url) if not params else URL(str(base.join(url)), params)
         else:
             # a cached URL without a call (what _url does first for a str)
-            u = _URL_CACHE.get(url) if url.__class__ is str and not params else None
-            if u is None:
-                u = _url(url, params)
+            cached = _URL_CACHE.get(url) if url.__class__ is str and not params else None
+            u = cached if cached is not None else _url(url, params)
         t = self.timeout if timeout is _UNSET else \
             _NO_TIMEOUT if timeout is None else _coerce_timeout(timeout)
         total = t.total

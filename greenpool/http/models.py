@@ -488,7 +488,7 @@ class Response:
         self.reason = reason
         self.http_version = http_version
         self.headers = headers
-        self.url = url._str if url.__class__ is URL else str(url)  # type: ignore[union-attr]
+        self.url = url._str if url.__class__ is URL else str(url)
         self.request = request
         self.stream = stream
         self.history: List["Response"] = []
