@@ -403,25 +403,23 @@ class RedisPool(GreenPool):
 
     # -- the per-command path --
 
-    def _acquire_conn(self, timeout: float) -> Connection:
-        try:
-            return self.acquire_shared(self.host, self.port, self.transport, timeout=timeout)
-        except PoolTimeout:
-            err = self.last_error
-            raise PoolTimeout(self.name, "no live Redis connection to %s within %.3gs (%d/%d "
-                              "connected; last connect error: %s); reconnecting in the background"
-                              % (self._where, timeout, self.active(), self.pool_size,
-                                 err if err is not None else "none")) from None
+    def _no_connection(self, timeout: float) -> PoolTimeout:
+        err = self.last_error
+        return PoolTimeout(self.name, "no live Redis connection to %s within %.3gs (%d/%d "
+                           "connected; last connect error: %s); reconnecting in the background"
+                           % (self._where, timeout, self.active(), self.pool_size,
+                              err if err is not None else "none"))
 
     def _call(self, data: bytes, slot: Any, replies: int, timeout: Optional[float],
               shown_timeout: Optional[float] = None) -> Any:
         """Send ``data`` on one connection and wait for ``slot`` (one use of the pool)."""
         if timeout is None:
             timeout = self.command_timeout
-        if shown_timeout is None:
-            shown_timeout = timeout
         t0 = _monotonic()
-        conn = self._acquire_conn(timeout)
+        try:
+            conn = self.acquire_shared(self.host, self.port, self.transport, timeout=timeout)
+        except PoolTimeout:
+            raise self._no_connection(timeout) from None
         try:
             conn.proto.submit(data, slot, replies)
             waiter = slot if type(slot) is Waiter else slot.waiter
@@ -440,7 +438,8 @@ class RedisPool(GreenPool):
         if value is _TIMED_OUT:
             conn.proto.overdue()  # closed and replaced if it stays silent (see connection.py)
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
-                              "discarded; the command may still run)" % (self._where, shown_timeout))
+                              "discarded; the command may still run)"
+                              % (self._where, timeout if shown_timeout is None else shown_timeout))
         return value
 
     def command(self, args: Sequence[Any], timeout: Optional[float] = None,
