@@ -55,7 +55,7 @@ import contextlib
 import itertools
 import logging
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import gevent
@@ -96,6 +96,11 @@ _monotonic = time.monotonic
 _TIMED_OUT: Any = type("TIMED_OUT", (), {"__repr__": lambda self: "TIMED_OUT"})()
 _names = itertools.count(1)
 STARTS = ("wait", "degraded")
+
+#: str command names as sent (any case) that check_shared() passes whatever their
+#: arguments and that never block: command() skips both checks for them
+_PLAIN: Set[str] = set()
+_PLAIN_MAX = 512
 
 _MULTI = pack_command(["MULTI"])
 _EXEC = pack_command(["EXEC"])
@@ -417,7 +422,7 @@ class RedisPool(GreenPool):
             timeout = self.command_timeout
         t0 = _monotonic()
         try:
-            conn = self.acquire_shared(self.host, self.port, self.transport, timeout=timeout)
+            conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
         except PoolTimeout:
             raise self._no_connection(timeout) from None
         try:
@@ -451,12 +456,21 @@ class RedisPool(GreenPool):
         connection died before the reply, all within ``timeout``.  Other commands are
         never re-sent.
         """
-        data = pack_command(args)
-        blocks = _check_name(args, "", self._pushes_ok) in BLOCKING
+        data = pack_command(args)  # (raises unless args is a non-empty list or tuple)
+        name = args[0]
+        if type(name) is str and name in _PLAIN:
+            block = None
+        else:
+            key = _check_name(args, "", self._pushes_ok)
+            if key in BLOCKING:
+                block = blocking_time(args)
+            else:
+                block = None
+                if type(name) is str and key != "CLIENT" and len(_PLAIN) < _PLAIN_MAX:
+                    _PLAIN.add(name)
         if timeout is not None:
             _check_timeout(timeout)
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
-        block = blocking_time(args) if blocks else None
         if block is not None:  # never on a shared connection (greenpool.redis.dedicated)
             value = run_blocking(self, data, 1, block, timeout)[0]
         elif retries and is_read_only(args):
@@ -464,6 +478,8 @@ class RedisPool(GreenPool):
         else:
             value = self._call(data, Waiter(), 1, timeout)
         t = type(value)
+        if t is bytes:  # the common reply first
+            return value
         if t is _Fail:
             raise value.error()
         if t in REPLY_ERRORS:
