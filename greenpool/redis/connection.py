@@ -312,27 +312,28 @@ class RedisProtocol:
                 pending = self.pending
                 while True:
                     for _ in slice_:
-                        reply = reader.gets()
+                        reply = reader.gets()  # (not cached: a reader falling back swaps it)
                         if reply is NOT_ENOUGH:
                             break
                         if type(reply) is push:
                             self._on_push(reply)
                             continue
-                        if not pending:
+                        try:
+                            slot = pending.popleft()
+                        except IndexError:
                             raise RemoteProtocolError(
                                 "Redis at %s sent a reply nobody asked for (%s)"
-                                % (self.where, short_repr(reply, 60)))
-                        slot = pending[0]
+                                % (self.where, short_repr(reply, 60))) from None
                         self.in_flight -= 1
                         if type(slot) is Waiter:
-                            pending.popleft()
                             run(slot.switch, reply)
                         else:
                             replies = slot.replies
                             replies.append(reply)
                             if len(replies) == slot.n:
-                                pending.popleft()
                                 run(slot.waiter.switch, replies)
+                            else:  # more replies of this batch to come: it stays at the head
+                                pending.appendleft(slot)
                     else:  # SLICE_REPLIES replies in a row: let the others run
                         pause()
                         spent = 0

@@ -55,7 +55,7 @@ import contextlib
 import itertools
 import logging
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import gevent
@@ -96,6 +96,11 @@ _monotonic = time.monotonic
 _TIMED_OUT: Any = type("TIMED_OUT", (), {"__repr__": lambda self: "TIMED_OUT"})()
 _names = itertools.count(1)
 STARTS = ("wait", "degraded")
+
+#: str command names as sent (any case) that check_shared() passes whatever their
+#: arguments and that never block: command() skips both checks for them
+_PLAIN: Set[str] = set()
+_PLAIN_MAX = 512
 
 _MULTI = pack_command(["MULTI"])
 _EXEC = pack_command(["EXEC"])
@@ -403,25 +408,23 @@ class RedisPool(GreenPool):
 
     # -- the per-command path --
 
-    def _acquire_conn(self, timeout: float) -> Connection:
-        try:
-            return self.acquire_shared(self.host, self.port, self.transport, timeout=timeout)
-        except PoolTimeout:
-            err = self.last_error
-            raise PoolTimeout(self.name, "no live Redis connection to %s within %.3gs (%d/%d "
-                              "connected; last connect error: %s); reconnecting in the background"
-                              % (self._where, timeout, self.active(), self.pool_size,
-                                 err if err is not None else "none")) from None
+    def _no_connection(self, timeout: float) -> PoolTimeout:
+        err = self.last_error
+        return PoolTimeout(self.name, "no live Redis connection to %s within %.3gs (%d/%d "
+                           "connected; last connect error: %s); reconnecting in the background"
+                           % (self._where, timeout, self.active(), self.pool_size,
+                              err if err is not None else "none"))
 
     def _call(self, data: bytes, slot: Any, replies: int, timeout: Optional[float],
               shown_timeout: Optional[float] = None) -> Any:
         """Send ``data`` on one connection and wait for ``slot`` (one use of the pool)."""
         if timeout is None:
             timeout = self.command_timeout
-        if shown_timeout is None:
-            shown_timeout = timeout
         t0 = _monotonic()
-        conn = self._acquire_conn(timeout)
+        try:
+            conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
+        except PoolTimeout:
+            raise self._no_connection(timeout) from None
         try:
             conn.proto.submit(data, slot, replies)
             waiter = slot if type(slot) is Waiter else slot.waiter
@@ -440,7 +443,8 @@ class RedisPool(GreenPool):
         if value is _TIMED_OUT:
             conn.proto.overdue()  # closed and replaced if it stays silent (see connection.py)
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
-                              "discarded; the command may still run)" % (self._where, shown_timeout))
+                              "discarded; the command may still run)"
+                              % (self._where, timeout if shown_timeout is None else shown_timeout))
         return value
 
     def command(self, args: Sequence[Any], timeout: Optional[float] = None,
@@ -452,12 +456,21 @@ class RedisPool(GreenPool):
         connection died before the reply, all within ``timeout``.  Other commands are
         never re-sent.
         """
-        data = pack_command(args)
-        blocks = _check_name(args, "", self._pushes_ok) in BLOCKING
+        data = pack_command(args)  # (raises unless args is a non-empty list or tuple)
+        name = args[0]
+        if type(name) is str and name in _PLAIN:
+            block = None
+        else:
+            key = _check_name(args, "", self._pushes_ok)
+            if key in BLOCKING:
+                block = blocking_time(args)
+            else:
+                block = None
+                if type(name) is str and key != "CLIENT" and len(_PLAIN) < _PLAIN_MAX:
+                    _PLAIN.add(name)
         if timeout is not None:
             _check_timeout(timeout)
         retries = self.retry_reads if retries is None else _check_retries(retries, "retries")
-        block = blocking_time(args) if blocks else None
         if block is not None:  # never on a shared connection (greenpool.redis.dedicated)
             value = run_blocking(self, data, 1, block, timeout)[0]
         elif retries and is_read_only(args):
@@ -465,6 +478,8 @@ class RedisPool(GreenPool):
         else:
             value = self._call(data, Waiter(), 1, timeout)
         t = type(value)
+        if t is bytes:  # the common reply first
+            return value
         if t is _Fail:
             raise value.error()
         if t in REPLY_ERRORS:

@@ -190,6 +190,20 @@ def _pack_into(out: List[Any], args: Any, where: str) -> None:
             out.append(b"\r\n")
 
 
+# The packed name of a command (``b"$3\r\nGET\r\n"``) by its str name: most programs
+# send a handful of names, so one dict lookup replaces an encode and a format.
+_NAMES: Dict[str, bytes] = {}
+_NAMES_MAX = 512
+
+
+def _name_piece(name: str) -> bytes:
+    b = name.encode()
+    piece = b"$%d\r\n%s\r\n" % (len(b), b)
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name] = piece
+    return piece
+
+
 def pack_command(args: Sequence[ArgType]) -> bytes:
     """Encode one command, e.g. ``pack_command(["SET", "k", 1])``.
 
@@ -197,6 +211,39 @@ def pack_command(args: Sequence[ArgType]) -> bytes:
     ``repr()``.  Anything else (``None``, ``bool``, containers) is a
     ``TypeError`` naming its position; an empty command is a ``ValueError``.
     """
+    # The common shape first: a list whose name is a str and whose other arguments are
+    # short str or bytes (the same bytes as _pack_into; anything else goes there).
+    if type(args) is list and args:
+        name = args[0]
+        if type(name) is str:
+            head = _NAMES.get(name)
+            if head is None:
+                head = _name_piece(name)
+            n = len(args)
+            if n == 2:
+                b = args[1]
+                t = type(b)
+                if t is str:
+                    b = b.encode()
+                    t = bytes
+                if t is bytes and len(b) <= _INLINE_MAX:
+                    return b"*2\r\n%s$%d\r\n%s\r\n" % (head, len(b), b)
+            elif n == 3:
+                b = args[1]
+                c = args[2]
+                t = type(b)
+                if t is str:
+                    b = b.encode()
+                    t = bytes
+                u = type(c)
+                if u is str:
+                    c = c.encode()
+                    u = bytes
+                if t is bytes and u is bytes and len(b) <= _INLINE_MAX and len(c) <= _INLINE_MAX:
+                    return b"*3\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                        head, len(b), b, len(c), c)
+            elif n == 1:
+                return b"*1\r\n" + head
     out: List[Any] = []
     _pack_into(out, args, "")
     return b"".join(out)
