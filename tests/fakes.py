@@ -111,6 +111,20 @@ def assert_exact(pool: Any) -> None:
         assert h.open == h.in_use + h.connecting + len(h.idle) + len(h.shared) + len(h.retired), h.key
 
 
+def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``condition`` every 10 ms until it is true or ``timeout`` passes; its last value.
+
+    Verdicts wait for what they check instead of sleeping a fixed time and hoping: on
+    a busy machine a fixed sleep is too short, and a generous ``timeout`` costs nothing
+    when things go right."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        gevent.sleep(0.01)
+
+
 def settle(seconds: float = 0.02) -> None:
     """Let the hub run callbacks and watchers."""
     gevent.sleep(seconds)
