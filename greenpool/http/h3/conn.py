@@ -155,13 +155,12 @@ class H3Conn:
     # -- streams --
 
     def streams_left(self) -> int:
-        if self.closed is not None or self.goaway is not None:
-            return 0
         core = self.quic._core
-        if core is None:
+        if core is None or self.closed is not None or self.goaway is not None:
             return 0
         limits = core.stream_limits    # (peer max bidi, peer max uni, opened bidi, opened uni)
-        return max(0, limits[0] - limits[2])
+        left = limits[0] - limits[2]
+        return left if left > 0 else 0
 
     def open_request(self, headers: List[Tuple[bytes, bytes]], end_stream: bool) -> int:
         if self.streams_left() <= 0:
@@ -212,45 +211,50 @@ class H3Conn:
     # -- events --
 
     def _events(self) -> List[Event]:
+        # dispatch on the exact class (the library's event classes have no subclasses): one
+        # identity test per kind instead of an isinstance() chain per event
         out: List[Event] = []
+        append = out.append
         quic = self.quic
         h3 = self.h3
         while True:
             ev = quic.next_event()
             if ev is None:
                 return out
-            if isinstance(ev, HandshakeCompleted):
+            t = type(ev)
+            if t is HandshakeCompleted:
                 self.ready = True
                 self.zero_rtt = bool(ev.early_data_accepted)
                 self.resumed = bool(ev.session_resumed)
-                out.append((READY, -1, self.zero_rtt, False))
+                append((READY, -1, self.zero_rtt, False))
                 continue
-            if isinstance(ev, ConnectionTerminated):
+            if t is ConnectionTerminated:
                 why = ev.reason_phrase or "error code 0x%x" % ev.error_code
                 if self.closed is None:
                     self.closed = why
-                out.append((CLOSED, -1, "the server closed the QUIC connection: %s" % why, True))
+                append((CLOSED, -1, "the server closed the QUIC connection: %s" % why, True))
                 continue
-            if isinstance(ev, StreamReset):
-                out.append((RESET, ev.stream_id, ev.error_code, True))
+            if t is StreamReset:
+                append((RESET, ev.stream_id, ev.error_code, True))
             try:
                 hevents = h3.handle_event(ev)
             except (QuicConnectionError, H3Error) as e:
                 if self.closed is None:
                     self.closed = str(e)
-                out.append((CLOSED, -1, "QUIC error: %s" % (e,), True))
+                append((CLOSED, -1, "QUIC error: %s" % (e,), True))
                 continue
             for hev in hevents:
-                if isinstance(hev, HeadersReceived):
-                    out.append((HEAD, hev.stream_id, hev.headers, hev.stream_ended))
-                elif isinstance(hev, DataReceived):
-                    out.append((DATA, hev.stream_id, hev.data, hev.stream_ended))
-                elif isinstance(hev, InformationalHeadersReceived):
-                    out.append((INFO, hev.stream_id, hev.headers, False))
-                elif isinstance(hev, GoawayReceived):
+                ht = type(hev)
+                if ht is DataReceived:
+                    append((DATA, hev.stream_id, hev.data, hev.stream_ended))
+                elif ht is HeadersReceived:
+                    append((HEAD, hev.stream_id, hev.headers, hev.stream_ended))
+                elif ht is InformationalHeadersReceived:
+                    append((INFO, hev.stream_id, hev.headers, False))
+                elif ht is GoawayReceived:
                     if self.goaway is None or hev.stream_id < self.goaway:
                         self.goaway = hev.stream_id
-                    out.append((GOAWAY, -1, self.goaway, False))
+                    append((GOAWAY, -1, self.goaway, False))
             if h3._is_done and self.closed is None:
                 self.closed = "HTTP/3 protocol error"
-                out.append((CLOSED, -1, "HTTP/3 protocol error from the server", True))
+                append((CLOSED, -1, "HTTP/3 protocol error from the server", True))

@@ -220,9 +220,11 @@ class H3Protocol:
     # -- the small interface the pool asks --
 
     def max_users(self) -> int:
-        if not self.is_alive():
+        # asked by the pool at every checkout: is_alive() inlined
+        q = self.q
+        if self.closed or self.goaway is not None or q.closed is not None:
             return 0
-        return self.q.streams_left() + len(self.streams)
+        return q.streams_left() + len(self.streams)
 
     def is_alive(self) -> bool:
         return not self.closed and self.goaway is None and self.q.closed is None
@@ -534,7 +536,9 @@ class H3Protocol:
                 st = streams.get(sid)
                 if st is None:
                     continue
-                size = sum(len(k) + len(v) + 32 for k, v in payload)
+                size = 32 * len(payload)       # RFC 9114 4.2.2: name + value + 32 per field
+                for k, v in payload:
+                    size += len(k) + len(v)
                 if size > st.header_limit:
                     st.error = LimitExceeded("the server sent a header list of %d bytes, over "
                                              "max_header_size=%d" % (size, st.header_limit))
