@@ -218,7 +218,7 @@ class H3Conn:
         quic = self.quic
         h3 = self.h3
         while True:
-            ev = quic.next_event()
+            ev: Any = quic.next_event()
             if ev is None:
                 return out
             t = type(ev)
@@ -237,7 +237,7 @@ class H3Conn:
             if t is StreamReset:
                 append((RESET, ev.stream_id, ev.error_code, True))
             try:
-                hevents = h3.handle_event(ev)
+                hevents: List[Any] = h3.handle_event(ev)
             except (QuicConnectionError, H3Error) as e:
                 if self.closed is None:
                     self.closed = str(e)
