@@ -909,6 +909,8 @@ class H3Body:
                             size += len(part)
                         data = b"".join(parts)
                 st.buffered -= len(data)
+                if st.ended and not chunks and st.error is None:
+                    self._finish()      # the last bytes: the use goes back now, not a call later
                 return data
             if st.error is not None:
                 err = _copy(st.error)
