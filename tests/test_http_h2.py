@@ -35,7 +35,7 @@ from greenpool.http import h2transport
 from greenpool.http.h2conn import H2Config
 from greenpool.http.models import Headers, Request, Timeout
 
-from fakes import FakeServer, assert_exact
+from fakes import FakeServer, assert_exact, until
 
 # ---------------------------------------------------------------------------------------------
 # the scriptable HTTP/2 server
@@ -205,19 +205,6 @@ def header(headers: List[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-
-def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``condition`` every 10 ms until it is true or ``timeout`` passes; its last value.
-
-    Verdicts wait for what they check instead of sleeping a fixed time and hoping: on
-    a busy machine a fixed sleep is too short, and a generous ``timeout`` costs nothing
-    when things go right."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() >= deadline:
-            return value
-        gevent.sleep(0.01)
 
 H2C = "prior_knowledge"
 

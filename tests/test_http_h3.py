@@ -24,7 +24,7 @@ from greenpool.errors import ConnectError, ConnectionClosed, GreenPoolError, Rea
 from greenpool.http.h3 import origins, transport  # noqa: E402
 from greenpool.http.models import URL, Timeout  # noqa: E402
 
-from fakes import assert_exact  # noqa: E402
+from fakes import assert_exact, until  # noqa: E402
 from h3servers import BODY, CADDY_BODY, LOSS_SIZES, Caddy, H3Server, UdpLossProxy, pattern  # noqa: E402
 from servers import SMALL_BODY  # noqa: E402
 
@@ -294,7 +294,8 @@ def test_a_wake_while_the_reader_is_between_slices_is_kept(no_leaks, h3, pool, t
     proto._turn = turn
     try:
         proto._loop.run_callback(proto._wake)
-        gevent.sleep(0.05)
+        assert until(lambda: len(turns) >= 2)
+        gevent.sleep(0.05)                            # and no third turn
         assert turns == [0, 1]
     finally:
         del proto._turn
@@ -310,11 +311,11 @@ def test_goaway_moves_new_requests_to_a_new_connection(no_leaks, tls, pool):
     with H3Server(str(tls.cert_path), str(tls.key_path), goaway_after=1) as h3:
         c = client(pool, tls)
         assert c.get(h3.url + "/").content == BODY
-        gevent.sleep(0.1)          # the GOAWAY arrives: out of rotation, closed (no users)
+        # the GOAWAY arrives: out of rotation, closed (no users)
+        assert until(lambda: quic_books(pool) == (0, 0))
         assert c.get(h3.url + "/").content == BODY
         assert h3.connections == 2          # the second one got its GOAWAY too
-        gevent.sleep(0.1)
-        assert quic_books(pool) == (0, 0)
+        assert until(lambda: quic_books(pool) == (0, 0))
 
 
 def test_goaway_streams_above_its_id_are_sent_again(no_leaks, h3, pool, tls):
@@ -375,8 +376,7 @@ def test_idle_connection_expires_and_closes(no_leaks, h3, tls):
         c = client(p, tls)
         assert c.get(h3.url + "/").content == BODY
         assert quic_books(p)[0] == 1
-        gevent.sleep(0.8)
-        assert quic_books(p) == (0, 0)
+        assert until(lambda: quic_books(p) == (0, 0))
         assert sum(q.counters["expired"] for q in all_pools(p)) == 1
     finally:
         p.close()
@@ -387,9 +387,8 @@ def test_idle_connection_is_pinged_per_idle_interval(no_leaks, h3, tls):
     try:
         c = client(p, tls)
         assert c.get(h3.url + "/").content == BODY
-        gevent.sleep(0.9)
         pools = all_pools(p)
-        assert sum(q.counters["pings"] for q in pools) >= 2
+        assert until(lambda: sum(q.counters["pings"] for q in pools) >= 2)
         assert sum(q.counters["ping_failures"] for q in pools) == 0
         assert quic_books(p) == (1, 0)
         assert c.get(h3.url + "/").content == BODY
@@ -465,8 +464,8 @@ def test_session_ticket_resumes_the_next_connection(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     assert c.get(h3.url + "/").content == BODY
     route_pool = c._route(pool, URL(h3.url)).pool
-    gevent.sleep(0.05)                     # the ticket arrives after the handshake
-    assert origins.stats(route_pool)["session_tickets"] == 1
+    # the ticket arrives after the handshake
+    assert until(lambda: origins.stats(route_pool)["session_tickets"] == 1)
     for h in list(route_pool._hosts.values()):
         for conn in list(h.shared):
             conn.close()
@@ -555,7 +554,7 @@ def test_zero_rtt_is_off_by_default(no_leaks, h3, pool, tls):
     c = client(pool, tls)
     assert c.get(h3.url + "/").content == BODY
     route_pool = c._route(pool, URL(h3.url)).pool
-    gevent.sleep(0.05)
+    assert until(lambda: origins.stats(route_pool)["session_tickets"] == 1)
     for h in list(route_pool._hosts.values()):
         for conn in list(h.shared):
             conn.close()
