@@ -159,7 +159,7 @@ class GreenpoolH2(GreenpoolHTTP):
     def __init__(self, spec: Dict[str, Any]) -> None:
         os.environ["GREENPOOL_H2_BACKEND"] = self.core
         try:
-            from greenpool.http import h2backend
+            from greenpool.http.h2 import backend as h2backend
         except ImportError as e:
             raise Unavailable("greenpool HTTP/2 core %s: %s" % (self.core, e))
         if h2backend.name != self.core:

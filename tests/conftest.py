@@ -36,7 +36,7 @@ def pytest_report_header() -> str:
     """Which HTTP/2 core this run's HTTP/2 tests use (GREENPOOL_H2_BACKEND; see
     tests/test_http_h2backend.py, which runs them once more on the other core)."""
     try:
-        from greenpool.http import h2backend
+        from greenpool.http.h2 import backend as h2backend
     except (ImportError, ValueError) as e:   # the HTTP/2 tests report it again, each
         return "greenpool HTTP/2 core: none (%s)" % (e,)
     return "greenpool HTTP/2 core: %s %s" % (h2backend.name, h2backend.version)

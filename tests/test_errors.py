@@ -48,7 +48,7 @@ def test_map_exceptions_names_our_timeout_rounded():
 
 
 def test_http2_handshake_timeout_names_the_peer_and_rounds_seconds(no_leaks):
-    """A peer that accepts and never sends its SETTINGS (messages of h2conn.py)."""
+    """A peer that accepts and never sends its SETTINGS (messages of h2/conn.py)."""
     def silent(sock, server):
         while sock.recv(65536):
             pass

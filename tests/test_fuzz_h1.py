@@ -1,4 +1,4 @@
-"""Fuzzing the HTTP/1.1 response parsers (greenpool/http/h1.py, both backends) with hypothesis.
+"""Fuzzing the HTTP/1.1 response parsers (greenpool/http/h1/conn.py, both backends) with hypothesis.
 
 Random bytes, and valid responses (the generator of test_http_h1.py) mutated by flipping,
 inserting, deleting and duplicating bytes, are fed to the h11 and the httptools backend,
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from test_http_h1 import merged, responses
 
 from greenpool.errors import ConnectionClosed, LimitExceeded, RemoteProtocolError
-from greenpool.http.h1 import (
+from greenpool.http.h1.conn import (
     NEED_DATA,
     Data,
     EndOfMessage,
@@ -296,7 +296,7 @@ def test_eof_mid_body_is_never_a_short_body(backend):
 
 
 @pytest.mark.xfail(strict=True, reason="known: llhttp skips empty lines between a 1xx and the "
-                   "final head, h11 refuses them; the backends should agree (h1.py promises it)")
+                   "final head, h11 refuses them; the backends should agree (h1/conn.py promises it)")
 def test_empty_line_after_informational():
     wire = b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
     assert outcome(parse("h11", b"GET", wire)) == outcome(parse("httptools", b"GET", wire))

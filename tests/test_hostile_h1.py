@@ -17,7 +17,7 @@ from httpfakes import CLOSE, HTTPFake, ok
 
 import greenpool
 from greenpool import errors
-from greenpool.http.h1 import MAX_INTERIM_RESPONSES
+from greenpool.http.h1.conn import MAX_INTERIM_RESPONSES
 from greenpool.http.models import Timeout
 
 from fakes import assert_exact

@@ -1,5 +1,5 @@
 """HTTP/2 against hostile and broken servers: bounded work, a fair hub, deadlines that hold,
-dead peers noticed (greenpool/http/h2conn.py and h2transport.py).
+dead peers noticed (greenpool/http/h2/conn.py and h2/transport.py).
 
 The servers are in-process h2 servers scripted per test (``H2FakeServer`` from
 test_http_h2.py), hand-built frames, and, where the point is that the client process keeps
@@ -21,8 +21,8 @@ from test_http_h2 import H2FakeServer, get, until
 import greenpool
 from greenpool import GreenPool
 from greenpool.errors import ConnectionClosed, LimitExceeded, ReadTimeout, TimeoutException
-from greenpool.http import h2transport
-from greenpool.http.h2conn import H2Config
+from greenpool.http.h2 import transport as h2transport
+from greenpool.http.h2.conn import H2Config
 from greenpool.http.models import Request, Timeout
 
 from fakes import FakeServer, assert_exact

@@ -1,4 +1,4 @@
-"""Tests for greenpool.http.h1 and its two backends (h11, httptools).
+"""Tests for greenpool.http.h1.conn and its two backends (h11, httptools).
 
 Every protocol test runs against both backends, feeding the response whole and
 one byte at a time; the backends must yield the same events and errors.
@@ -19,7 +19,7 @@ from greenpool.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from greenpool.http.h1 import (
+from greenpool.http.h1.conn import (
     MAX_INTERIM_RESPONSES,
     NEED_DATA,
     Data,
@@ -548,7 +548,7 @@ def test_equal_repeated_content_length_is_one(backend, feeding, response, method
 def test_conflicting_content_length_message(backend, feeding, response):
     """Both backends name the conflict the same way (the requests adapter maps it to
     requests' InvalidHeader)."""
-    from greenpool.http.h1 import CONFLICTING_CONTENT_LENGTH
+    from greenpool.http.h1.conn import CONFLICTING_CONTENT_LENGTH
     _, exc = exchange_error(backend, response, feeding)
     assert str(exc).startswith(CONFLICTING_CONTENT_LENGTH), exc
 
@@ -887,7 +887,7 @@ def test_repeated_requests_are_checked_once_and_stay_exact(backend):
     # the check and the head bytes are kept per distinct request (h1._checked): the same
     # request again gives the same bytes, a changed list is a new request, a refused one
     # is refused every time, and an unhashable header pair is checked without being kept
-    from greenpool.http import h1
+    from greenpool.http.h1 import conn as h1
 
     headers = HOST + [(b"Accept", b"*/*")]
     first = []
@@ -1050,7 +1050,7 @@ def test_make_connection_choices():
 
 
 def test_make_connection_httptools_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "greenpool.http.h1_httptools", None)
+    monkeypatch.setitem(sys.modules, "greenpool.http.h1.parser_httptools", None)
     with pytest.raises(ValueError, match="http1_parser"):
         make_connection("httptools")
     assert make_connection("auto").backend == "h11"
@@ -1147,7 +1147,7 @@ def test_split_points_do_not_matter(resp, data):
 def test_httptools_field_cache_gives_the_same_heads():
     # fields are normalised once per distinct (name, value) and kept if short and not
     # Set-Cookie; a second response with the same fields must give the same event
-    from greenpool.http import h1_httptools
+    from greenpool.http.h1 import parser_httptools as h1_httptools
 
     long_value = b"v" * 300
     resp = (b"HTTP/1.1 200 OK\r\nServer: X  \r\nTransfer-Encoding: Chunked\r\n"
@@ -1167,7 +1167,7 @@ def test_httptools_field_cache_gives_the_same_heads():
 def test_h11_head_cache_checks_each_distinct_head_once():
     # h11 backend: a head's raw bytes are checked once and kept (not with Set-Cookie);
     # a refused head is refused every time and never kept; each event gets its own list
-    from greenpool.http import h1_h11
+    from greenpool.http.h1 import parser_h11 as h1_h11
 
     head = b"HTTP/1.1 200 OK\r\nServer: X\r\nContent-Length: 2\r\n\r\n"
     heads = []
@@ -1195,7 +1195,7 @@ def test_h11_head_cache_checks_each_distinct_head_once():
 def test_httptools_head_cache_gives_fresh_equal_heads():
     # a head seen before is normalised once; each event still gets its own list, and a
     # cached head is checked by the rules again (the limits of this connection apply)
-    from greenpool.http import h1_httptools
+    from greenpool.http.h1 import parser_httptools as h1_httptools
 
     resp = (b"HTTP/1.1 200 OK\r\nServer: X  \r\nContent-Length: 2\r\n"
             b"Content-Encoding: gzip\r\n\r\nok")

@@ -1,4 +1,4 @@
-"""greenpool.http.h1transport: one exchange on an exclusive connection."""
+"""greenpool.http.h1.transport: one exchange on an exclusive connection."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,8 @@ from httpfakes import CLOSE, HTTPFake, ok
 
 import greenpool
 from greenpool import errors
-from greenpool.http import h1transport
-from greenpool.http.h1transport import H1Options, handle
+from greenpool.http.h1 import transport as h1transport
+from greenpool.http.h1.transport import H1Options, handle
 from greenpool.http.models import Request, Timeout
 
 from fakes import assert_exact

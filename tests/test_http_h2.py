@@ -1,4 +1,4 @@
-"""Tests for greenpool/http/h2transport.py and h2conn.py against an in-process h2 server.
+"""Tests for greenpool/http/h2/transport.py and h2/conn.py against an in-process h2 server.
 
 The fake server (:class:`H2FakeServer`: h2's server side over ``fakes.FakeServer``) is
 scripted per test to answer, hold, reset, break framing, send GOAWAY or go silent; the
@@ -31,8 +31,8 @@ from greenpool.errors import (
     RemoteProtocolError,
     WriteTimeout,
 )
-from greenpool.http import h2transport
-from greenpool.http.h2conn import H2Config
+from greenpool.http.h2 import transport as h2transport
+from greenpool.http.h2.conn import H2Config
 from greenpool.http.models import Headers, Request, Timeout
 
 from fakes import FakeServer, assert_exact, until
@@ -835,8 +835,8 @@ def test_closed_streams_held_by_h2_stay_bounded_and_the_server_limit_holds(pool,
     """h2 forgets closed streams only when it counts the open ones, which greenpool has it do
     only once the streams held reach the server's MAX_CONCURRENT_STREAMS or HELD_STREAMS:
     what h2 holds stays under that bound, and a stream past the server's limit is refused."""
-    from greenpool.http import h2conn
-    from greenpool.http.h2conn import Refused
+    from greenpool.http.h2 import conn as h2conn
+    from greenpool.http.h2.conn import Refused
 
     with H2FakeServer(ok, max_concurrent_streams=1000) as srv:
         r = get(pool, srv.url())

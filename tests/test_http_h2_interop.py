@@ -1,4 +1,4 @@
-"""HTTP/2 interop: greenpool.http.h2transport against nginx (TLS ALPN and h2c), nghttpd and
+"""HTTP/2 interop: greenpool.http.h2.transport against nginx (TLS ALPN and h2c), nghttpd and
 hypercorn, started on loopback by the fixtures in conftest.py.
 
 Each test ends with exact pool counts; the 500-greenlet tests count TCP connections on our
@@ -20,8 +20,8 @@ from gevent.event import Event
 from greenpool import GreenPool
 from greenpool.connection import Connection
 from greenpool.errors import DecodingError, LimitExceeded
-from greenpool.http import h2transport
-from greenpool.http.h2conn import H2Config
+from greenpool.http.h2 import transport as h2transport
+from greenpool.http.h2.conn import H2Config
 from greenpool.http.models import Request, Timeout
 
 from fakes import assert_exact

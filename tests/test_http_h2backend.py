@@ -1,4 +1,4 @@
-"""Tests for greenpool.http.h2backend: the choice of HTTP/2 core, and the HTTP/2 suite on both.
+"""Tests for greenpool.http.h2.backend: the choice of HTTP/2 core, and the HTTP/2 suite on both.
 
 The core is chosen once per process (``GREENPOOL_H2_BACKEND``), so the HTTP/2 test files run
 in this process on the core it chose (jh2 when installed) and, from
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from greenpool.http import h2backend, h2conn
+from greenpool.http.h2 import backend as h2backend
+from greenpool.http.h2 import conn as h2conn
 
 from servers import require_module
 
@@ -83,7 +84,7 @@ def test_this_process_adapter_runs_on_the_chosen_core():
 @pytest.mark.parametrize("setting", ["h2", "jh2"])
 def test_the_environment_variable_chooses_for_the_whole_adapter(setting):
     require_module("jh2", "jh2")
-    code = ("from greenpool.http import h2backend, h2conn, h2transport\n"
+    code = ("from greenpool.http.h2 import backend as h2backend, conn as h2conn, transport as h2transport\n"
             "print(h2backend.name, h2conn._ClientConnection.__mro__[1].__module__,"
             " h2transport.h2.exceptions.__name__)")
     out = run_python(code, setting)
@@ -92,7 +93,7 @@ def test_the_environment_variable_chooses_for_the_whole_adapter(setting):
 
 
 def test_bad_environment_variable_fails_the_first_http2_import():
-    out = run_python("import greenpool\nfrom greenpool.http import h2conn", "nope")
+    out = run_python("import greenpool\nfrom greenpool.http.h2 import conn as h2conn", "nope")
     assert out.returncode == 1
     assert "ValueError: GREENPOOL_H2_BACKEND='nope'" in out.stderr
 

@@ -88,7 +88,7 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http.client import Client
-from greenpool.http.h1 import CONFLICTING_CONTENT_LENGTH
+from greenpool.http.h1.conn import CONFLICTING_CONTENT_LENGTH
 from greenpool.http.models import Response, Timeout
 from greenpool.proxy import SOCKS_SCHEMES
 

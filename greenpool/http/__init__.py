@@ -1,11 +1,12 @@
 """greenpool's HTTP client: ``request()``, ``Client``, and the values they use.
 
-Modules: ``client`` (the API and its policies), ``h1transport`` / ``h2transport``
-(one exchange over HTTP/1.1 / HTTP/2), ``h1`` (+ ``h1_h11``, ``h1_httptools``:
-the sans-IO HTTP/1.1 adapters), ``models`` (Timeout, Headers, URL, Request,
-Response), ``decoding`` (Content-Encoding), ``retry`` (the Retry policy), ``cookies``
-(the cookie jar's adapters), ``auth`` (Basic, Digest, custom flows), ``multipart``
-(multipart/form-data bodies).
+Protocol-free modules: ``client`` (the API and its policies), ``models`` (Timeout, Headers,
+URL, Request, Response), ``decoding`` (Content-Encoding), ``retry`` (the Retry policy),
+``cookies`` (the cookie jar's adapters), ``auth`` (Basic, Digest, custom flows),
+``multipart`` (multipart/form-data bodies).  One package per HTTP version, each its sans-IO
+connection and its transport side by side: ``h1`` (HTTP/1.1: ``h1.conn`` over
+``h1.parser_h11`` / ``h1.parser_httptools``, ``h1.transport``), ``h2`` (HTTP/2:
+``h2.backend``, ``h2.conn``, ``h2.transport``), ``h3`` (HTTP/3 over QUIC).
 """
 from greenpool.http.auth import Auth, BasicAuth, DigestAuth
 from greenpool.http.client import (

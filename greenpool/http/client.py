@@ -4,8 +4,8 @@ What this owns: turning a call (method, URL, headers, body, options) into a
 :class:`~greenpool.http.models.Request`, choosing the pool, route and
 protocol for it, and the policies around single exchanges: redirects
 (opt-in), retries (opt-in, :class:`~greenpool.http.retry.Retry`), proxies
-and the total deadline.  The exchanges themselves are ``h1transport`` and
-``h2transport``.
+and the total deadline.  The exchanges themselves are ``h1.transport`` and
+``h2.transport``.
 
 Rules:
 
@@ -87,10 +87,10 @@ from greenpool.errors import (
     TooManyRedirects,
 )
 from greenpool.http import cookies as _cookies
-from greenpool.http import h1transport
 from greenpool.http.auth import Auth, AuthInput, basic_header, coerce_auth
 from greenpool.http.cookies import CookieInput
 from greenpool.http.decoding import ACCEPT_ENCODING, DEFAULT_MAX_DECODED_SIZE
+from greenpool.http.h1 import transport as h1transport
 from greenpool.http.models import URL, HeaderInput, Headers, Request, Response, Timeout
 from greenpool.http.multipart import FilesInput, MultipartStream
 from greenpool.http.retry import Retry, RetryState
@@ -151,7 +151,7 @@ def _import_h2transport() -> Any:
     """The HTTP/2 adapter, imported on first use (an ``import`` in ``_send`` would look
     it up on every request)."""
     global _h2transport
-    from greenpool.http import h2transport
+    from greenpool.http.h2 import transport as h2transport
     _h2transport = h2transport
     return h2transport
 

@@ -10,7 +10,7 @@ and the connection under it, the *body stream*::
                                    # and gives the connection back; idempotent
         trailers: Optional[Headers]   # after the end, when the peer sent any
 
-A transport (``h1transport`` / ``h2transport``) returns a Response whose
+A transport (``h1.transport`` / ``h2.transport``) returns a Response whose
 ``stream`` is its own BodyStream; the Response never touches a socket.
 Promises: the connection goes back to its pool exactly once, when the body
 has been read to the end, or when ``close()`` is called before the end

@@ -3,7 +3,7 @@
 What this owns: an immutable value object, like urllib3's ``Retry``, that the
 client consults after each failed attempt.  Retries are opt-in
 (``retries=`` an int or a :class:`Retry`); the stale keep-alive retry of
-``h1transport`` is separate and always on.
+``h1.transport`` is separate and always on.
 
 Rules:
 

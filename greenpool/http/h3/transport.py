@@ -68,7 +68,7 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
-from greenpool.http.h2transport import _IDEMPOTENT, _REASONS, _chunks, _parse_head, _remaining, _rewind, build_headers
+from greenpool.http.h2.transport import _IDEMPOTENT, _REASONS, _chunks, _parse_head, _remaining, _rewind, build_headers
 from greenpool.http.h3.conn import CLOSED, DATA, GOAWAY, HEAD, READY, RESET, H3Conn, NoStream
 from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 

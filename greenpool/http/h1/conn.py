@@ -1,8 +1,8 @@
 """Sans-IO HTTP/1.1 client protocol: the interface, the events, the shared rules.
 
 What this owns: the client side of one HTTP/1.1 connection, as bytes in and
-events out, over two interchangeable parser backends (``h1_h11`` over h11,
-``h1_httptools`` over llhttp).  No sockets here: the connection greenlet feeds
+events out, over two interchangeable parser backends (``h1.parser_h11`` over h11,
+``h1.parser_httptools`` over llhttp).  No sockets here: the connection greenlet feeds
 ``receive_data()`` and writes what the ``send_*`` methods return.
 
 One cycle is: ``send_request`` (+ ``send_data``\\* + ``send_end``), then
@@ -486,7 +486,7 @@ _EXT_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _EXT_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 # chunk-size [ chunk-ext ] CRLF, with no blanks in the extensions (RFC 9112 allows some,
 # llhttp takes fewer, h11 any text): what both backends take; blanks alone after the size
-# are taken by both (llhttp with the leniency switched on in h1_httptools)
+# are taken by both (llhttp with the leniency switched on in h1.parser_httptools)
 _chunk_line_re = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:(?:;%s(?:=(?:%s|%s))?)*|[ \t]+)\r\n"
     % (_EXT_TOKEN, _EXT_TOKEN, _EXT_QUOTED)
@@ -989,15 +989,15 @@ def make_connection(parser: str = "auto", **limits: int) -> H1Connection:
     """
     if parser == "auto":
         try:
-            from greenpool.http.h1_httptools import HttptoolsConnection
+            from greenpool.http.h1.parser_httptools import HttptoolsConnection
         except ImportError:
-            from greenpool.http.h1_h11 import H11Connection
+            from greenpool.http.h1.parser_h11 import H11Connection
 
             return H11Connection(**limits)
         return HttptoolsConnection(**limits)
     if parser == "httptools":
         try:
-            from greenpool.http.h1_httptools import HttptoolsConnection
+            from greenpool.http.h1.parser_httptools import HttptoolsConnection
         except ImportError:
             raise ValueError(
                 "http1_parser='httptools' but httptools is not installed: "
@@ -1005,7 +1005,7 @@ def make_connection(parser: str = "auto", **limits: int) -> H1Connection:
             ) from None
         return HttptoolsConnection(**limits)
     if parser == "h11":
-        from greenpool.http.h1_h11 import H11Connection
+        from greenpool.http.h1.parser_h11 import H11Connection
 
         return H11Connection(**limits)
     raise ValueError("http1_parser must be 'auto', 'httptools' or 'h11', not %r" % (parser,))

@@ -1,6 +1,6 @@
 """HTTP/1.1 over an exclusive pooled connection: one request, one response.
 
-What this owns: the I/O around the sans-IO adapter (:mod:`greenpool.http.h1`)
+What this owns: the I/O around the sans-IO adapter (:mod:`greenpool.http.h1.conn`)
 for one exchange: check a connection out, write the request head and body,
 read the response head, and hand back a :class:`~greenpool.http.models.Response`
 whose body stream reads the rest and gives the connection back.
@@ -46,7 +46,7 @@ Rules:
    whole, a streamed body) yields to the hub (a full turn of its loop:
    :data:`PAUSE`) once :data:`SLICE` bytes were received since its last pause,
    each piece of body data counting :data:`EVENT_COST` bytes more; a response smaller than that never yields
-   (one subtraction per read).  The parser's own bounds (h1.py) cap what the
+   (one subtraction per read).  The parser's own bounds (h1/conn.py) cap what the
    bytes of one slice can cost.
 7. **Body size limit** (``H1Options.max_body_size``, None by default): body
    bytes as framed on the wire (dechunked, before Content-Encoding decoding)
@@ -76,9 +76,9 @@ from greenpool.errors import (
     WriteTimeout,
     format_seconds,
 )
-from greenpool.http import h1 as _h1
 from greenpool.http import models as _models
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
+from greenpool.http.h1 import conn as _h1
 from greenpool.http.models import Headers, Request, Response, Timeout
 from greenpool.net import peer_name, send_all
 

@@ -6,7 +6,7 @@ validation and pseudo-headers, sending a request body under flow control,
 waiting for the response head, :class:`H2Body` (the response's body stream)
 and the transparent retry of streams the server never processed.  The
 connection itself (reader greenlet, writes, stream waiters, GOAWAY, PING) is
-:mod:`greenpool.http.h2conn`.
+:mod:`greenpool.http.h2.conn`.
 
 Promises:
 
@@ -69,8 +69,8 @@ from greenpool.errors import (
     format_seconds,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
-from greenpool.http.h2backend import core as h2
-from greenpool.http.h2conn import Flooded, H2Config, H2Protocol, Refused, Stream, _copy_error
+from greenpool.http.h2.backend import core as h2
+from greenpool.http.h2.conn import Flooded, H2Config, H2Protocol, Refused, Stream, _copy_error
 from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 
 if TYPE_CHECKING:

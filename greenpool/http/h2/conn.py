@@ -4,7 +4,7 @@ What this owns: the ``h2`` state machine of one connection (``conn.proto``), the
 connection greenlet that reads it, the serialized writes, the per-stream
 state and waiters, both directions of flow control, PING, and GOAWAY.  The
 request path (headers, bodies, retries, the response body stream) lives in
-:mod:`greenpool.http.h2transport`; the pool only asks :meth:`H2Protocol.max_users`,
+:mod:`greenpool.http.h2.transport`; the pool only asks :meth:`H2Protocol.max_users`,
 :meth:`~H2Protocol.is_alive`, :meth:`~H2Protocol.ping` and :meth:`~H2Protocol.close`.
 
 Rules and invariants:
@@ -104,8 +104,8 @@ from greenpool.errors import (
     format_address,
     format_seconds,
 )
-from greenpool.http.h2backend import ConnectionState, ErrorCodes, InvalidPaddingError, RstStreamFrame
-from greenpool.http.h2backend import core as h2
+from greenpool.http.h2.backend import ConnectionState, ErrorCodes, InvalidPaddingError, RstStreamFrame
+from greenpool.http.h2.backend import core as h2
 from greenpool.http.models import body_too_large
 from greenpool.net import recv_more
 

@@ -1,7 +1,7 @@
 """Which HTTP/2 core the HTTP/2 adapter runs on: hyper-h2, or jh2 when installed.
 
 What this owns: the one choice of the sans-IO HTTP/2 state machine behind
-:mod:`greenpool.http.h2conn` and :mod:`greenpool.http.h2transport`, and the
+:mod:`greenpool.http.h2.conn` and :mod:`greenpool.http.h2.transport`, and the
 names they take from it.  Nothing else in greenpool imports ``h2`` or ``jh2``.
 
 * **The cores.**  ``h2`` (hyper-h2, pure Python) is always installed and is the

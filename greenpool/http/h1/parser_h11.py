@@ -2,7 +2,7 @@
 
 What this owns: driving one ``h11.Connection(our_role=CLIENT)`` behind the
 :class:`~greenpool.http.h1.H1Connection` interface, so that it behaves exactly
-like the httptools backend (the rules are in ``h1.py``).
+like the httptools backend (the rules are in ``h1/conn.py``).
 
 How: requests go through h11 (so it knows the method and frames the body);
 h11's events are turned into ours, and its errors into
@@ -12,7 +12,7 @@ a few points of the response head (bare LF, obs-fold, control characters,
 Content-Length values with blanks or leading zeros), which it normalises away before we
 see the event; so while a head is awaited we keep its raw bytes (a bounded,
 cheap copy) and check them when h11 hands us the head.  EOF is never given to
-h11: the shared rules in ``h1.py`` decide what it means.
+h11: the shared rules in ``h1/conn.py`` decide what it means.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Dict, Optional, Union
 import h11
 
 from greenpool.errors import LocalProtocolError, RemoteProtocolError
-from greenpool.http.h1 import (
+from greenpool.http.h1.conn import (
     _R_BODY,
     _R_DONE,
     _R_HEAD,
@@ -55,7 +55,7 @@ _H11Headers = h11._headers.Headers
 _EOM = h11.EndOfMessage()  # immutable: one instance serves every request
 
 # Request heads as h11 events, one per distinct request (kept in its
-# h1.CheckedRequest).  _check_request (h1.py) has validated every name, value, method and
+# h1.CheckedRequest).  _check_request (h1/conn.py) has validated every name, value, method and
 # target before h11 sees them, so h11 is handed them as already parsed
 # (``_parsed=True`` and its own Headers type, of (raw, lowercased, value)
 # triples): it still runs its state machine and writes the bytes, without
@@ -130,7 +130,7 @@ class H11Connection(H1Connection):
         self._raw = bytearray()
 
     def _new_h11(self) -> h11.Connection:
-        # Our own guard (h1.py) cuts an incomplete head off first; h11's only
+        # Our own guard (h1/conn.py) cuts an incomplete head off first; h11's only
         # bounds what it buffers elsewhere (trailers), so it is looser.
         return h11.Connection(h11.CLIENT, max_incomplete_event_size=2 * self._max_header_size + 2)
 

@@ -2,7 +2,7 @@
 
 What this owns: one ``httptools.HttpResponseParser`` behind the
 :class:`~greenpool.http.h1.H1Connection` interface, behaving exactly like the
-h11 backend (the rules are in ``h1.py``).  Requests are serialized by our own
+h11 backend (the rules are in ``h1/conn.py``).  Requests are serialized by our own
 code (``h1.serialize_head``: one ``b"".join``).
 
 How: ``receive_data`` feeds the parser at once; its callbacks push our events
@@ -11,7 +11,7 @@ raised inside a callback) is stored and raised by ``next_event`` once the
 events parsed before it are delivered, as h11 would.  Where llhttp is more
 lenient than h11 (HTTP version, status < 100, Transfer-Encoding other than a
 single ``chunked``, trailing blanks in values) the shared head rules in
-``h1.py`` apply; one llhttp leniency is switched on to match h11: blanks after
+``h1/conn.py`` apply; one llhttp leniency is switched on to match h11: blanks after
 a chunk size.
 
 Chunk framing is bounded by the counter both backends share (``h1.ChunkFraming``), fed
@@ -29,14 +29,14 @@ A read full of tiny chunks (``1\r\nx\r\n`` ...) is thousands of llhttp callbacks
 read would be ~50 ms of Python with no chance to yield.  So a read with more than
 :data:`FEED_FRAMING` bytes of chunk framing is parsed in pieces with about that much
 framing each, one piece each time ``next_event`` runs out of events: the read loop's fair
-yield (h1transport rule 6) then comes between pieces, as it comes between h11's events.
+yield (h1.transport rule 6) then comes between pieces, as it comes between h11's events.
 A read longer than :data:`FEED_HEAD` before the final head is fed a head at a time, so
 the body after it is judged by the same rule.  Other reads are fed whole.
 
 llhttp cannot be told that a response answers a HEAD request (httptools does
 not expose ``F_SKIPBODY``), so for HEAD we feed the parser only up to each
 head's blank line, end the message ourselves, and use a fresh parser for the
-next cycle.  llhttp never sees EOF either: ``h1.py`` decides what EOF means.
+next cycle.  llhttp never sees EOF either: ``h1/conn.py`` decides what EOF means.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Deque, Dict, Optional, Tuple
 import httptools
 
 from greenpool.errors import RemoteProtocolError
-from greenpool.http.h1 import (
+from greenpool.http.h1.conn import (
     _R_BODY,
     _R_DONE,
     _R_ERROR,
@@ -401,7 +401,7 @@ class HttptoolsConnection(H1Connection):
             self._fail(e)
             return
         if fixed is None:
-            self._held = held   # bounded: h1.py fails a head over max_header_size
+            self._held = held   # bounded: h1/conn.py fails a head over max_header_size
             return
         self._held = None
         self._region = b""
@@ -488,7 +488,7 @@ class HttptoolsConnection(H1Connection):
     def on_header(self, name: bytes, value: bytes) -> None:
         # one call per field: keep it to an append; the head's fields are checked and
         # normalised together in on_headers_complete, trailers in _trailers_over.  What
-        # an endless head can make us keep is bounded per feed: the rules in h1.py fail
+        # an endless head can make us keep is bounded per feed: the rules in h1/conn.py fail
         # the head once its raw bytes pass max_header_size.
         self._hdrs.append((name, value))
 
