@@ -85,7 +85,6 @@ def recorder():
 def test_h3_options_defaults_validation_and_tagged_routes(tls):
     o = PoolOptions()
     assert (o.h3_race_delay, o.h3_blocked_ttl) == (0.25, 300.0)
-    assert (origins.RACE_DELAY, origins.BLOCKED_TTL) == (0.25, 300.0)
     assert PoolOptions(h3_race_delay=0, h3_blocked_ttl=0).h3_race_delay == 0
     for kw, exc in [({"h3_race_delay": -0.1}, ValueError), ({"h3_race_delay": None}, TypeError),
                     ({"h3_race_delay": "1"}, TypeError), ({"h3_blocked_ttl": -1}, ValueError),

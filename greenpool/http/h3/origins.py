@@ -33,17 +33,13 @@ from greenpool import events
 from greenpool.errors import ConnectError, GreenPoolError
 from greenpool.http.h3 import transport
 from greenpool.http.models import Request, Response, Timeout
-from greenpool.options import PoolOptions
 
 if TYPE_CHECKING:
     from greenpool.pool import GreenPool
 
 __all__ = ["try_h3", "learn", "alt_svc", "blocked", "block", "unblock", "blocked_count", "stats",
-           "BLOCKED_TTL", "RACE_DELAY", "DEFAULT_MA"]
+           "DEFAULT_MA"]
 
-#: the defaults of the pool options ``h3_blocked_ttl`` and ``h3_race_delay`` (each pool reads its own)
-BLOCKED_TTL = PoolOptions.h3_blocked_ttl
-RACE_DELAY = PoolOptions.h3_race_delay
 DEFAULT_MA = 86400.0
 MAX_ENTRIES = 1024
 _monotonic = time.monotonic
