@@ -15,6 +15,8 @@ QUIC connection per client address.  Routes:
 - ``GET /chunks/<n>`` -> ``n`` DATA frames of ``b"chunk%d\\n"``, 10 ms apart;
 - ``GET /hang`` -> headers, then nothing (the stream stays open);
 - ``GET /close`` -> headers and a little data, then CONNECTION_CLOSE mid-stream;
+- ``GET /upper`` -> a head with an upper-case field name; ``GET /badstatus`` -> the names of
+  a good head (``:status``, ``content-length``) with a status that is not a number;
 - ``GET /goaway`` -> the answer, then a GOAWAY whose id is the next client stream;
 - ``GET /goaway-first`` -> a GOAWAY whose id is the next client stream, then the answer;
   streams at or above a GOAWAY's id are never answered (not processed).
@@ -376,6 +378,10 @@ class H3Server:
         elif path.startswith("/chunks/"):
             self.greenlets.append(gevent.spawn(self._chunks, peer, sid, int(path[8:])))
             return
+        elif path == "/upper":              # a field name with upper case: HTTP/3 refuses it
+            h3.send_headers(sid, [(b":status", b"200"), (b"X-Upper", b"1")], end_stream=True)
+        elif path == "/badstatus":          # the same names as a good head, a status that is no number
+            h3.send_headers(sid, [(b":status", b"2x0"), (b"content-length", b"0")], end_stream=True)
         elif path == "/hang":
             h3.send_headers(sid, [(b":status", b"200")], end_stream=False)
             self._flush(peer)

@@ -9,6 +9,7 @@ books and, through ``no_leaks``, no file descriptor or greenlet left.
 """
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -20,7 +21,7 @@ from gevent.event import Event
 pytest.importorskip("qh3")
 
 from greenpool import Client, GreenPool  # noqa: E402
-from greenpool.errors import ConnectError, ConnectionClosed, GreenPoolError, ReadTimeout  # noqa: E402
+from greenpool.errors import ConnectError, ConnectionClosed, GreenPoolError, ReadTimeout, RemoteProtocolError  # noqa: E402
 from greenpool.http.h3 import origins, transport  # noqa: E402
 from greenpool.http.models import URL, Timeout  # noqa: E402
 
@@ -705,3 +706,22 @@ def test_caddy_restart_next_get_succeeds_quickly(no_leaks, tls, tmp_path_factory
         assert quic_books(pool) == (1, 0)
     finally:
         server.stop()
+
+
+def test_a_refused_head_fails_its_request_every_time(no_leaks, h3, pool, tls):
+    """qh3's response-head check is kept per distinct list of names (h3/conn.py): a refused
+    head is refused each time, with the library's reason, and never sent again; a head with
+    known names still has its status checked.  A GET in flight on the same connection is
+    not failed with the other's error: it is sent again on a new connection."""
+    c = client(pool, tls)
+    for _ in range(2):
+        assert c.get(h3.url + "/").content == BODY
+        for path, why in (("/upper", "uppercase"), ("/badstatus", "Invalid :status value b'2x0'")):
+            seen = h3.requests
+            other = gevent.spawn(c.get, h3.url + "/slow/0.2")
+            assert until(lambda seen=seen: h3.requests == seen + 1)
+            with pytest.raises(RemoteProtocolError, match="protocol error from the server: .*%s"
+                               % re.escape(why)):
+                c.get(h3.url + path)
+            assert other.get(timeout=10).content == b"slow"
+            assert quic_books(pool)[1] == 0

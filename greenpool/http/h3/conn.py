@@ -18,6 +18,9 @@ Promises:
   ``DATA`` (bytes), ``RESET`` (the error code), ``GOAWAY`` (payload: the id
   above which nothing was processed), ``CLOSED`` (payload: a message),
   ``READY`` (the handshake finished; payload: True when 0-RTT was accepted).
+  After a ``CLOSED`` because the server broke HTTP/3 (the library refused what it
+  sent), :attr:`H3Conn.protocol_error` says why and the event's stream id is the request
+  stream the refused frame came on (-1: another stream).
 * Session tickets: a ticket received is handed to ``on_ticket``; one given
   at construction is offered for resumption, and when it allows early data
   (:meth:`H3Conn.early_data`) streams opened before ``READY`` go in 0-RTT.
@@ -26,9 +29,12 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Any, Callable, List, Optional, Tuple
+import types
+from operator import itemgetter
+from typing import Any, Callable, List, Optional, Set, Tuple
 
-from qh3.h3.connection import H3Connection
+from qh3.h3 import connection as _qh3_h3
+from qh3.h3.connection import H3Connection, MessageError, ProtocolError
 from qh3.h3.events import DataReceived, GoawayReceived, HeadersReceived, InformationalHeadersReceived
 from qh3.h3.exceptions import H3Error
 from qh3.quic.configuration import QuicConfiguration
@@ -78,11 +84,71 @@ def _configuration(server_name: str, verify: Any, cert: Any, idle_timeout: float
     return cfg
 
 
+# -- the library's response-head check, once per distinct list of field names --
+#
+# qh3 checks every response head it decodes (``validate_response_headers``: no upper case in a
+# name, pseudo-fields first, only ``:status``, once; then ``int()`` of the first value), one
+# Python step per byte of every name: the largest single cost of a small HTTP/3 response.  Its
+# verdict depends on the names only (and the first value, which becomes the status), so a list
+# of names found valid once is valid again: later heads with the same names only have their
+# status converted, exactly as qh3 converts it.  Refused heads are refused every time (nothing
+# kept); values are never kept.  At most 256 name lists of <= 64 names and 4 KiB, cleared when
+# full.  Installed only on this module's H3Connection subclass, never on the library itself.
+
+_VALID_NAMES: Set[Tuple[bytes, ...]] = set()
+_first = itemgetter(0)
+_library_check = _qh3_h3.validate_response_headers
+
+
+def validate_response_headers(headers: List[Tuple[bytes, bytes]]) -> int:
+    """qh3's ``validate_response_headers``, with the same result and errors; see above."""
+    names = tuple(map(_first, headers))
+    if names not in _VALID_NAMES:
+        status: int = _library_check(headers)      # raises MessageError when refused
+        if len(names) <= 64 and sum(map(len, names)) <= 4096:
+            if len(_VALID_NAMES) >= 256:
+                _VALID_NAMES.clear()
+            _VALID_NAMES.add(names)
+        return status
+    value = headers[0][1]
+    try:
+        return int(value)
+    except ValueError:
+        raise MessageError(f"Invalid :status value {value!r}") from None
+
+
+def _with_globals(f: Any, **names: Any) -> Any:
+    """``f`` (a function of qh3's h3 module) reading ``names`` instead of that module's."""
+    g = dict(f.__globals__, **names)
+    out = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+    out.__kwdefaults__ = f.__kwdefaults__
+    out.__qualname__ = f.__qualname__
+    return out
+
+
+class _H3Connection(H3Connection):
+    """qh3's H3Connection checking response heads through :func:`validate_response_headers`,
+    and remembering on which request stream it refused what the server sent."""
+
+    refused_stream: Optional[int] = None
+
+    _handle_request_or_push_frame = _with_globals(
+        H3Connection._handle_request_or_push_frame,
+        validate_response_headers=validate_response_headers)
+
+    def _receive_request_or_push_data(self, stream: Any, data: bytes, stream_ended: bool) -> Any:
+        try:
+            return H3Connection._receive_request_or_push_data(self, stream, data, stream_ended)
+        except ProtocolError:
+            self.refused_stream = stream.stream_id
+            raise
+
+
 class H3Conn:
     """One client QUIC connection speaking HTTP/3; see the module docstring."""
 
     __slots__ = ("quic", "h3", "addr", "ready", "closed", "goaway", "_on_ticket", "zero_rtt",
-                 "resumed")
+                 "resumed", "protocol_error")
 
     def __init__(self, server_name: str, addr: Tuple[Any, ...], now: float, *, verify: Any = True,
                  cert: Any = None, idle_timeout: float = 30.0, ticket: Any = None,
@@ -94,11 +160,12 @@ class H3Conn:
         self.addr = addr
         self.ready = False
         self.closed: Optional[str] = None
+        self.protocol_error: Optional[str] = None
         self.goaway: Optional[int] = None
         self.zero_rtt = False
         self.resumed = False
         self.quic.connect(addr, now)
-        self.h3 = H3Connection(self.quic)
+        self.h3 = _H3Connection(self.quic)
 
     def early_data(self) -> bool:
         """0-RTT is on: a session ticket allowing early data was offered, so streams opened
@@ -256,5 +323,9 @@ class H3Conn:
                         self.goaway = hev.stream_id
                     append((GOAWAY, -1, self.goaway, False))
             if h3._is_done and self.closed is None:
-                self.closed = "HTTP/3 protocol error"
-                append((CLOSED, -1, "HTTP/3 protocol error from the server", True))
+                # the library refused what the server sent (a malformed head, a frame out of
+                # place) and closed the connection with the reason it gives
+                why = getattr(getattr(self.quic, "_close_event", None), "reason_phrase", "") or "?"
+                self.closed = self.protocol_error = "HTTP/3 protocol error from the server: %s" % why
+                append((CLOSED, h3.refused_stream if h3.refused_stream is not None else -1,
+                        self.closed, True))

@@ -572,8 +572,16 @@ class H3Protocol:
                 if pool is not None:
                     pool.unregister_h3(self.conn)
             elif kind is CLOSED:
-                count(self.conn.pool, "closed_by_peer")
-                self._die(ConnectionClosed("%s (%s:%s)" % (payload, self.conn.key[0], self.conn.key[1])))
+                where = " (%s:%s)" % (self.conn.key[0], self.conn.key[1])
+                if self.q.protocol_error is not None:
+                    # the response on stream ``sid`` was malformed: its caller learns that (never
+                    # retried); the connection's other streams end as for any close
+                    st = streams.get(sid)
+                    if st is not None and st.error is None:
+                        st.error = RemoteProtocolError(payload + where)
+                else:
+                    count(self.conn.pool, "closed_by_peer")
+                self._die(ConnectionClosed(payload + where))
                 return
             elif kind is READY:
                 self.zero_rtt = bool(payload)
