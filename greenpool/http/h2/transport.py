@@ -49,6 +49,8 @@ import http
 import re
 import time
 import weakref
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import gevent
@@ -137,15 +139,47 @@ def _check_field(name: bytes, value: bytes) -> bytes:
     return n
 
 
+# The caller's fields -> (the fields to send, whether Content-Length is among them, the Host
+# value or None): a client sends the same list (cached per origin) again and again, so
+# it is checked and filtered once.  At most 256 lists of <= 64 fields and 8 KiB.
+_built: Dict[Tuple[Tuple[bytes, bytes], ...], Tuple[List[Tuple[bytes, bytes]], bool, Optional[bytes]]] = {}
+
+
 def build_headers(request: Request) -> List[Tuple[bytes, bytes]]:
     """Pseudo-headers plus the caller's headers, validated, lowercased, without
     connection-specific ones.  Raises LocalProtocolError before anything is sent."""
     url = request.url
+    raw = request.raw_headers
+    try:
+        key: Any = tuple(raw)
+        built = _built.get(key)
+    except TypeError:           # fields that are not (bytes, bytes) pairs: checked each time
+        key = built = None
+    if built is None:
+        built = _filter_fields(raw)
+        if key is not None and len(key) <= 64 and sum(map(len, chain.from_iterable(key))) <= 8192:
+            if len(_built) >= 256:
+                _built.clear()
+            _built[key] = built
+    fields, has_length, authority = built
+    head = [(b":method", request.method.encode("ascii")),
+            (b":scheme", url.scheme.encode("ascii")),
+            (b":authority", authority if authority is not None else url.authority.encode("ascii")),
+            (b":path", url.target)]
+    head.extend(fields)
+    if not has_length and request.content_length is not None and (
+            request.content_length > 0 or request.method in ("POST", "PUT", "PATCH")):
+        head.append((b"content-length", b"%d" % request.content_length))
+    return head
+
+
+def _filter_fields(raw: List[Tuple[bytes, bytes]]
+                   ) -> Tuple[List[Tuple[bytes, bytes]], bool, Optional[bytes]]:
     authority = None
     fields: List[Tuple[bytes, bytes]] = []
     has_length = False
     checked = _checked_fields
-    for name, value in request.raw_headers:
+    for name, value in raw:
         try:
             n = checked[(name, value)]
         except (KeyError, TypeError):
@@ -161,15 +195,7 @@ def build_headers(request: Request) -> List[Tuple[bytes, bytes]]:
         if n == b"content-length":
             has_length = True
         fields.append((n, value))
-    if not has_length and request.content_length is not None and (
-            request.content_length > 0 or request.method in ("POST", "PUT", "PATCH")):
-        fields.append((b"content-length", b"%d" % request.content_length))
-    head = [(b":method", request.method.encode("ascii")),
-            (b":scheme", url.scheme.encode("ascii")),
-            (b":authority", authority if authority is not None else url.authority.encode("ascii")),
-            (b":path", url.target)]
-    head.extend(fields)
-    return head
+    return fields, has_length, authority
 
 
 # -- the entry point --
@@ -463,26 +489,62 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
                     request, stream, decoder)
 
 
+# Response heads by their list of names -> where the status, the Content-Encoding fields and
+# the last Content-Length are: servers send the same names in the same order again and
+# again, so a head whose names were read once is taken apart by index (one C-level pass to
+# build the names, no Python loop per field).  Only names are kept (never values), only for
+# heads that were valid, at most 256 lists of <= 64 names, cleared when full.
+_HeadPlan = Tuple[int, Tuple[int, ...], int]
+_head_plans: Dict[Tuple[bytes, ...], _HeadPlan] = {}
+_first = itemgetter(0)
+
+
 def _parse_head(raw: List[Tuple[bytes, bytes]]) -> Tuple[int, Headers, Optional[str], Optional[bytes]]:
     """(status, headers, Content-Encoding as one str or None, the last Content-Length or None),
     read off the bytes: the Headers object decodes its fields only if someone looks."""
+    names = tuple(map(_first, raw))
+    plan = _head_plans.get(names)
+    if plan is None:
+        return _parse_head_first(raw, names)
+    at, codings, length_at = plan
+    status = raw[at][1]
+    if len(status) != 3 or not status.isdigit():
+        raise RemoteProtocolError("invalid or missing :status %r in an HTTP/2 response" % (status,))
+    fields = raw[1:] if at == 0 else raw[:at] + raw[at + 1:]
+    coding = b", ".join([raw[i][1] for i in codings]).decode("latin-1") if codings else None
+    return int(status), Headers.from_raw(fields), coding, raw[length_at][1] if length_at >= 0 else None
+
+
+def _parse_head_first(raw: List[Tuple[bytes, bytes]], names: Tuple[bytes, ...]
+                      ) -> Tuple[int, Headers, Optional[str], Optional[bytes]]:
+    """:func:`_parse_head` for a list of names not seen yet: field by field, then its plan kept."""
     status = None
+    status_at = -1
     fields = []
     codings: List[bytes] = []
+    coding_at: List[int] = []
     length = None
-    for k, v in raw:
+    length_at = -1
+    for i, (k, v) in enumerate(raw):
         if k[:1] == b":":
             if k == b":status" and status is None:
                 status = v
+                status_at = i
                 continue
             raise RemoteProtocolError("unexpected pseudo-header %r in an HTTP/2 response" % (k,))
         if k == b"content-encoding":
             codings.append(v)
+            coding_at.append(i)
         elif k == b"content-length":
             length = v
+            length_at = i
         fields.append((k, v))
     if status is None or len(status) != 3 or not status.isdigit():
         raise RemoteProtocolError("invalid or missing :status %r in an HTTP/2 response" % (status,))
+    if len(names) <= 64 and sum(map(len, names)) <= 4096:
+        if len(_head_plans) >= 256:
+            _head_plans.clear()
+        _head_plans[names] = (status_at, tuple(coding_at), length_at)
     coding = b", ".join(codings).decode("latin-1") if codings else None
     return int(status), Headers.from_raw(fields), coding, length
 

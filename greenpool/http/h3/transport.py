@@ -46,6 +46,7 @@ import dataclasses
 import time
 import weakref
 from collections import deque
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import gevent
@@ -536,9 +537,8 @@ class H3Protocol:
                 st = streams.get(sid)
                 if st is None:
                     continue
-                size = 32 * len(payload)       # RFC 9114 4.2.2: name + value + 32 per field
-                for k, v in payload:
-                    size += len(k) + len(v)
+                # RFC 9114 4.2.2: name + value + 32 per field
+                size = 32 * len(payload) + sum(map(len, chain.from_iterable(payload)))
                 if size > st.header_limit:
                     st.error = LimitExceeded("the server sent a header list of %d bytes, over "
                                              "max_header_size=%d" % (size, st.header_limit))
