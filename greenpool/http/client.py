@@ -505,6 +505,17 @@ class _Route:
 # -- the client ------------------------------------------------------------------------------
 
 
+# greenpool.http.h3.origins, imported when HTTP/3 is first used (it needs the http3 extra)
+_h3_origins: Any = None
+
+
+def _import_h3_origins() -> Any:
+    global _h3_origins
+    from greenpool.http.h3 import origins
+    _h3_origins = origins
+    return origins
+
+
 class Client:
     """A configured HTTP client.  Cheap to keep, safe to share among greenlets.
 
@@ -1022,13 +1033,13 @@ class Client:
     def _send_h3(self, route: _Route, req: Request, t: Timeout, deadline: Optional[float],
                  connect_opts: Dict[str, Any], stream: bool, sent: float,
                  rescue: bool = False) -> Optional[Response]:
-        from greenpool.http.h3 import origins  # needs the http3 extra; imported on use
+        origins = _h3_origins or _import_h3_origins()
         opts = self.h1_options
-        resp = origins.try_h3(route.pool, req, t, deadline, connect_opts, self.http3, rescue=rescue,
-                              quic=route.quic or "quic", stream=stream,
-                              decode_content=opts.decode_content,
-                              max_decoded_size=opts.max_decoded_size,
-                              max_header_size=opts.max_header_size, max_body_size=opts.max_body_size)
+        resp: Optional[Response] = origins.try_h3(
+            route.pool, req, t, deadline, connect_opts, self.http3, rescue=rescue,
+            quic=route.quic or "quic", stream=stream, decode_content=opts.decode_content,
+            max_decoded_size=opts.max_decoded_size, max_header_size=opts.max_header_size,
+            max_body_size=opts.max_body_size)
         if resp is not None:
             resp._sent = sent
             if self._post is not None:

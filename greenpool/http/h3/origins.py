@@ -49,7 +49,6 @@ _TCP: Any = object()
 _alt: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], Tuple[int, float]]]" = weakref.WeakKeyDictionary()
 # per pool: (host, port) -> blocked until; and the handshakes running in the background
 _blocked: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], float]]" = weakref.WeakKeyDictionary()
-_with_stats: "weakref.WeakSet[Any]" = weakref.WeakSet()     # pools whose get_stats() has "http3"
 _racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int, str], _Handshake]]" = weakref.WeakKeyDictionary()
 
 _ENTRY = re.compile(r'\s*([A-Za-z0-9_.~!$&\'*+^`|%-]+)\s*=\s*"([^"]*)"\s*((?:;\s*[A-Za-z0-9_-]+\s*=\s*'
@@ -107,6 +106,8 @@ def learn(pool: Any, host: str, port: int, value: Optional[str]) -> None:
 
 
 def blocked(pool: Any, host: str, port: int) -> bool:
+    if not _blocked:         # no pool has blocked an origin (no weak reference made per call)
+        return False
     until = _blocked.get(pool, {}).get((host, port))
     if until is None:
         return False
@@ -180,7 +181,7 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
     """
     url = request.url
     host, port = url.host, url.port
-    if pool not in _with_stats:
+    if "http3" not in pool._stat_sources:
         _add_stats(pool)
     if blocked(pool, host, port):
         return None
@@ -217,7 +218,6 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
 
 def _add_stats(pool: "GreenPool") -> None:
     """``pool.get_stats()["http3"]``: :func:`stats` (the pool held weakly)."""
-    _with_stats.add(pool)
     ref = weakref.ref(pool)
     pool.add_stats("http3", lambda: stats(ref()), transport.COUNTERS)
 
