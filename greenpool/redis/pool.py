@@ -75,7 +75,7 @@ from greenpool.errors import (
 )
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.commands import check_shared as _check_name
-from greenpool.redis.connection import RedisSettings, RedisStats, _Batch, _Fail
+from greenpool.redis.connection import TIMED_OUT, RedisSettings, RedisStats, _Batch, _Fail
 from greenpool.redis.dedicated import (
     BLOCKING,
     DEDICATED,
@@ -93,7 +93,6 @@ from greenpool.redis.scripts import Script, ScriptCommand, is_noscript
 log = logging.getLogger("greenpool.redis")
 
 _monotonic = time.monotonic
-_TIMED_OUT: Any = type("TIMED_OUT", (), {"__repr__": lambda self: "TIMED_OUT"})()
 _names = itertools.count(1)
 STARTS = ("wait", "degraded")
 
@@ -420,27 +419,19 @@ class RedisPool(GreenPool):
         """Send ``data`` on one connection and wait for ``slot`` (one use of the pool)."""
         if timeout is None:
             timeout = self.command_timeout
-        t0 = _monotonic()
+        deadline = _monotonic() + timeout
         try:
             conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
         except PoolTimeout:
             raise self._no_connection(timeout) from None
         try:
-            conn.proto.submit(data, slot, replies)
-            waiter = slot if type(slot) is Waiter else slot.waiter
-            remaining = timeout - (_monotonic() - t0)
-            # A bare hub timer (~0.3 us) rather than a gevent.Timeout (~2 us): on expiry it
-            # wakes the caller's own Waiter with _TIMED_OUT.  A reply arriving later finds
-            # nobody waiting on that Waiter and is dropped there.
-            timer = self._loop.timer(remaining if remaining > 0 else 0.0)
-            timer.start(waiter.switch, _TIMED_OUT)
-            try:
-                value = waiter.get()
-            finally:
-                timer.close()
+            # the connection's deadline timer wakes the slot with TIMED_OUT at the deadline;
+            # a reply arriving later is read and dropped there
+            conn.proto.submit(data, slot, replies, deadline)
+            value = (slot if type(slot) is Waiter else slot.waiter).get()
         finally:
             self.release_shared(conn)
-        if value is _TIMED_OUT:
+        if value is TIMED_OUT:
             conn.proto.overdue()  # closed and replaced if it stays silent (see connection.py)
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
                               "discarded; the command may still run)"
