@@ -19,7 +19,8 @@ Rules:
    live again.  A caller never connects: when no connection is live it waits
    (FIFO, :meth:`GreenPool.acquire_shared`) up to its timeout, then gets a
    :class:`~greenpool.errors.PoolTimeout` naming the last connect error.
-2. Every use is counted (``acquire_shared``/``release_shared``), so
+2. Every use is counted (``acquire_shared``, or its fast path ``_pick``/``_use``
+   for the pool's one shared key, then ``release_shared``), so
    ``get_stats()`` is exact at every point; ``shared_users`` is the number of
    callers waiting for replies.
 3. A command's ``timeout`` covers waiting for a live connection and for its
@@ -420,10 +421,16 @@ class RedisPool(GreenPool):
         if timeout is None:
             timeout = self.command_timeout
         deadline = _monotonic() + timeout
-        try:
-            conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
-        except PoolTimeout:
-            raise self._no_connection(timeout) from None
+        h = self._h
+        # acquire_shared()'s fast path, for the pool's one key; its slow path otherwise
+        conn = self._pick(h) if not h.live and not self._closed else None
+        if conn is not None:
+            self._use(conn)
+        else:
+            try:
+                conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
+            except PoolTimeout:
+                raise self._no_connection(timeout) from None
         try:
             # the connection's deadline timer wakes the slot with TIMED_OUT at the deadline;
             # a reply arriving later is read and dropped there
