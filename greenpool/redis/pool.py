@@ -62,7 +62,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import gevent
 from gevent.hub import Waiter
 
-from greenpool.connection import Connection
+from greenpool.connection import CLOSED, Connection
 from greenpool.errors import (
     REPLY_ERRORS,
     PoolTimeout,
@@ -76,7 +76,14 @@ from greenpool.errors import (
 )
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.commands import check_shared as _check_name
-from greenpool.redis.connection import TIMED_OUT, RedisSettings, RedisStats, _Batch, _Fail
+from greenpool.redis.connection import (
+    MAX_USERS,
+    TIMED_OUT,
+    RedisSettings,
+    RedisStats,
+    _Batch,
+    _Fail,
+)
 from greenpool.redis.dedicated import (
     BLOCKING,
     DEDICATED,
@@ -407,6 +414,19 @@ class RedisPool(GreenPool):
             self._replacer = gevent.spawn(self._replace)
 
     # -- the per-command path --
+
+    def _pick(self, h: _Host) -> Optional[Connection]:
+        """:meth:`GreenPool._pick`, with one connection (the common case) asking its
+        :class:`RedisProtocol` directly: ``is_alive()`` is ``alive``, ``max_users()``
+        is ``MAX_USERS``."""
+        shared = h.shared
+        if len(shared) != 1:
+            return super()._pick(h)
+        c = shared[0]
+        proto = c.proto
+        if c.state is not CLOSED and proto is not None and proto.alive and c.users < MAX_USERS:
+            return c
+        return None
 
     def _no_connection(self, timeout: float) -> PoolTimeout:
         err = self.last_error
