@@ -704,22 +704,40 @@ class GreenPool:
             _emit("checkout", self, conn.key)
 
     def _pick(self, h: _Host) -> Optional[Connection]:
-        """A registered shared connection with spare capacity, by strategy."""
+        """A registered shared connection with spare capacity, by strategy.
+
+        (``Connection.capacity() > 0 and Connection.is_alive()`` inlined: this runs at
+        every shared use.)"""
         shared = h.shared
         n = len(shared)
         if not n:
             return None
         strategy = self.options.strategy
-        if strategy == "least_busy":
+        if strategy == "round_robin":
+            start = h.rr
+            if n == 1:  # the common case: one connection per key
+                c = shared[0]
+                proto = c.proto
+                if c.state is not CLOSED and (
+                        c.users < 1 if proto is None
+                        else c.users < proto.max_users() and proto.is_alive()):
+                    h.rr = 0
+                    return c
+                return None
+        elif strategy == "least_busy":
             best = None
             for c in shared:
                 if c.capacity() > 0 and c.is_alive() and (best is None or c.users < best.users):
                     best = c
             return best
-        start = h.rr if strategy == "round_robin" else self._rand.randrange(n)
+        else:
+            start = self._rand.randrange(n)
         for i in range(n):
             c = shared[(start + i) % n]
-            if c.capacity() > 0 and c.is_alive():
+            proto = c.proto
+            if c.state is not CLOSED and (
+                    c.users < 1 if proto is None
+                    else c.users < proto.max_users() and proto.is_alive()):
                 h.rr = (start + i + 1) % n
                 return c
         return None

@@ -312,6 +312,30 @@ def test_timeout_does_not_desync(redis, parser):
         assert_exact(pool)
 
 
+def test_each_caller_keeps_its_own_deadline(redis):
+    # one deadline timer per connection: a caller queued behind a later deadline still
+    # times out at its own, in any order; one with time to spare gets its own reply
+    with RedisPool(pool_size=1, port=redis.port) as pool:
+        sleeper = gevent.spawn(pool.command, ["DEBUG", "SLEEP", "0.4"], timeout=5.0)
+        gevent.sleep(0.02)
+        ends = {}
+
+        def short(timeout):
+            t0 = time.monotonic()
+            with pytest.raises(ReadTimeout, match="within %gs" % timeout):
+                pool.command(["ECHO", "x"], timeout=timeout)
+            ends[timeout] = time.monotonic() - t0
+
+        gevent.joinall([gevent.spawn(short, t) for t in (0.15, 0.05, 0.1)], raise_error=True)
+        for timeout, took in ends.items():
+            assert timeout <= took + 0.002 and took < timeout + 0.2, ends
+        assert sleeper.get() == b"OK"
+        assert pool.command(["ECHO", "in step"], timeout=0.5) == b"in step"
+        wait_for(lambda: pool.info()["in_flight"] == 0, what="the dropped replies")
+        assert pool.get_stats()["shared_users"] == 0
+        assert_exact(pool)
+
+
 def test_killed_callers_do_not_desync(rp):
     k = key()
     rp.command(["SET", k, "v"])
@@ -609,8 +633,8 @@ def sends(monkeypatch):
     counts = Counter()
     original = RedisProtocol.submit
 
-    def spy(self, data, slot, replies):
-        original(self, data, slot, replies)
+    def spy(self, data, slot, replies, deadline):
+        original(self, data, slot, replies, deadline)
         counts[gevent.getcurrent()] += 1
 
     monkeypatch.setattr(RedisProtocol, "submit", spy)

@@ -18,8 +18,14 @@ How a command travels (no greenlet is spawned per command):
    woken in the same loop iteration go out in one ``sendall`` (auto-pipelining).
 3. The reader greenlet reads, feeds the RESP reader and hands each reply to
    the slot at the head of ``pending`` through a hub callback
-   (``waiter.switch``).  The caller waits on its own Waiter, under its own
-   timeout.
+   (``waiter.switch``).  The caller waits on its own Waiter until its reply or
+   its deadline.
+
+Deadlines: every slot is queued with the caller's deadline (``deadlines``, in
+step with ``pending``).  One hub timer per connection, armed for the earliest
+deadline not yet passed, wakes every slot whose deadline has passed with
+:data:`TIMED_OUT` and re-arms itself for the next; so a command costs no timer
+of its own, and a caller never waits past its deadline.
 
 Invariants:
 
@@ -54,6 +60,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -90,7 +97,10 @@ OVERDUE_GRACE = 1.0
 #: the reader yields to the hub after this many replies in a row (about 1 ms of parsing)
 SLICE_REPLIES = 1000
 _PING = pack_commands([["PING"]])
-_NO_ANSWER: Any = object()
+_monotonic = time.monotonic
+_INF = float("inf")
+#: what a slot's Waiter receives when its deadline passed before its reply(s)
+TIMED_OUT: Any = type("TIMED_OUT", (), {"__repr__": lambda self: "TIMED_OUT"})()
 
 
 class _Fail:
@@ -135,9 +145,9 @@ class RedisStats:
 class RedisProtocol:
     """``conn.proto`` of a Redis connection: write list, pending slots, reader and writer."""
 
-    __slots__ = ("sock", "reader", "where", "conn", "pending", "out", "alive", "in_flight",
-                 "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch",
-                 "push_handler", "stats", "received", "_watchdog", "_loop")
+    __slots__ = ("sock", "reader", "where", "conn", "pending", "deadlines", "out", "alive",
+                 "in_flight", "writer_idle", "_writer", "_reader", "_run_callback", "_hub_switch",
+                 "push_handler", "stats", "received", "_watchdog", "_loop", "_timer", "_due")
 
     def __init__(self, sock: Any, reader: Any, where: str,
                  push_handler: Optional[Callable[[List[Any]], Any]] = None,
@@ -149,6 +159,11 @@ class RedisProtocol:
         self.stats = stats if stats is not None else RedisStats()
         self.conn: Optional[Connection] = None
         self.pending: Deque[Any] = deque()
+        #: each pending slot's deadline (``time.monotonic()``; inf: none, or already woken)
+        self.deadlines: Deque[float] = deque()
+        #: the deadline timer and when it is due (inf: not armed)
+        self._timer: Any = None
+        self._due = _INF
         self.out: List[bytes] = []
         self.alive = True
         #: replies expected and not yet read (commands, not slots)
@@ -187,6 +202,7 @@ class RedisProtocol:
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.close()
+        self._disarm()
         current = gevent.getcurrent()
         for g in (self._reader, self._writer):
             if g is not None and g is not current and not g.dead:
@@ -225,17 +241,9 @@ class RedisProtocol:
         """The pool's idle health check (``idle_interval``): PING, and raise unless PONG
         comes within ``timeout``; the pool then closes the connection and it is replaced."""
         waiter = Waiter()
-        self.submit(_PING, waiter, 1)
-        timer = None
-        if timeout is not None:
-            timer = self._loop.timer(timeout)
-            timer.start(waiter.switch, _NO_ANSWER)
-        try:
-            value = waiter.get()
-        finally:
-            if timer is not None:
-                timer.close()
-        if value is _NO_ANSWER:
+        self.submit(_PING, waiter, 1, _INF if timeout is None else _monotonic() + timeout)
+        value = waiter.get()
+        if value is TIMED_OUT:
             raise ReadTimeout("Redis at %s did not answer an idle PING within %ss"
                               % (self.where, timeout))
         if type(value) is _Fail:
@@ -245,16 +253,61 @@ class RedisProtocol:
 
     # -- callers --
 
-    def submit(self, data: bytes, slot: Any, replies: int) -> None:
-        """Queue ``data`` and the slot that receives its ``replies`` (never yields)."""
+    def submit(self, data: bytes, slot: Any, replies: int, deadline: float) -> None:
+        """Queue ``data`` and the slot that receives its ``replies``, or :data:`TIMED_OUT`
+        at ``deadline`` (``time.monotonic()``; inf: never) if they have not all come by
+        then (never yields)."""
         if not self.alive:
             raise ConnectionClosed("the Redis connection to %s is closed" % self.where)
         self.out.append(data)
         self.pending.append(slot)
+        self.deadlines.append(deadline)
         self.in_flight += replies
+        if deadline < self._due:
+            self._arm(deadline)
         if self.writer_idle:
             self.writer_idle = False
             self._run_callback(self._writer.switch)
+
+    def _arm(self, deadline: float) -> None:
+        """(Re)start the deadline timer for ``deadline``."""
+        timer = self._timer
+        if timer is not None:
+            timer.close()
+        delay = deadline - _monotonic()
+        timer = self._timer = self._loop.timer(delay if delay > 0 else 0.0)
+        timer.ref = False  # it never keeps the process's loop running on its own
+        self._due = deadline
+        timer.start(self._expire)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        self._due = _INF
+        if timer is not None:
+            timer.close()
+
+    def _expire(self) -> None:
+        """Hub callback (must not raise or switch): wake every slot past its deadline
+        with TIMED_OUT (its reply(s) will still be read and dropped), then re-arm for the
+        earliest deadline left."""
+        self._disarm()
+        if not self.alive:
+            return
+        now = _monotonic()
+        deadlines = self.deadlines
+        run = self._run_callback
+        passed = []
+        nearest = _INF
+        for i, (slot, deadline) in enumerate(zip(self.pending, deadlines)):
+            if deadline <= now:
+                passed.append(i)
+                run((slot if type(slot) is Waiter else slot.waiter).switch, TIMED_OUT)
+            elif deadline < nearest:
+                nearest = deadline
+        for i in passed:
+            deadlines[i] = _INF  # woken once
+        if nearest < _INF:
+            self._arm(nearest)
 
     def abort(self, cls: type, args: Tuple[Any, ...], first: Optional[_Fail] = None) -> None:
         """Mark dead and fail every pending slot (the first one with ``first`` if given)."""
@@ -262,6 +315,8 @@ class RedisProtocol:
             return
         self.alive = False
         pending, self.pending = self.pending, deque()
+        self.deadlines = deque()
+        self._disarm()
         self.out.clear()
         self.in_flight = 0
         fail = _Fail(cls, args)
@@ -310,6 +365,7 @@ class RedisProtocol:
                 spent += len(data)
                 reader.feed(data)
                 pending = self.pending
+                deadlines = self.deadlines
                 while True:
                     for _ in slice_:
                         reply = reader.gets()  # (not cached: a reader falling back swaps it)
@@ -326,18 +382,21 @@ class RedisProtocol:
                                 % (self.where, short_repr(reply, 60))) from None
                         self.in_flight -= 1
                         if type(slot) is Waiter:
+                            deadlines.popleft()
                             run(slot.switch, reply)
                         else:
                             replies = slot.replies
                             replies.append(reply)
                             if len(replies) == slot.n:
+                                deadlines.popleft()
                                 run(slot.waiter.switch, replies)
                             else:  # more replies of this batch to come: it stays at the head
                                 pending.appendleft(slot)
                     else:  # SLICE_REPLIES replies in a row: let the others run
                         pause()
                         spent = 0
-                        pending = self.pending  # (abort() replaces it)
+                        pending = self.pending  # (abort() replaces them)
+                        deadlines = self.deadlines
                         if not self.alive:
                             return
                         continue
@@ -531,5 +590,5 @@ class RedisConnector(Connector):
 
 
 __all__ = ["RedisProtocol", "RedisConnector", "RedisSettings", "RedisStats", "MAX_USERS",
-           "OVERDUE_GRACE", "SLICE_REPLIES"]
+           "OVERDUE_GRACE", "SLICE_REPLIES", "TIMED_OUT"]
 

@@ -19,7 +19,8 @@ Rules:
    live again.  A caller never connects: when no connection is live it waits
    (FIFO, :meth:`GreenPool.acquire_shared`) up to its timeout, then gets a
    :class:`~greenpool.errors.PoolTimeout` naming the last connect error.
-2. Every use is counted (``acquire_shared``/``release_shared``), so
+2. Every use is counted (``acquire_shared``, or its fast path ``_pick``/``_use``
+   for the pool's one shared key, then ``release_shared``), so
    ``get_stats()`` is exact at every point; ``shared_users`` is the number of
    callers waiting for replies.
 3. A command's ``timeout`` covers waiting for a live connection and for its
@@ -61,7 +62,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import gevent
 from gevent.hub import Waiter
 
-from greenpool.connection import Connection
+from greenpool.connection import CLOSED, Connection
 from greenpool.errors import (
     REPLY_ERRORS,
     PoolTimeout,
@@ -75,7 +76,14 @@ from greenpool.errors import (
 )
 from greenpool.pool import GreenPool, _Host
 from greenpool.redis.commands import check_shared as _check_name
-from greenpool.redis.connection import RedisSettings, RedisStats, _Batch, _Fail
+from greenpool.redis.connection import (
+    MAX_USERS,
+    TIMED_OUT,
+    RedisSettings,
+    RedisStats,
+    _Batch,
+    _Fail,
+)
 from greenpool.redis.dedicated import (
     BLOCKING,
     DEDICATED,
@@ -93,7 +101,6 @@ from greenpool.redis.scripts import Script, ScriptCommand, is_noscript
 log = logging.getLogger("greenpool.redis")
 
 _monotonic = time.monotonic
-_TIMED_OUT: Any = type("TIMED_OUT", (), {"__repr__": lambda self: "TIMED_OUT"})()
 _names = itertools.count(1)
 STARTS = ("wait", "degraded")
 
@@ -408,6 +415,19 @@ class RedisPool(GreenPool):
 
     # -- the per-command path --
 
+    def _pick(self, h: _Host) -> Optional[Connection]:
+        """:meth:`GreenPool._pick`, with one connection (the common case) asking its
+        :class:`RedisProtocol` directly: ``is_alive()`` is ``alive``, ``max_users()``
+        is ``MAX_USERS``."""
+        shared = h.shared
+        if len(shared) != 1:
+            return super()._pick(h)
+        c = shared[0]
+        proto = c.proto
+        if c.state is not CLOSED and proto is not None and proto.alive and c.users < MAX_USERS:
+            return c
+        return None
+
     def _no_connection(self, timeout: float) -> PoolTimeout:
         err = self.last_error
         return PoolTimeout(self.name, "no live Redis connection to %s within %.3gs (%d/%d "
@@ -420,27 +440,35 @@ class RedisPool(GreenPool):
         """Send ``data`` on one connection and wait for ``slot`` (one use of the pool)."""
         if timeout is None:
             timeout = self.command_timeout
-        t0 = _monotonic()
-        try:
-            conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
-        except PoolTimeout:
-            raise self._no_connection(timeout) from None
-        try:
-            conn.proto.submit(data, slot, replies)
-            waiter = slot if type(slot) is Waiter else slot.waiter
-            remaining = timeout - (_monotonic() - t0)
-            # A bare hub timer (~0.3 us) rather than a gevent.Timeout (~2 us): on expiry it
-            # wakes the caller's own Waiter with _TIMED_OUT.  A reply arriving later finds
-            # nobody waiting on that Waiter and is dropped there.
-            timer = self._loop.timer(remaining if remaining > 0 else 0.0)
-            timer.start(waiter.switch, _TIMED_OUT)
+        deadline = _monotonic() + timeout
+        h = self._h
+        # acquire_shared()'s fast path, for the pool's one key (with one connection, _pick
+        # inlined); its slow path otherwise
+        conn = None
+        if not h.live and not self._closed:
+            shared = h.shared
+            if len(shared) == 1:
+                c = shared[0]
+                proto = c.proto
+                if c.state is not CLOSED and proto is not None and proto.alive and c.users < MAX_USERS:
+                    conn = c
+            else:
+                conn = self._pick(h)
+        if conn is not None:
+            self._use(conn)
+        else:
             try:
-                value = waiter.get()
-            finally:
-                timer.close()
+                conn = self.acquire_shared(self.host, self.port, self.transport, timeout)
+            except PoolTimeout:
+                raise self._no_connection(timeout) from None
+        try:
+            # the connection's deadline timer wakes the slot with TIMED_OUT at the deadline;
+            # a reply arriving later is read and dropped there
+            conn.proto.submit(data, slot, replies, deadline)
+            value = (slot if type(slot) is Waiter else slot.waiter).get()
         finally:
             self.release_shared(conn)
-        if value is _TIMED_OUT:
+        if value is TIMED_OUT:
             conn.proto.overdue()  # closed and replaced if it stays silent (see connection.py)
             raise ReadTimeout("no reply from Redis at %s within %.3gs (its reply will be read and "
                               "discarded; the command may still run)"
