@@ -416,14 +416,13 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
         if ev is None:
             if deadline is not None or st.timeout is not timeout.read:
                 _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
+            # a new cycle holds no event before its first byte (start_next_cycle follows
+            # an EndOfMessage with no byte but CR/LF after it): read first, then ask
+            ev = NEED_DATA
             got = False
             while True:
-                try:
-                    ev = h1.next_event()
-                except ConnectionClosed as e:
-                    raise _Stale(e, True) from None
                 if ev is NEED_DATA:
-                    if deadline is not None:
+                    if got and deadline is not None:
                         _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
                     try:
                         n = sock.recv_into(st.buf)  # as _recv, inline (once per request)
@@ -439,7 +438,10 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                         _sleep(PAUSE)
                         budget = SLICE
                     h1.receive_data(data)
-                    continue
+                try:
+                    ev = h1.next_event()
+                except ConnectionClosed as e:
+                    raise _Stale(e, True) from None
                 if ev.__class__ is _ResponseHead:
                     break
         # -- the response -------------------------------------------------------------
