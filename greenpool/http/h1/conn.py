@@ -216,6 +216,10 @@ class EndOfMessage:
 
 Event = Union[Informational, ResponseHead, Data, EndOfMessage, _Sentinel]
 
+#: ``_new_event(cls)`` then setting its slots builds an event without running a Python
+#: ``__init__`` (a frame per event): for the events made once per response
+_new_event = object.__new__
+
 # -- request validation and serialization -----------------------------------------
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
@@ -382,6 +386,10 @@ _VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", b"1.1": "HTTP/1.1", b"1.0": "
 # reason-phrase = *( HTAB / SP / VCHAR / obs-text ): h11 enforces it, llhttp lets NUL and
 # other controls through, so the rule is applied here for both
 _REASON_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# reason phrases that passed _REASON_CTL: servers send the same few ("OK", "Not Found")
+_clean_reasons: Dict[bytes, bool] = {}
+_CLEAN_REASONS_MAX = 256
+_CLEAN_REASON_SIZE = 64
 _SPECIAL_RESP = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
                            b"content-encoding"))
 _MAX_CONTENT_LENGTH = 2**63 - 1
@@ -770,8 +778,12 @@ class H1Connection:
             )
         if status < 100 or status > 999:
             raise RemoteProtocolError("invalid status code %d" % (status,))
-        if reason and _REASON_CTL.search(reason) is not None:
-            raise RemoteProtocolError("malformed response: control character in the status line")
+        if reason and reason not in _clean_reasons:
+            if _REASON_CTL.search(reason) is not None:
+                raise RemoteProtocolError(
+                    "malformed response: control character in the status line")
+            if len(reason) <= _CLEAN_REASON_SIZE:
+                _keep(_clean_reasons, _CLEAN_REASONS_MAX, reason, True)
         if len(headers) > self._max_headers:
             raise self._too_many_headers()
         if size + len(reason) + 15 > self._max_header_size:
@@ -811,7 +823,12 @@ class H1Connection:
         self.keep_alive_timeout = ka_timeout
         self.content_encodings = encodings
         self._rstate = _R_BODY
-        return ResponseHead(status, reason, http_version, headers)
+        ev = _new_event(ResponseHead)  # ResponseHead(status, ...) without an __init__ frame
+        ev.status = status
+        ev.reason = reason
+        ev.http_version = http_version
+        ev.headers = headers
+        return ev
 
     def _too_many_headers(self) -> LimitExceeded:
         return LimitExceeded(
