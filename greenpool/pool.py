@@ -358,7 +358,8 @@ class GreenPool:
         idle = h.idle
         if idle and not h.live:
             conn = idle[-1]
-            if conn.peer_dropped():
+            probe = conn._probe  # conn.peer_dropped(), inline once it has its probe
+            if probe.dropped() if probe is not None else conn.peer_dropped():
                 self._dropped_while_idle(conn, False)  # takes it out of idle
                 warm = self._pop_idle(h)
                 if warm is None:
@@ -717,7 +718,8 @@ class GreenPool:
         idle = h.idle
         while idle:
             conn = idle[-1]
-            if conn.peer_dropped():
+            probe = conn._probe  # conn.peer_dropped(), inline once it has its probe
+            if probe.dropped() if probe is not None else conn.peer_dropped():
                 self._dropped_while_idle(conn, False)  # takes it out of idle
                 continue
             idle.pop()

@@ -391,7 +391,9 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
         try:
             if body is None or length == 0:
-                send_all(sock, head)
+                n = sock.send(head)  # send_all(sock, head), inline (once per request)
+                if n < len(head):
+                    sock.sendall(memoryview(head)[n:])
                 written = True
             # a bytes body always comes with its content_length (never None)
             elif body.__class__ is bytes and length <= COALESCE_LIMIT and not expect:  # type: ignore[operator]
