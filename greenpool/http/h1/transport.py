@@ -313,18 +313,23 @@ def handle(pool: Any, request: Request, timeout: Timeout, deadline: Optional[flo
     while True:
         if conn is None:
             if deadline is None:  # what _checkout does without a total deadline, inline
-                c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts)
+                if connect_opts:
+                    c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts)
+                else:
+                    c = pool.checkout(key[0], key[1], key[2], timeout.pool)
             else:
                 c = _checkout(pool, key, timeout, deadline, connect_opts)
         else:
             c, conn = conn, None
-        st = c.proto_state
-        reused = (st is not None and st.cycles > 0) or c.last_used != c.created_at
+        st = c.proto_state  # as it was before this exchange (a failed one closes c)
         try:
             return _exchange(c, request, method, target or url.target, timeout, deadline, stream,
                              opts, body)
         except _Stale as s:
             tries += 1
+            # a failed exchange completed no cycle and did not check c in: both still say
+            # whether c was reused
+            reused = (st is not None and st.cycles > 0) or c.last_used != c.created_at
             if not reused or (s.written and method not in IDEMPOTENT):
                 raise s.error from None
             if not _rewind(body, rewind):
