@@ -223,6 +223,7 @@ class HttptoolsConnection(H1Connection):
         "_piece",
         "_last_raw",
         "_last_head",
+        "_fresh",
     )
 
     backend = "httptools"
@@ -245,6 +246,7 @@ class HttptoolsConnection(H1Connection):
         # the raw fields of this connection's last head that _heads kept, and what it kept
         self._last_raw: Optional[Headers] = None
         self._last_head: HeadFields = ((), 0, ())
+        self._fresh: Optional[bytes] = None  # the feed in progress, while it starts a response
         self._parser = self._new_parser()
 
     def _new_parser(self) -> httptools.HttpResponseParser:
@@ -351,9 +353,13 @@ class HttptoolsConnection(H1Connection):
 
     def _feed(self, data: bytes) -> None:
         in_head = self._rstate == _R_HEAD
+        # no byte of the response came before this feed: its first head (if llhttp ends
+        # one) starts at data[0], where on_headers_complete reads its version
+        self._fresh = data if in_head and not self._region else None
         try:
             self._parser.feed_data(data)
         except (_ParserError, _ParserUpgrade) as e:
+            self._fresh = None
             err = self._cb_error
             self._cb_error = None
             if err is None and in_head and self._rstate == _R_HEAD and str(e) in _LLHTTP_CL_REFUSALS:
@@ -367,6 +373,7 @@ class HttptoolsConnection(H1Connection):
             # bytes after the final response (the body's framing is still checked below)
             self.keep_alive = False
             self._dirty = True
+        self._fresh = None
         if in_head:
             if self._rstate == _R_HEAD:
                 self._region += data
@@ -521,11 +528,18 @@ class HttptoolsConnection(H1Connection):
             # remembered only as _heads remembers it (never a Set-Cookie value, say)
             self._last_raw = hdrs if kept else None
             head = self._last_head = found
+        fresh = self._fresh
+        if fresh is not None and fresh.startswith(b"HTTP/1.1 "):
+            # what llhttp read there: get_http_version() formats a new str each time
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        self._fresh = None  # a later head of this feed starts further on
         try:
             event = self._head(
                 parser.get_status_code(),
                 self._reason,
-                parser.get_http_version(),
+                version,
                 list(head[0]),
                 head[1],
                 head[2],
