@@ -634,6 +634,8 @@ class H1Connection:
         "_chunks",
         "_eof",
         "_error",
+        "_last_checked",
+        "_last_framing",
     )
 
     backend = "abstract"
@@ -645,6 +647,10 @@ class H1Connection:
             raise ValueError("max_headers must be a positive int, not %r" % (max_headers,))
         self._max_header_size = max_header_size
         self._max_headers = max_headers
+        # the last request checked and framing fields read on this connection, with what
+        # came of them (kept, unlike the global caches, without hashing: see their users)
+        self._last_checked: Optional[Tuple[Any, CheckedRequest]] = None
+        self._last_framing: Optional[Tuple[Any, Any]] = None
         self._reset()
 
     def _reset(self) -> None:
@@ -692,16 +698,23 @@ class H1Connection:
                 "a request is already in progress on this connection: finish the response and "
                 "call start_next_cycle() (or use a new connection)"
             )
-        try:
-            key: Any = (method, target, body_length, tuple(headers))
-            checked = _checked.get(key)
-        except TypeError:  # an unhashable header (e.g. a list pair): checked, not kept
-            key = checked = None
-        if checked is None:
-            framing, state, close = _check_request(method, target, headers, body_length)
-            checked = CheckedRequest(list(headers) + framing, state, close)
+        key: Any = (method, target, body_length, tuple(headers))
+        last = self._last_checked
+        if last is not None and last[0] == key:
+            checked = last[1]  # this connection's previous request again: compared, not hashed
+        else:
+            try:
+                found = _checked.get(key)
+            except TypeError:  # an unhashable header (e.g. a list pair): checked, not kept
+                key = found = None
+            if found is None:
+                framing, state, close = _check_request(method, target, headers, body_length)
+                found = CheckedRequest(list(headers) + framing, state, close)
+                if key is not None:
+                    _keep(_checked, _CHECKED_MAX, key, found)
             if key is not None:
-                _keep(_checked, _CHECKED_MAX, key, checked)
+                self._last_checked = (key, found)
+            checked = found
         state = checked.state
         self._method = method
         self._is_head = method == b"HEAD"
@@ -800,10 +813,15 @@ class H1Connection:
             self._head_mark = self._head_raw  # the next head's bytes start about here
             return Informational(status, reason, http_version, headers)
         key = tuple(specials)  # the backends give (bytes, bytes) pairs
-        fields = _framing_fields.get(key)
-        if fields is None:
-            fields = _read_framing(specials)
-            _keep(_framing_fields, _FRAMING_FIELDS_MAX, key, fields)
+        last = self._last_framing
+        if last is not None and last[0] is key:
+            fields = last[1]  # the same fields object as the previous head (a backend's cache)
+        else:
+            fields = _framing_fields.get(key)
+            if fields is None:
+                fields = _read_framing(specials)
+                _keep(_framing_fields, _FRAMING_FIELDS_MAX, key, fields)
+            self._last_framing = (key, fields)
         length, chunked, close, keep_alive_header, ka_timeout, encodings = fields
         close = close or self._close_requested
         if self._is_head or status == 204 or status == 304:
