@@ -211,6 +211,25 @@ def test_http10_without_keep_alive(backend, feeding):
     assert conn.keep_alive is False
 
 
+def test_each_head_of_a_read_has_its_own_version(backend, feeding):
+    # an interim HTTP/1.1 head then a final HTTP/1.0 one in the same read, and the next
+    # cycle's head after a CR/LF: each is reported with the version of its own status line
+    events, conn = exchange(
+        backend,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+        b"Content-Length: 2\r\n\r\nok",
+        feeding,
+    )
+    assert [(type(ev).__name__, getattr(ev, "http_version", None)) for ev in events] == [
+        ("Informational", "HTTP/1.1"), ("ResponseHead", "HTTP/1.0"), ("Data", None),
+        ("EndOfMessage", None)]
+    assert conn.keep_alive is True
+    conn.start_next_cycle()
+    events, conn = exchange(backend, b"\r\nHTTP/1.0 204 No Content\r\n\r\n", feeding,
+                            conn=conn)
+    assert events[0].http_version == "HTTP/1.0" and conn.keep_alive is False
+
+
 def test_http10_with_keep_alive_is_reused(backend, feeding):
     response = (
         b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5, max=100\r\n"

@@ -216,6 +216,10 @@ class EndOfMessage:
 
 Event = Union[Informational, ResponseHead, Data, EndOfMessage, _Sentinel]
 
+#: ``_new_event(cls)`` then setting its slots builds an event without running a Python
+#: ``__init__`` (a frame per event): for the events made once per response
+_new_event = object.__new__
+
 # -- request validation and serialization -----------------------------------------
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
@@ -382,6 +386,10 @@ _VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", b"1.1": "HTTP/1.1", b"1.0": "
 # reason-phrase = *( HTAB / SP / VCHAR / obs-text ): h11 enforces it, llhttp lets NUL and
 # other controls through, so the rule is applied here for both
 _REASON_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# reason phrases that passed _REASON_CTL: servers send the same few ("OK", "Not Found")
+_clean_reasons: Dict[bytes, bool] = {}
+_CLEAN_REASONS_MAX = 256
+_CLEAN_REASON_SIZE = 64
 _SPECIAL_RESP = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
                            b"content-encoding"))
 _MAX_CONTENT_LENGTH = 2**63 - 1
@@ -626,6 +634,8 @@ class H1Connection:
         "_chunks",
         "_eof",
         "_error",
+        "_last_checked",
+        "_last_framing",
     )
 
     backend = "abstract"
@@ -637,6 +647,10 @@ class H1Connection:
             raise ValueError("max_headers must be a positive int, not %r" % (max_headers,))
         self._max_header_size = max_header_size
         self._max_headers = max_headers
+        # the last request checked and framing fields read on this connection, with what
+        # came of them (kept, unlike the global caches, without hashing: see their users)
+        self._last_checked: Optional[Tuple[Any, CheckedRequest]] = None
+        self._last_framing: Optional[Tuple[Any, Any]] = None
         self._reset()
 
     def _reset(self) -> None:
@@ -684,16 +698,23 @@ class H1Connection:
                 "a request is already in progress on this connection: finish the response and "
                 "call start_next_cycle() (or use a new connection)"
             )
-        try:
-            key: Any = (method, target, body_length, tuple(headers))
-            checked = _checked.get(key)
-        except TypeError:  # an unhashable header (e.g. a list pair): checked, not kept
-            key = checked = None
-        if checked is None:
-            framing, state, close = _check_request(method, target, headers, body_length)
-            checked = CheckedRequest(list(headers) + framing, state, close)
+        key: Any = (method, target, body_length, tuple(headers))
+        last = self._last_checked
+        if last is not None and last[0] == key:
+            checked = last[1]  # this connection's previous request again: compared, not hashed
+        else:
+            try:
+                found = _checked.get(key)
+            except TypeError:  # an unhashable header (e.g. a list pair): checked, not kept
+                key = found = None
+            if found is None:
+                framing, state, close = _check_request(method, target, headers, body_length)
+                found = CheckedRequest(list(headers) + framing, state, close)
+                if key is not None:
+                    _keep(_checked, _CHECKED_MAX, key, found)
             if key is not None:
-                _keep(_checked, _CHECKED_MAX, key, checked)
+                self._last_checked = (key, found)
+            checked = found
         state = checked.state
         self._method = method
         self._is_head = method == b"HEAD"
@@ -770,8 +791,12 @@ class H1Connection:
             )
         if status < 100 or status > 999:
             raise RemoteProtocolError("invalid status code %d" % (status,))
-        if reason and _REASON_CTL.search(reason) is not None:
-            raise RemoteProtocolError("malformed response: control character in the status line")
+        if reason and reason not in _clean_reasons:
+            if _REASON_CTL.search(reason) is not None:
+                raise RemoteProtocolError(
+                    "malformed response: control character in the status line")
+            if len(reason) <= _CLEAN_REASON_SIZE:
+                _keep(_clean_reasons, _CLEAN_REASONS_MAX, reason, True)
         if len(headers) > self._max_headers:
             raise self._too_many_headers()
         if size + len(reason) + 15 > self._max_header_size:
@@ -788,10 +813,15 @@ class H1Connection:
             self._head_mark = self._head_raw  # the next head's bytes start about here
             return Informational(status, reason, http_version, headers)
         key = tuple(specials)  # the backends give (bytes, bytes) pairs
-        fields = _framing_fields.get(key)
-        if fields is None:
-            fields = _read_framing(specials)
-            _keep(_framing_fields, _FRAMING_FIELDS_MAX, key, fields)
+        last = self._last_framing
+        if last is not None and last[0] is key:
+            fields = last[1]  # the same fields object as the previous head (a backend's cache)
+        else:
+            fields = _framing_fields.get(key)
+            if fields is None:
+                fields = _read_framing(specials)
+                _keep(_framing_fields, _FRAMING_FIELDS_MAX, key, fields)
+            self._last_framing = (key, fields)
         length, chunked, close, keep_alive_header, ka_timeout, encodings = fields
         close = close or self._close_requested
         if self._is_head or status == 204 or status == 304:
@@ -811,7 +841,12 @@ class H1Connection:
         self.keep_alive_timeout = ka_timeout
         self.content_encodings = encodings
         self._rstate = _R_BODY
-        return ResponseHead(status, reason, http_version, headers)
+        ev = _new_event(ResponseHead)  # ResponseHead(status, ...) without an __init__ frame
+        ev.status = status
+        ev.reason = reason
+        ev.http_version = http_version
+        ev.headers = headers
+        return ev
 
     def _too_many_headers(self) -> LimitExceeded:
         return LimitExceeded(

@@ -62,6 +62,7 @@ from greenpool.http.h1.conn import (
     HeadFields,
     ResponseHead,
     _keep,
+    _new_event,
     one_content_length,
     serialize_head,
 )
@@ -171,6 +172,10 @@ FEED_FRAMING = 1024
 FEED_HEAD = 4096
 
 
+#: ``_rest`` when nothing waits to be fed (a read-only view, shared)
+_NO_REST = memoryview(b"")
+
+
 class _StopParsing(Exception):
     """Raised in a callback when bytes follow the complete final response."""
 
@@ -216,6 +221,9 @@ class HttptoolsConnection(H1Connection):
         "_rest",
         "_rest_raw",
         "_piece",
+        "_last_raw",
+        "_last_head",
+        "_fresh",
     )
 
     backend = "httptools"
@@ -235,6 +243,10 @@ class HttptoolsConnection(H1Connection):
         self._rest = memoryview(b"")  # received, not yet fed to llhttp (a read fed in pieces)
         self._rest_raw = False  # received before the final head: its chunk framing not counted
         self._piece = 0  # how many bytes of _rest to feed at a time (body pieces)
+        # the raw fields of this connection's last head that _heads kept, and what it kept
+        self._last_raw: Optional[Headers] = None
+        self._last_head: HeadFields = ((), 0, ())
+        self._fresh: Optional[bytes] = None  # the feed in progress, while it starts a response
         self._parser = self._new_parser()
 
     def _new_parser(self) -> httptools.HttpResponseParser:
@@ -341,9 +353,13 @@ class HttptoolsConnection(H1Connection):
 
     def _feed(self, data: bytes) -> None:
         in_head = self._rstate == _R_HEAD
+        # no byte of the response came before this feed: its first head (if llhttp ends
+        # one) starts at data[0], where on_headers_complete reads its version
+        self._fresh = data if in_head and not self._region else None
         try:
             self._parser.feed_data(data)
         except (_ParserError, _ParserUpgrade) as e:
+            self._fresh = None
             err = self._cb_error
             self._cb_error = None
             if err is None and in_head and self._rstate == _R_HEAD and str(e) in _LLHTTP_CL_REFUSALS:
@@ -357,6 +373,7 @@ class HttptoolsConnection(H1Connection):
             # bytes after the final response (the body's framing is still checked below)
             self.keep_alive = False
             self._dirty = True
+        self._fresh = None
         if in_head:
             if self._rstate == _R_HEAD:
                 self._region += data
@@ -460,14 +477,15 @@ class HttptoolsConnection(H1Connection):
         return self._no_more_events()
 
     def start_next_cycle(self) -> None:
-        self._check_next_cycle()
+        if self._rstate != _R_DONE or not self.keep_alive:
+            self._check_next_cycle()  # raises
         if self._dirty:
             self._parser = self._new_parser()
             self._dirty = False
         self._tail = b""
         self._region = b""
         self._held = None
-        self._rest = memoryview(b"")
+        self._rest = _NO_REST
         self._reset()
 
     # -- parser callbacks --------------------------------------------------------------
@@ -494,16 +512,34 @@ class HttptoolsConnection(H1Connection):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        raw = tuple(self._hdrs)
+        hdrs = self._hdrs
         self._hdrs = []  # trailers, if any, go here
-        head = _heads.get(raw)
-        if head is None:
-            head = _head_fields(raw)
+        if hdrs == self._last_raw:
+            # the fields of this connection's previous head again (only Date moves, once a
+            # second): compared, not hashed and compared as a _heads lookup would be
+            head = self._last_head
+        else:
+            raw = tuple(hdrs)
+            found = _heads.get(raw)
+            kept = found is not None
+            if found is None:
+                found = _head_fields(raw)
+                kept = raw in _heads
+            # remembered only as _heads remembers it (never a Set-Cookie value, say)
+            self._last_raw = hdrs if kept else None
+            head = self._last_head = found
+        fresh = self._fresh
+        if fresh is not None and fresh.startswith(b"HTTP/1.1 "):
+            # what llhttp read there: get_http_version() formats a new str each time
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        self._fresh = None  # a later head of this feed starts further on
         try:
             event = self._head(
                 parser.get_status_code(),
                 self._reason,
-                parser.get_http_version(),
+                version,
                 list(head[0]),
                 head[1],
                 head[2],
@@ -526,7 +562,9 @@ class HttptoolsConnection(H1Connection):
 
     def on_body(self, body: bytes) -> None:
         self._body_received += len(body)
-        self._events.append(Data(body))
+        ev = _new_event(Data)  # Data(body) without an __init__ frame
+        ev.data = body
+        self._events.append(ev)
 
     def on_message_complete(self) -> None:
         if self._rstate == _R_BODY:

@@ -313,18 +313,23 @@ def handle(pool: Any, request: Request, timeout: Timeout, deadline: Optional[flo
     while True:
         if conn is None:
             if deadline is None:  # what _checkout does without a total deadline, inline
-                c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts)
+                if connect_opts:
+                    c = pool.checkout(key[0], key[1], key[2], timeout.pool, **connect_opts)
+                else:
+                    c = pool.checkout(key[0], key[1], key[2], timeout.pool)
             else:
                 c = _checkout(pool, key, timeout, deadline, connect_opts)
         else:
             c, conn = conn, None
-        st = c.proto_state
-        reused = (st is not None and st.cycles > 0) or c.last_used != c.created_at
+        st = c.proto_state  # as it was before this exchange (a failed one closes c)
         try:
             return _exchange(c, request, method, target or url.target, timeout, deadline, stream,
                              opts, body)
         except _Stale as s:
             tries += 1
+            # a failed exchange completed no cycle and did not check c in: both still say
+            # whether c was reused
+            reused = (st is not None and st.cycles > 0) or c.last_used != c.created_at
             if not reused or (s.written and method not in IDEMPOTENT):
                 raise s.error from None
             if not _rewind(body, rewind):
@@ -391,7 +396,9 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
             _phase_timeout(sock, st, timeout.write, deadline, WriteTimeout)
         try:
             if body is None or length == 0:
-                send_all(sock, head)
+                n = sock.send(head)  # send_all(sock, head), inline (once per request)
+                if n < len(head):
+                    sock.sendall(memoryview(head)[n:])
                 written = True
             # a bytes body always comes with its content_length (never None)
             elif body.__class__ is bytes and length <= COALESCE_LIMIT and not expect:  # type: ignore[operator]
@@ -416,14 +423,13 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
         if ev is None:
             if deadline is not None or st.timeout is not timeout.read:
                 _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
+            # a new cycle holds no event before its first byte (start_next_cycle follows
+            # an EndOfMessage with no byte but CR/LF after it): read first, then ask
+            ev = NEED_DATA
             got = False
             while True:
-                try:
-                    ev = h1.next_event()
-                except ConnectionClosed as e:
-                    raise _Stale(e, True) from None
                 if ev is NEED_DATA:
-                    if deadline is not None:
+                    if got and deadline is not None:
                         _phase_timeout(sock, st, timeout.read, deadline, ReadTimeout)
                     try:
                         n = sock.recv_into(st.buf)  # as _recv, inline (once per request)
@@ -439,7 +445,10 @@ def _exchange(c: Any, request: Request, method: str, target: bytes, timeout: Tim
                         _sleep(PAUSE)
                         budget = SLICE
                     h1.receive_data(data)
-                    continue
+                try:
+                    ev = h1.next_event()
+                except ConnectionClosed as e:
+                    raise _Stale(e, True) from None
                 if ev.__class__ is _ResponseHead:
                     break
         # -- the response -------------------------------------------------------------
