@@ -20,7 +20,9 @@ Other controls: :meth:`refuse` (close the listener: connects are refused), :meth
 (listen again on the same port), :meth:`restart` (drop every connection, refuse for
 ``downtime`` seconds, listen again), :meth:`pause`/:meth:`resume` (hold all bytes in both
 directions), :meth:`close_idle` (close client connections quiet for ``idle`` seconds, as a
-server's keep-alive timeout would), :meth:`drop_all` (close or RST every connection).
+server's keep-alive timeout would), :meth:`drop_all` (close or RST every connection);
+``upstream_filter(bytes) -> bytes`` rewrites what clients send, chunk by chunk, in the
+forwarding modes.
 
 The proxy's own greenlets and sockets all go at :meth:`stop` (or the end of a ``with``), so a
 test wrapped in ``no_leaks`` sees none of them.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 import gevent
 from gevent import socket as gsocket
@@ -84,8 +86,10 @@ class FaultProxy:
 
     def __init__(self, upstream: Tuple[str, int], port: int = 0, *, mode: str = "forward",
                  delay: float = 0.001, reset_after: int = 1,
-                 garbage: bytes = b"\x00\xffNOT-A-PROTOCOL\r\n\r\n") -> None:
+                 garbage: bytes = b"\x00\xffNOT-A-PROTOCOL\r\n\r\n",
+                 upstream_filter: Optional[Callable[[bytes], bytes]] = None) -> None:
         self.upstream = upstream
+        self.upstream_filter = upstream_filter
         self.mode = mode
         self.delay = delay
         self.reset_after = reset_after
@@ -266,6 +270,8 @@ class FaultProxy:
                         return
                     continue
                 else:
+                    if not downstream and self.upstream_filter is not None:
+                        data = self.upstream_filter(data)
                     dst.sendall(data)
                 if downstream:
                     pair.sent_down += len(data)

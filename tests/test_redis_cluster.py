@@ -11,6 +11,7 @@ import time
 
 import gevent
 import pytest
+from faultproxy import FaultProxy
 
 from greenpool.errors import (
     AskError,
@@ -666,3 +667,73 @@ def test_clusterdown_is_retried_within_the_timeout(redis_cluster_factory):
         node_books(cp)
     finally:
         cp.stop()
+
+
+def _proxied_master(cluster, proxy):
+    """Announce ``cluster.nodes[0]`` at ``proxy``'s port (cluster-announce-port): the slot map
+    then sends every client through the proxy to it.  Its slots."""
+    node = cluster.nodes[0]
+    node.execute("CONFIG", "SET", "cluster-announce-port", proxy.port)
+    wait_for(lambda: any(int(r[2][1]) == proxy.port for r in node.execute("CLUSTER", "SLOTS")),
+             10, "the announced port in the node's own map")
+    return {s for r in node.execute("CLUSTER", "SLOTS") if int(r[2][1]) == proxy.port
+            for s in range(int(r[0]), int(r[1]) + 1)}
+
+
+@pytest.mark.parametrize("retry_reads", [0, 1])
+def test_a_read_cut_in_flight_is_sent_again_per_retry_reads(redis_cluster_factory, retry_reads):
+    """A node's connection lost with a GET and a SET in flight (a proxy in front of the node
+    holds their bytes, then resets every connection): the GET is sent again on the new
+    connection with ``retry_reads=1`` and fails with ConnectionClosed with 0; the SET, which
+    may have run, is never sent again (its value never arrived: the key keeps the old one)."""
+    cluster = redis_cluster_factory(masters=3, replicas=0)
+    node = cluster.nodes[0]
+    with FaultProxy(node.addr) as proxy:
+        [k] = _slot_keys(1, _proxied_master(cluster, proxy), "cut")
+        cp = RedisClusterPool([node.addr], pool_size=1, timeout=5.0, retry_reads=retry_reads,
+                              backoff_min=0.02, backoff_max=0.2)
+        try:
+            cp.command(["SET", k, "v1"])
+            via = cp.node_pools()[("127.0.0.1", proxy.port)]
+            proxy.pause()
+            read = gevent.spawn(cp.command, ["GET", k])
+            write = gevent.spawn(cp.command, ["SET", k, "v2"])
+            wait_for(lambda: via.info()["in_flight"] == 2, 10, "both commands in flight")
+            proxy.drop_all(reset=True)
+            proxy.resume()
+            with pytest.raises(ConnectionClosed):
+                write.get(timeout=10)
+            if retry_reads:
+                assert read.get(timeout=10) == b"v1"
+            else:
+                with pytest.raises(ConnectionClosed):
+                    read.get(timeout=10)
+            assert cp.command(["GET", k]) == b"v1"
+            assert cp.info()["retries"] == retry_reads
+            node_books(cp)
+        finally:
+            cp.stop()
+
+
+def test_cluster_slots_when_the_server_has_no_cluster_shards(redis_cluster):
+    """A server without CLUSTER SHARDS (before Redis 7) answers it "unknown subcommand": the
+    map comes from CLUSTER SLOTS.  A proxy in front of a real node renames the subcommand
+    (SHARDS -> SHARDZ: the node's own unknown-subcommand error) and counts what it saw."""
+    seen = []
+
+    def rename(data):
+        seen.append(data)
+        return data.replace(b"$6\r\nSHARDS\r\n", b"$6\r\nSHARDZ\r\n")
+
+    with FaultProxy(redis_cluster.startup_nodes[0], upstream_filter=rename) as proxy:
+        cp = RedisClusterPool([("127.0.0.1", proxy.port)], pool_size=1, timeout=5.0)
+        try:
+            wire = b"".join(seen).upper()        # what the pool sent: SHARDS first, then SLOTS
+            assert wire.index(b"$6\r\nSHARDS\r\n") < wire.index(b"$5\r\nSLOTS\r\n")
+            assert cp.info()["slots_covered"] == 16384
+            keys = [key("fallback") for _ in range(50)]
+            cp.pipeline([["SET", k, k] for k in keys])
+            assert cp.pipeline([["GET", k] for k in keys]) == [k.encode() for k in keys]
+            node_books(cp)
+        finally:
+            cp.stop()

@@ -12,7 +12,7 @@ Rules:
    reconnected since the last check.  A node whose ROLE is not the one wanted (a demoted
    master, a sentinel) is not used: discovery runs again until the command's timeout.
 2. Re-discovery (one at a time; callers that need it meanwhile wait for it) happens on a
-   ``+switch-master`` message (a greenlet stays subscribed on one sentinel), on a READONLY
+   ``+switch-master`` message (one greenlet stays subscribed on each sentinel), on a READONLY
    reply, on a lost or unreachable node, and on a ROLE mismatch.  Pools of nodes no longer
    used are stopped: the old master's connections are retired.
 3. A READONLY reply means the write did not run: the command (pipeline, transaction) is
@@ -572,7 +572,7 @@ class RedisSentinelPool:
         return self._closed
 
     def close(self) -> None:
-        """Stop the listener, every node pool and every sentinel pool."""
+        """Stop the listeners, every node pool and every sentinel pool."""
         self._closed = True
         gs, self._listeners = self._listeners, []
         gevent.killall([g for g in gs if g is not gevent.getcurrent()], block=True)
