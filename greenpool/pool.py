@@ -368,6 +368,7 @@ class GreenPool:
             else:
                 idle.pop()
                 self._idle_count -= 1
+            # self._take_idle(conn, h, getcurrent()) inline (the hot path): keep the two alike
             io = conn._io  # conn._unwatch(), inline
             if io is not None and io.active:
                 io.stop()
@@ -728,6 +729,7 @@ class GreenPool:
         return None
 
     def _take_idle(self, conn: Connection, h: _Host, holder: Any) -> None:
+        # checkout() has a copy of this inline: change both
         conn._unwatch()
         conn.state = IN_USE
         conn.holder = holder
