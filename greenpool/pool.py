@@ -183,7 +183,6 @@ class GreenPool:
         self._per_host = self.options.per_host
         self._timeout = self.options.timeout
         self._yield = self.options.checkout_yield
-        self._max_requests = self.options.max_requests
         self._hosts: Dict[Key, _Host] = {}
         self._waiting: Dict[Key, _Host] = {}   # hosts with live waiters
         self._open = 0
@@ -353,36 +352,14 @@ class GreenPool:
             raise self._closed_error()
         if h is None:
             h = self._new_host(host, port, transport, connect_opts)
-        # fast path: the warmest idle connection, no allocation (_pop_idle and
-        # _take_idle, inline while the warmest one's peer is still there)
-        idle = h.idle
-        if idle and not h.live:
-            conn = idle[-1]
-            probe = conn._probe  # conn.peer_dropped(), inline once it has its probe
-            if probe.dropped() if probe is not None else conn.peer_dropped():
-                self._dropped_while_idle(conn, False)  # takes it out of idle
-                warm = self._pop_idle(h)
-                if warm is None:
-                    return self._acquire(h, timeout, connect_opts, shared=False)
-                conn = warm
-            else:
-                idle.pop()
-                self._idle_count -= 1
-            # self._take_idle(conn, h, getcurrent()) inline (the hot path): keep the two alike
-            io = conn._io  # conn._unwatch(), inline
-            if io is not None and io.active:
-                io.stop()
-            conn.state = IN_USE
-            conn.holder = getcurrent()
-            conn.uses += 1
-            h.in_use += 1
-            self._in_use.add(conn)
-            self.counters["reused"] += 1
-            if _listeners:
-                _emit("checkout", self, h.key)
-            if self._codel_timer is not None:
-                self._codel_record(0.0)
-            return conn
+        # fast path: the warmest idle connection, no allocation
+        if h.idle and not h.live:
+            conn = self._pop_idle(h)
+            if conn is not None:
+                self._take_idle(conn, h, getcurrent())
+                if self._codel_timer is not None:
+                    self._codel_record(0.0)
+                return conn
         return self._acquire(h, timeout, connect_opts, shared=False)
 
     def checkin(self, conn: Connection) -> None:
@@ -401,13 +378,10 @@ class GreenPool:
         h = conn._host
         if _listeners:
             _emit("checkin", self, h.key)
-        # _unreusable(conn, h), asked only when one of its reasons may hold
-        if self._closed or self._open > self._max or h.open > self._per_host \
-                or conn.expires_at is not None or self._max_requests is not None:
-            reason = self._unreusable(conn, h)
-            if reason is not None:
-                self._close(conn, reason)
-                return
+        reason = self._unreusable(conn, h)
+        if reason is not None:
+            self._close(conn, reason)
+            return
         if h.live:
             # hand it straight to the first waiter for this key (FIFO)
             w = self._first_live(h)
@@ -425,24 +399,7 @@ class GreenPool:
         now = conn.last_used = _monotonic()
         h.idle.append(conn)
         self._idle_count += 1
-        # _arm(conn, now), inline when only the idle timeout bounds the wait (nothing
-        # learned of the server, no lifetime, no ping) and the running timer fires by then
-        timer = conn._timer
-        io = conn._io
-        if timer is not None and io is not None and h.retire_after is None \
-                and conn.expires_at is None and self.options.idle_interval is None \
-                and timer.active:
-            timeout = self._timeout
-            own = conn.idle_timeout
-            if own is not None and (timeout is None or own < timeout):
-                timeout = own
-            if timeout is not None and conn._timer_due <= now + timeout:
-                if self.connector.watch_socket(conn):
-                    io.start(self._on_readable, conn)
-            else:
-                self._arm(conn, now)
-        else:
-            self._arm(conn, now)
+        self._arm(conn, now)
         if self._queue_count:
             self._dispatch()
 
@@ -729,7 +686,6 @@ class GreenPool:
         return None
 
     def _take_idle(self, conn: Connection, h: _Host, holder: Any) -> None:
-        # checkout() has a copy of this inline: change both
         conn._unwatch()
         conn.state = IN_USE
         conn.holder = holder
@@ -749,40 +705,22 @@ class GreenPool:
             _emit("checkout", self, conn.key)
 
     def _pick(self, h: _Host) -> Optional[Connection]:
-        """A registered shared connection with spare capacity, by strategy.
-
-        (``Connection.capacity() > 0 and Connection.is_alive()`` inlined: this runs at
-        every shared use.)"""
+        """A registered shared connection with spare capacity, by strategy."""
         shared = h.shared
         n = len(shared)
         if not n:
             return None
         strategy = self.options.strategy
-        if strategy == "round_robin":
-            start = h.rr
-            if n == 1:  # the common case: one connection per key
-                c = shared[0]
-                proto = c.proto
-                if c.state is not CLOSED and (
-                        c.users < 1 if proto is None
-                        else c.users < proto.max_users() and proto.is_alive()):
-                    h.rr = 0
-                    return c
-                return None
-        elif strategy == "least_busy":
+        if strategy == "least_busy":
             best = None
             for c in shared:
                 if c.capacity() > 0 and c.is_alive() and (best is None or c.users < best.users):
                     best = c
             return best
-        else:
-            start = self._rand.randrange(n)
+        start = h.rr if strategy == "round_robin" else self._rand.randrange(n)
         for i in range(n):
             c = shared[(start + i) % n]
-            proto = c.proto
-            if c.state is not CLOSED and (
-                    c.users < 1 if proto is None
-                    else c.users < proto.max_users() and proto.is_alive()):
+            if c.capacity() > 0 and c.is_alive():
                 h.rr = (start + i + 1) % n
                 return c
         return None

@@ -442,18 +442,8 @@ class RedisPool(GreenPool):
             timeout = self.command_timeout
         deadline = _monotonic() + timeout
         h = self._h
-        # acquire_shared()'s fast path, for the pool's one key (with one connection, _pick
-        # inlined); its slow path otherwise
-        conn = None
-        if not h.live and not self._closed:
-            shared = h.shared
-            if len(shared) == 1:
-                c = shared[0]
-                proto = c.proto
-                if c.state is not CLOSED and proto is not None and proto.alive and c.users < MAX_USERS:
-                    conn = c
-            else:
-                conn = self._pick(h)
+        # acquire_shared()'s fast path, for the pool's one key; its slow path otherwise
+        conn = self._pick(h) if not h.live and not self._closed else None
         if conn is not None:
             self._use(conn)
         else:
