@@ -241,6 +241,48 @@ def test_read_and_total_timeouts_hold(no_leaks, h3, pool, tls):
     assert h3.connections == 1
 
 
+def test_each_waiting_caller_keeps_its_own_read_timeout(no_leaks, h3, pool, tls):
+    """The callers waiting on one connection share one wait timer (armed for the earliest
+    deadline): each still times out at its own read timeout, never before it, a shorter one
+    that came later is not held up by the longer ones, and an answer in time is unaffected."""
+    c = client(pool, tls)
+    c.get(h3.url + "/")
+    ended = []
+
+    def hang(read):
+        t0 = time.monotonic()
+        with pytest.raises(ReadTimeout):
+            c.get(h3.url + "/hang", timeout=Timeout(read=read))
+        ended.append((read, time.monotonic() - t0))
+
+    slow = gevent.spawn(c.get, h3.url + "/slow/0.2", timeout=Timeout(read=30))
+    gs = [gevent.spawn(hang, 2.0)]
+    gevent.sleep(0.05)
+    gs += [gevent.spawn(hang, 0.3), gevent.spawn(hang, 1.0)]
+    gevent.joinall(gs, timeout=30, raise_error=True)
+    assert slow.get(timeout=30).content == b"slow"
+    assert [read for read, _ in ended] == [0.3, 1.0, 2.0]
+    assert all(took >= read for read, took in ended), ended
+    proto = next(conn.proto for h in pool._hosts.values() for conn in h.shared)
+    assert not proto._waiting                      # every wait took itself off
+    assert quic_books(pool) == (1, 0)
+    assert c.get(h3.url + "/").content == BODY      # the connection goes on
+    assert h3.connections == 1
+
+
+def test_a_body_that_came_with_its_head_needs_no_body_stream(no_leaks, h3, pool, tls):
+    """stream=False and the whole body already in: the response holds it and the stream
+    and the use are given back before the call returns; stream=True keeps a body stream."""
+    c = client(pool, tls)
+    r = c.get(h3.url + "/")
+    assert (r.content, r.stream, r.closed) == (BODY, None, True)
+    assert quic_books(pool) == (1, 0)
+    r = c.get(h3.url + "/n/3000", stream=True)
+    assert r.stream is not None and not r.closed
+    assert r.read() == pattern(3000)
+    assert quic_books(pool) == (1, 0)
+
+
 @pytest.mark.parametrize("loss", [0.01, 0.05])
 def test_packet_loss_each_way_no_errors(no_leaks, caddy, pool, tls, loss):
     """100 concurrent GETs and a 200 kB POST through a relay dropping ``loss`` of the

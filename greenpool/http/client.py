@@ -1040,12 +1040,10 @@ class Client:
             quic=route.quic or "quic", stream=stream, decode_content=opts.decode_content,
             max_decoded_size=opts.max_decoded_size, max_header_size=opts.max_header_size,
             max_body_size=opts.max_body_size)
-        if resp is not None:
+        if resp is not None:     # read already unless ``stream`` (transport.handle)
             resp._sent = sent
             if self._post is not None:
                 self._post(req, resp)
-            if not stream:
-                resp.read()
         return resp
 
     def _send_handling(self, gp: GreenPool, req: Request, t: Timeout, deadline: Optional[float],

@@ -49,6 +49,9 @@ _TCP: Any = object()
 _alt: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], Tuple[int, float]]]" = weakref.WeakKeyDictionary()
 # per pool: (host, port) -> blocked until; and the handshakes running in the background
 _blocked: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int], float]]" = weakref.WeakKeyDictionary()
+#: set by the first :func:`block`: until then :func:`blocked` answers without a lookup (the
+#: weak dictionary's ``len()`` is Python code)
+_any_blocked = False
 _racing: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, int, str], _Handshake]]" = weakref.WeakKeyDictionary()
 
 _ENTRY = re.compile(r'\s*([A-Za-z0-9_.~!$&\'*+^`|%-]+)\s*=\s*"([^"]*)"\s*((?:;\s*[A-Za-z0-9_-]+\s*=\s*'
@@ -106,7 +109,7 @@ def learn(pool: Any, host: str, port: int, value: Optional[str]) -> None:
 
 
 def blocked(pool: Any, host: str, port: int) -> bool:
-    if not _blocked:         # no pool has blocked an origin (no weak reference made per call)
+    if not _any_blocked:     # no pool has blocked an origin (no weak reference made per call)
         return False
     until = _blocked.get(pool, {}).get((host, port))
     if until is None:
@@ -122,8 +125,10 @@ def block(pool: Any, host: str, port: int, ttl: Optional[float] = None,
     """Serve ``https://host:port`` over TCP for ``ttl`` seconds (default: the pool's
     ``h3_blocked_ttl``); subscribers get a ``"blocked"`` event (key ``(host, port,
     "quic")``, ``seconds`` = ``ttl``, ``reason`` = why)."""
+    global _any_blocked
     if ttl is None:
         ttl = pool.options.h3_blocked_ttl
+    _any_blocked = True
     if events._subscribers:
         events.emit("blocked", pool, (host, port, "quic"), ttl, reason)
     memory = _blocked.get(pool)

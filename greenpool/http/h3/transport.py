@@ -85,6 +85,7 @@ UPLOAD_CHUNK = 65536
 SEND_BUFFER_LIMIT = 1 << 20   # an upload waits while more than this is queued unsent
 MAX_RETRIES = 3
 _TIMEDOUT: Any = object()
+_INF = float("inf")
 _monotonic = time.monotonic
 H3_REQUEST_REJECTED = 0x10B
 
@@ -153,7 +154,7 @@ class Stream:
     """One request/response exchange: what the reader delivered so far."""
 
     __slots__ = ("id", "head", "chunks", "buffered", "ended", "trailers", "error", "waiter",
-                 "sent_end", "released", "max_body", "received", "header_limit", "early")
+                 "sent_end", "released", "max_body", "received", "header_limit", "early", "due")
 
     def __init__(self, sid: int, header_limit: int, max_body: Optional[int]) -> None:
         self.id = sid
@@ -170,6 +171,7 @@ class Stream:
         self.max_body = max_body
         self.header_limit = header_limit
         self.early = False          # opened before the handshake ended: sent in 0-RTT
+        self.due = _INF             # while a caller waits on it: when that wait times out
 
     def __repr__(self) -> str:
         return "<H3 stream %d head=%s ended=%s buffered=%d>" % (
@@ -209,6 +211,10 @@ class H3Protocol:
         self._io = self._loop.io(self.sock.fileno(), 1)
         self._timer: Any = None
         self._timer_due = 0.0
+        # the callers' waits with a timeout: one timer for all, armed for the earliest
+        self._waiting: Set[Stream] = set()
+        self._wait_timer: Any = None
+        self._wait_due = _INF
         self.reader: Optional[gevent.Greenlet] = None
         self.datagrams_sent = 0
         self.datagrams_received = 0
@@ -476,13 +482,14 @@ class H3Protocol:
         timer.start(self._wake)
 
     def _stop_watchers(self) -> None:
-        for w in (self._io, self._timer):
+        for w in (self._io, self._timer, self._wait_timer):
             if w is not None:
                 try:
                     w.close()
                 except Exception:  # noqa: BLE001 - closing twice
                     pass
-        self._timer = None
+        self._timer = self._wait_timer = None
+        self._wait_due = _INF
 
     def _die(self, err: BaseException) -> None:
         """The connection is over: fail its streams and leave the pool.  Never yields."""
@@ -505,6 +512,7 @@ class H3Protocol:
 
     def _apply(self, events: List[Any]) -> None:
         streams = self.streams
+        run = self._loop.run_callback
         for kind, sid, payload, ended in events:
             if kind is DATA:
                 st = streams.get(sid)
@@ -532,7 +540,10 @@ class H3Protocol:
                         continue
                 if ended:
                     st.ended = True
-                self._notify(st)
+                w = st.waiter       # _notify(st), inline: two events per response
+                if w is not None:
+                    st.waiter = None
+                    run(w.switch, None)
             elif kind is HEAD:
                 st = streams.get(sid)
                 if st is None:
@@ -549,7 +560,10 @@ class H3Protocol:
                     st.trailers = payload
                 if ended:
                     st.ended = True
-                self._notify(st)
+                w = st.waiter
+                if w is not None:
+                    st.waiter = None
+                    run(w.switch, None)
             elif kind is RESET:
                 st = streams.get(sid)
                 if st is None or st.error is not None:
@@ -639,7 +653,7 @@ class H3Protocol:
 
     def open_stream(self, headers: List[Tuple[bytes, bytes]], end_stream: bool,
                     header_limit: int, max_body: Optional[int]) -> Stream:
-        if not self.is_alive():
+        if self.closed or self.goaway is not None or self.q.closed is not None:  # is_alive()
             raise Refused("the HTTP/3 connection no longer takes new streams")
         try:
             sid = self.q.open_request(headers, end_stream)
@@ -652,19 +666,59 @@ class H3Protocol:
         return st
 
     def wait(self, st: Stream, seconds: Optional[float]) -> bool:
-        """Park until the reader touches ``st`` (True) or ``seconds`` pass (False).  Yields."""
+        """Park until the reader touches ``st`` (True) or ``seconds`` pass (False).  Yields.
+
+        A wait with a timeout costs no timer of its own: the connection's one wait
+        timer is armed for the earliest deadline among its waiting streams
+        (:meth:`_waits_due`)."""
         w = st.waiter = Waiter()
-        timer = None
-        if seconds is not None:
-            timer = self._loop.timer(seconds if seconds > 0 else 0.0)
-            timer.start(w.switch, _TIMEDOUT)
+        if seconds is None:
+            try:
+                return w.get() is not _TIMEDOUT
+            finally:
+                st.waiter = None
+        due = st.due = _monotonic() + (seconds if seconds > 0 else 0.0)
+        waiting = self._waiting
+        waiting.add(st)
+        if due < self._wait_due:
+            self._arm_waits(due)
         try:
             result = w.get()
         finally:
             st.waiter = None
-            if timer is not None:
-                timer.close()
+            st.due = _INF
+            waiting.discard(st)
+            if not waiting and self._wait_timer is not None:
+                self._wait_timer.stop()   # no wait left: nothing to keep the loop for
+                self._wait_due = _INF
         return result is not _TIMEDOUT
+
+    def _arm_waits(self, due: float) -> None:
+        timer = self._wait_timer
+        if timer is not None:
+            timer.close()
+        delay = due - _monotonic()
+        timer = self._wait_timer = self._loop.timer(delay if delay > 0 else 0.0)
+        self._wait_due = due
+        timer.start(self._waits_due)
+
+    def _waits_due(self) -> None:
+        """Hub callback (never raises or switches): wake every wait past its deadline
+        with a timeout, re-arm for the earliest left."""
+        self._wait_due = _INF
+        now = _monotonic()
+        nearest = _INF
+        for st in list(self._waiting):
+            if st.due <= now:
+                self._waiting.discard(st)
+                w = st.waiter
+                if w is not None:
+                    st.waiter = None
+                    self._loop.run_callback(w.switch, _TIMEDOUT)
+            elif st.due < nearest:
+                nearest = st.due
+        if nearest < _INF:
+            self._arm_waits(nearest)
 
     def release(self, st: Stream, reset: bool) -> None:
         if st.released:
@@ -728,28 +782,30 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
     Failures to connect are :class:`~greenpool.errors.ConnectError` (the
     caller may fall back to TCP); later ones as for HTTP/2.
     """
-    check_max_body_size(max_body_size)
+    if max_body_size is not None:
+        check_max_body_size(max_body_size)
     url = request.url
     if url.scheme != "https":
         raise ValueError("HTTP/3 needs an https:// origin, not %s" % (url,))
-    if not isinstance(timeout, Timeout):
+    if timeout.__class__ is not Timeout:
         timeout = Timeout.coerce(timeout)
     cfg = config if config is not None else DEFAULT_CONFIG
     header_limit = max_header_size if max_header_size is not None else cfg.max_header_list_size
     headers = build_headers(request)
     body = request.body
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    elif isinstance(body, (bytearray, memoryview)):
-        body = bytes(body)
-    if body == b"":
-        body = None
     start_pos = None
-    if body is not None and not isinstance(body, bytes) and hasattr(body, "seek"):
-        try:
-            start_pos = body.tell()
-        except (OSError, AttributeError, ValueError):
-            start_pos = None
+    if body is not None:
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        elif isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        if body == b"":
+            body = None
+        elif not isinstance(body, bytes) and hasattr(body, "seek"):
+            try:
+                start_pos = body.tell()
+            except (OSError, AttributeError, ValueError):
+                start_pos = None
     retries = 0
     idempotent = request.method in _IDEMPOTENT
     while True:
@@ -758,7 +814,8 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
                            transport)
         try:
             response = _exchange(pool, conn, request, headers, body, timeout, deadline, idempotent,
-                                 decode_content, max_decoded_size, header_limit, max_body_size)
+                                 decode_content, max_decoded_size, header_limit, max_body_size,
+                                 not stream)
         except Refused as e:
             retries += 1
             count(pool, "retried")
@@ -795,7 +852,10 @@ def acquire(pool: "GreenPool", host: str, port: int, timeout: Timeout, deadline:
 def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple[bytes, bytes]],
               body: Any, timeout: Timeout, deadline: Optional[float], idempotent: bool,
               decode_content: bool, max_decoded_size: Optional[int], header_limit: int,
-              max_body_size: Optional[int]) -> Response:
+              max_body_size: Optional[int], whole: bool = False) -> Response:
+    """``whole``: the caller reads the body at once (``stream=False``): when it all came with
+    the head (no trailers, nothing to decode) the response holds it and the stream and the
+    use are given back here, without a body stream."""
     proto: Optional[H3Protocol] = conn.proto
     if proto is None:       # closed before this use began (its 0-RTT handshake failed)
         pool.release_shared(conn)
@@ -837,6 +897,18 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
             r.body_started = body_started
             raise r from None
         raise
+    if st.ended and whole and st.error is None and st.trailers is None \
+            and not (coding and decode_content):
+        chunks = st.chunks
+        content = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        st.buffered = 0
+        proto.release(st, False)
+        pool.release_shared(conn)
+        resp = Response(status, resp_headers, _REASONS.get(status, ""), "HTTP/3", request.url,
+                        request, None, None)
+        resp._content = content
+        return resp
     resp_stream = H3Body(pool, conn, proto, st, timeout.read, None)
     if st.ended and not st.chunks and st.error is None:
         resp_stream._finish()
