@@ -959,7 +959,7 @@ class Client:
                ctype: Optional[Tuple[bytes, bytes]],
                override: Optional[List[Tuple[bytes, bytes]]]) -> Request:
         route = self._routes.get((gp, u.scheme, u.host, u.port))  # _route's cache, no call
-        if route is None or route.pool.closed:
+        if route is None or route.pool._closed:   # .closed, without the property's call
             route = self._route(gp, u)
         raw = [route.host_header] + self._base
         if ctype is not None:

@@ -34,12 +34,12 @@ from operator import itemgetter
 from typing import Any, Callable, List, Optional, Set, Tuple
 
 from qh3.h3 import connection as _qh3_h3
-from qh3.h3.connection import H3Connection, MessageError, ProtocolError
+from qh3.h3.connection import H3Connection, MessageError
 from qh3.h3.events import DataReceived, GoawayReceived, HeadersReceived, InformationalHeadersReceived
 from qh3.h3.exceptions import H3Error
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
-from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamReset
+from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived, StreamReset
 
 from greenpool.errors import GreenPoolError
 
@@ -127,21 +127,11 @@ def _with_globals(f: Any, **names: Any) -> Any:
 
 
 class _H3Connection(H3Connection):
-    """qh3's H3Connection checking response heads through :func:`validate_response_headers`,
-    and remembering on which request stream it refused what the server sent."""
-
-    refused_stream: Optional[int] = None
+    """qh3's H3Connection checking response heads through :func:`validate_response_headers`."""
 
     _handle_request_or_push_frame = _with_globals(
         H3Connection._handle_request_or_push_frame,
         validate_response_headers=validate_response_headers)
-
-    def _receive_request_or_push_data(self, stream: Any, data: bytes, stream_ended: bool) -> Any:
-        try:
-            return H3Connection._receive_request_or_push_data(self, stream, data, stream_ended)
-        except ProtocolError:
-            self.refused_stream = stream.stream_id
-            raise
 
 
 class H3Conn:
@@ -327,5 +317,6 @@ class H3Conn:
                 # place) and closed the connection with the reason it gives
                 why = getattr(getattr(self.quic, "_close_event", None), "reason_phrase", "") or "?"
                 self.closed = self.protocol_error = "HTTP/3 protocol error from the server: %s" % why
-                append((CLOSED, h3.refused_stream if h3.refused_stream is not None else -1,
-                        self.closed, True))
+                # the data it refused came on the stream of the event it was handling
+                append((CLOSED, ev.stream_id if t is StreamDataReceived else -1, self.closed,
+                        True))

@@ -31,6 +31,7 @@ import gevent
 
 from greenpool import events
 from greenpool.errors import ConnectError, GreenPoolError
+from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE
 from greenpool.http.h3 import transport
 from greenpool.http.models import Request, Response, Timeout
 
@@ -173,7 +174,10 @@ def stats(pool: Any) -> Dict[str, int]:
 def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Optional[float],
            connect_opts: Dict[str, Any], mode: Any, *, race_delay: Optional[float] = None,
            blocked_ttl: Optional[float] = None, rescue: bool = False, quic: str = "quic",
-           **kw: Any) -> Optional[Response]:
+           stream: bool = True, decode_content: bool = True,
+           max_decoded_size: Optional[int] = DEFAULT_MAX_DECODED_SIZE,
+           max_header_size: Optional[int] = None, max_body_size: Optional[int] = None
+           ) -> Optional[Response]:
     """The response over HTTP/3, or None: send it over TCP (see the module docstring).
 
     ``mode``: True (only origins that advertised h3 by Alt-Svc) or
@@ -208,7 +212,9 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
                              or not pool.host_stats(host, qport, quic)["active"]):
             return None
         return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport,
-                                conn=conn, transport=quic, **kw)
+                                conn=conn, transport=quic, stream=stream,
+                                decode_content=decode_content, max_decoded_size=max_decoded_size,
+                                max_header_size=max_header_size, max_body_size=max_body_size)
     conn = pool.checkout_h2(host, qport, quic)
     if conn is None and not pool.host_stats(host, qport, quic)["active"]:
         options = pool.options
@@ -218,7 +224,9 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
         if conn is _TCP or blocked(pool, host, port):
             return None
     return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn,
-                            transport=quic, **kw)
+                            transport=quic, stream=stream, decode_content=decode_content,
+                            max_decoded_size=max_decoded_size, max_header_size=max_header_size,
+                            max_body_size=max_body_size)
 
 
 def _add_stats(pool: "GreenPool") -> None:

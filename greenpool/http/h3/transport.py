@@ -825,7 +825,7 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
                                        "attempt(s): %s" % (request.method, url, retries, cause)) from None
             conn = None
             continue
-        if not stream:
+        if not stream and response._content is None:
             response.read()
         return response
 
@@ -877,7 +877,7 @@ def _exchange(pool: Any, conn: Connection, request: Request, headers: List[Tuple
                 raise _copy(st.error)
             if st.ended:
                 raise RemoteProtocolError("HTTP/3 stream %d ended without a response" % st.id)
-            if not proto.wait(st, _remaining(read, deadline)):
+            if not proto.wait(st, read if deadline is None else _remaining(read, deadline)):
                 raise ReadTimeout("no response head from %s:%s on HTTP/3 stream %d within the "
                                   "read/total timeout" % (conn.host, conn.port, st.id))
         status, resp_headers, coding, declared = _parse_head(st.head)
