@@ -42,6 +42,7 @@ from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived, StreamReset
 
 from greenpool.errors import GreenPoolError
+from greenpool.http.h3.qpack import encode_section
 
 __all__ = ["H3Conn", "NoStream", "Event", "HEAD", "INFO", "DATA", "RESET", "GOAWAY", "CLOSED",
            "READY", "ALPN"]
@@ -127,11 +128,16 @@ def _with_globals(f: Any, **names: Any) -> Any:
 
 
 class _H3Connection(H3Connection):
-    """qh3's H3Connection checking response heads through :func:`validate_response_headers`."""
+    """qh3's H3Connection checking response heads through :func:`validate_response_headers`,
+    and encoding request heads with :func:`greenpool.http.h3.qpack.encode_section` (the
+    static table only: nothing for its encoder or encoder stream to do)."""
 
     _handle_request_or_push_frame = _with_globals(
         H3Connection._handle_request_or_push_frame,
         validate_response_headers=validate_response_headers)
+
+    def _encode_headers(self, stream_id: int, headers: List[Tuple[bytes, bytes]]) -> bytes:
+        return encode_section(headers)
 
 
 class H3Conn:
