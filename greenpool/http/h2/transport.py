@@ -244,18 +244,9 @@ def handle(pool: Any, request: Request, timeout: Any, deadline: Optional[float],
     header_limit = cfg.max_header_list_size
     headers = build_headers(request)
     body = request.body
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    elif isinstance(body, (bytearray, memoryview)):
-        body = bytes(body)
-    if body == b"":
-        body = None
     start_pos = None
-    if body is not None and not isinstance(body, bytes) and hasattr(body, "seek"):
-        try:
-            start_pos = body.tell()
-        except (OSError, AttributeError, ValueError):
-            start_pos = None
+    if body is not None:
+        body, start_pos = _prepare_body(body)
     retries = 0
     stale_retry = request.method in _IDEMPOTENT
     while True:
@@ -291,6 +282,23 @@ def _rewind(body: Any, start_pos: Optional[int], started: bool) -> bool:
         except (OSError, ValueError):
             return False
     return iter(body) is not body    # a list/tuple can be iterated again, a generator cannot
+
+
+def _prepare_body(body: Any) -> Tuple[Any, Optional[int]]:
+    """A request body as the HTTP/2 and HTTP/3 request paths send it (str as UTF-8, other
+    buffers as bytes, empty as None) and where a seekable file starts (for a retry)."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    elif isinstance(body, (bytearray, memoryview)):
+        body = bytes(body)
+    if body == b"":
+        return None, None
+    if not isinstance(body, bytes) and hasattr(body, "seek"):
+        try:
+            return body, body.tell()
+        except (OSError, AttributeError, ValueError):
+            pass
+    return body, None
 
 
 def _remaining(seconds: Optional[float], deadline: Optional[float]) -> Optional[float]:

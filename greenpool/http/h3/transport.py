@@ -69,7 +69,16 @@ from greenpool.errors import (
     WriteTimeout,
 )
 from greenpool.http.decoding import DEFAULT_MAX_DECODED_SIZE, make_decoder
-from greenpool.http.h2.transport import _IDEMPOTENT, _REASONS, _chunks, _parse_head, _remaining, _rewind, build_headers
+from greenpool.http.h2.transport import (
+    _IDEMPOTENT,
+    _REASONS,
+    _chunks,
+    _parse_head,
+    _prepare_body,
+    _remaining,
+    _rewind,
+    build_headers,
+)
 from greenpool.http.h3.conn import CLOSED, DATA, GOAWAY, HEAD, READY, RESET, H3Conn, NoStream
 from greenpool.http.models import Headers, Request, Response, Timeout, body_too_large, check_max_body_size
 
@@ -795,17 +804,7 @@ def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional
     body = request.body
     start_pos = None
     if body is not None:
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        elif isinstance(body, (bytearray, memoryview)):
-            body = bytes(body)
-        if body == b"":
-            body = None
-        elif not isinstance(body, bytes) and hasattr(body, "seek"):
-            try:
-                start_pos = body.tell()
-            except (OSError, AttributeError, ValueError):
-                start_pos = None
+        body, start_pos = _prepare_body(body)
     retries = 0
     idempotent = request.method in _IDEMPOTENT
     while True:
