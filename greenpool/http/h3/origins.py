@@ -211,18 +211,15 @@ def try_h3(pool: "GreenPool", request: Request, timeout: Timeout, deadline: Opti
         if conn is None and (blocked(pool, host, port)
                              or not pool.host_stats(host, qport, quic)["active"]):
             return None
-        return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport,
-                                conn=conn, transport=quic, stream=stream,
-                                decode_content=decode_content, max_decoded_size=max_decoded_size,
-                                max_header_size=max_header_size, max_body_size=max_body_size)
-    conn = pool.checkout_h2(host, qport, quic)
-    if conn is None and not pool.host_stats(host, qport, quic)["active"]:
-        options = pool.options
-        conn = _race(pool, host, port, qport, timeout, deadline, connect_opts,
-                     options.h3_race_delay if race_delay is None else race_delay,
-                     options.h3_blocked_ttl if blocked_ttl is None else blocked_ttl, quic)
-        if conn is _TCP or blocked(pool, host, port):
-            return None
+    else:
+        conn = pool.checkout_h2(host, qport, quic)
+        if conn is None and not pool.host_stats(host, qport, quic)["active"]:
+            options = pool.options
+            conn = _race(pool, host, port, qport, timeout, deadline, connect_opts,
+                         options.h3_race_delay if race_delay is None else race_delay,
+                         options.h3_blocked_ttl if blocked_ttl is None else blocked_ttl, quic)
+            if conn is _TCP or blocked(pool, host, port):
+                return None
     return transport.handle(pool, request, timeout, deadline, connect_opts, port=qport, conn=conn,
                             transport=quic, stream=stream, decode_content=decode_content,
                             max_decoded_size=max_decoded_size, max_header_size=max_header_size,

@@ -513,15 +513,16 @@ class H3Protocol:
 
     # -- events --
 
-    def _notify(self, st: Stream) -> None:
+    def _notify(self, st: Stream, value: Any = None) -> None:
+        """Wake the caller waiting on ``st`` (with ``value``: :data:`_TIMEDOUT` for a timeout),
+        once: the waiter is taken off ``st`` here."""
         w = st.waiter
         if w is not None:
             st.waiter = None
-            self._loop.run_callback(w.switch, None)
+            self._loop.run_callback(w.switch, value)
 
     def _apply(self, events: List[Any]) -> None:
         streams = self.streams
-        run = self._loop.run_callback
         for kind, sid, payload, ended in events:
             if kind is DATA:
                 st = streams.get(sid)
@@ -549,10 +550,7 @@ class H3Protocol:
                         continue
                 if ended:
                     st.ended = True
-                w = st.waiter       # _notify(st), inline: two events per response
-                if w is not None:
-                    st.waiter = None
-                    run(w.switch, None)
+                self._notify(st)
             elif kind is HEAD:
                 st = streams.get(sid)
                 if st is None:
@@ -569,10 +567,7 @@ class H3Protocol:
                     st.trailers = payload
                 if ended:
                     st.ended = True
-                w = st.waiter
-                if w is not None:
-                    st.waiter = None
-                    run(w.switch, None)
+                self._notify(st)
             elif kind is RESET:
                 st = streams.get(sid)
                 if st is None or st.error is not None:
@@ -662,7 +657,7 @@ class H3Protocol:
 
     def open_stream(self, headers: List[Tuple[bytes, bytes]], end_stream: bool,
                     header_limit: int, max_body: Optional[int]) -> Stream:
-        if self.closed or self.goaway is not None or self.q.closed is not None:  # is_alive()
+        if not self.is_alive():
             raise Refused("the HTTP/3 connection no longer takes new streams")
         try:
             sid = self.q.open_request(headers, end_stream)
@@ -720,10 +715,7 @@ class H3Protocol:
         for st in list(self._waiting):
             if st.due <= now:
                 self._waiting.discard(st)
-                w = st.waiter
-                if w is not None:
-                    st.waiter = None
-                    self._loop.run_callback(w.switch, _TIMEDOUT)
+                self._notify(st, _TIMEDOUT)
             elif st.due < nearest:
                 nearest = st.due
         if nearest < _INF:
