@@ -9,10 +9,12 @@ books and, through ``no_leaks``, no file descriptor or greenlet left.
 """
 from __future__ import annotations
 
+import gc
 import re
 import socket
 import ssl
 import time
+import weakref
 
 import gevent
 import pytest
@@ -771,3 +773,36 @@ def test_a_refused_head_fails_its_request_every_time(no_leaks, h3, pool, tls):
                 c.get(h3.url + path)
             assert other.get(timeout=10).content == b"slow"
             assert quic_books(pool)[1] == 0
+
+
+def test_a_new_pool_at_a_dead_pools_address_keeps_its_own_tickets(no_leaks, h3, tls):
+    """Connection setups are cached per pool; a pool's id() is handed to the next pool
+    once it is gone.  The new pool must still keep its session tickets and read its own
+    options (zero_rtt), not find the dead pool's setup."""
+    old = GreenPool("h3old", max_connections=20, max_per_host=4, zero_rtt=True)
+    assert client(old, tls).get(h3.url + "/").content == BODY
+    old.close()
+    address, ref = id(old), weakref.ref(old)
+    del old
+    assert until(lambda: gc.collect() >= 0 and ref() is None)   # its reader greenlet ended
+    # bare instances (what GreenPool() allocates before __init__) until the allocator
+    # hands out the dead pool's address; that one is then made a pool
+    bare = []
+    for _ in range(100000):
+        p = object.__new__(GreenPool)
+        if id(p) == address:
+            break
+        bare.append(p)
+    else:
+        pytest.skip("the allocator never handed out the dead pool's address again")
+    del bare
+    p.__init__("h3new", max_connections=20, max_per_host=4)
+    try:
+        c = client(p, tls)
+        assert c.get(h3.url + "/").content == BODY
+        route_pool = ticket_then_close(c, p, h3.url)
+        assert c.get(h3.url + "/").content == BODY
+        st = origins.stats(route_pool)
+        assert (st["resumed"], st["zero_rtt_accepted"]) == (1, 0), st
+    finally:
+        p.close()

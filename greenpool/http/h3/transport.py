@@ -739,32 +739,35 @@ class H3Protocol:
 # -- the entry point --
 
 
-_setups: Dict[Tuple[Any, ...], Callable[[Connection], None]] = {}
+# (id(pool), settings) -> (weak reference to the pool, setup).  An id outlives its pool
+# and is handed to the next one: an entry counts only while its reference is that pool
+_setups: Dict[Tuple[Any, ...], Tuple[Any, Callable[[Connection], None]]] = {}
 
 
 def _setup_for(pool: Any, cfg: H3Config, verify: Any, cert: Any,
                handshake: Optional[float]) -> Callable[[Connection], None]:
     key = (id(pool), cfg, verify, str(cert), handshake)
-    fn = _setups.get(key)
-    if fn is None:
-        pool_ref = weakref.ref(pool)
+    entry = _setups.get(key)
+    if entry is not None and entry[0]() is pool:
+        return entry[1]
+    pool_ref = weakref.ref(pool)
 
-        def setup(conn: Connection) -> None:
-            p = pool_ref()
-            tickets = session_tickets.get(p) if p is not None else None
-            tkey = (conn.host, conn.port, verify, str(cert))
-            ticket = tickets.get(tkey) if tickets is not None else None
+    def setup(conn: Connection) -> None:
+        p = pool_ref()
+        tickets = session_tickets.get(p) if p is not None else None
+        tkey = (conn.host, conn.port, verify, str(cert))
+        ticket = tickets.get(tkey) if tickets is not None else None
 
-            def keep(t: Any) -> None:
-                if p is not None:
-                    session_tickets.setdefault(p, {})[tkey] = t
-            proto = H3Protocol(conn, cfg, verify, cert, ticket, keep)
-            conn.proto = proto      # the pool closes it (and proto) if the handshake fails
-            proto.start(handshake, zero_rtt=bool(p is not None and p.options.zero_rtt))
-        if len(_setups) > 256:
-            _setups.clear()
-        fn = _setups[key] = setup
-    return fn
+        def keep(t: Any) -> None:
+            if p is not None:
+                session_tickets.setdefault(p, {})[tkey] = t
+        proto = H3Protocol(conn, cfg, verify, cert, ticket, keep)
+        conn.proto = proto      # the pool closes it (and proto) if the handshake fails
+        proto.start(handshake, zero_rtt=bool(p is not None and p.options.zero_rtt))
+    if len(_setups) > 256:
+        _setups.clear()
+    _setups[key] = (pool_ref, setup)
+    return setup
 
 
 def handle(pool: "GreenPool", request: Request, timeout: Any, deadline: Optional[float],
