@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import gevent
 import gevent.socket as gsocket
@@ -466,14 +466,22 @@ class UdpLossProxy:
     """A UDP relay on 127.0.0.1 that drops a fraction ``loss`` of the datagrams each way
     (a seeded ``random.Random``: the same drops every run), or all of them (``loss=1``)."""
 
-    def __init__(self, upstream_port: int, loss: float, seed: int = 7) -> None:
+    def __init__(self, upstream_port: int, loss: float, seed: int = 7,
+                 plan: Optional[Callable[[int, str, int], bool]] = None) -> None:
+        """``plan(route, direction, index)``, when given, also drops a datagram when true:
+        ``route`` counts client addresses from 1 (a new QUIC connection is a new one),
+        ``direction`` is ``"up"`` (to the server) or ``"down"``, ``index`` counts that
+        route's datagrams in that direction from 0."""
         import random
         self.upstream = ("127.0.0.1", upstream_port)
         self.loss = loss
+        self.plan = plan
+        self.counts: Dict[Tuple[int, str], int] = {}
         self.rand = random.Random(seed)
         self.sock: Optional[gsocket.socket] = None
         self.port = 0
         self.routes: Dict[Tuple[str, int], gsocket.socket] = {}
+        self.route_of: Dict[Tuple[str, int], int] = {}
         self.greenlets: List[gevent.Greenlet] = []
         self.dropped = self.relayed = 0
 
@@ -490,6 +498,7 @@ class UdpLossProxy:
         for s in list(self.routes.values()) + ([self.sock] if self.sock else []):
             s.close()
         self.routes = {}
+        self.route_of = {}
         self.sock = None
 
     def __enter__(self) -> "UdpLossProxy":
@@ -498,8 +507,10 @@ class UdpLossProxy:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def _drop(self) -> bool:
-        if self.rand.random() < self.loss:
+    def _drop(self, route: int, direction: str) -> bool:
+        index = self.counts.get((route, direction), 0)
+        self.counts[(route, direction)] = index + 1
+        if self.rand.random() < self.loss or (self.plan is not None and self.plan(route, direction, index)):
             self.dropped += 1
             return True
         self.relayed += 1
@@ -512,8 +523,9 @@ class UdpLossProxy:
             if up is None:
                 up = self.routes[addr] = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 up.connect(self.upstream)
+                self.route_of[addr] = len(self.routes)
                 self.greenlets.append(gevent.spawn(self._from_server, up, addr))
-            if not self._drop():
+            if not self._drop(self.route_of[addr], "up"):
                 try:
                     up.send(data)
                 except OSError:
@@ -525,5 +537,5 @@ class UdpLossProxy:
                 data = up.recv(65536)
             except OSError:
                 continue
-            if not self._drop() and self.sock is not None:
+            if not self._drop(self.route_of[client], "down") and self.sock is not None:
                 self.sock.sendto(data, client)

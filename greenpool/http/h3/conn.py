@@ -22,11 +22,15 @@ Promises:
   sent), :attr:`H3Conn.protocol_error` says why and the event's stream id is the request
   stream the refused frame came on (-1: another stream).
 * Session tickets: a ticket received is handed to ``on_ticket``; one given
-  at construction is offered for resumption, and when it allows early data
-  (:meth:`H3Conn.early_data`) streams opened before ``READY`` go in 0-RTT.
+  at construction is offered for resumption, and with ``early_data=True`` and a
+  ticket allowing it (:meth:`H3Conn.early_data`) streams opened before ``READY``
+  go in 0-RTT.  Without ``early_data`` the ticket is offered without early data.
+* A failure of the library while building packets closes the connection
+  (:attr:`H3Conn.closed`): it would fail the same way at every later send.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import ssl
 import types
@@ -59,7 +63,7 @@ class NoStream(GreenPoolError):
 
 
 def _configuration(server_name: str, verify: Any, cert: Any, idle_timeout: float,
-                   ticket: Any) -> QuicConfiguration:
+                   ticket: Any, early_data: bool = False) -> QuicConfiguration:
     if isinstance(verify, ssl.SSLContext):
         raise ValueError("HTTP/3 cannot use an ssl.SSLContext (QUIC has its own TLS): pass "
                          "verify=True/False or a CA bundle path, and cert=")
@@ -81,6 +85,12 @@ def _configuration(server_name: str, verify: Any, cert: Any, idle_timeout: float
         else:
             cfg.load_cert_chain(*cert)
     if ticket is not None:
+        if not early_data and ticket.max_early_data_size is not None:
+            # resumption without 0-RTT: a ticket allowing early data makes the library send
+            # 0-RTT packets of its own (the HTTP/3 control streams), and when packets of that
+            # handshake are lost qh3 2.1 then fails every later send ("packet protection
+            # failed: missing OneRtt packet key"); offered without early data it never does
+            ticket = dataclasses.replace(ticket, max_early_data_size=None)
         cfg.session_ticket = ticket
     return cfg
 
@@ -148,8 +158,8 @@ class H3Conn:
 
     def __init__(self, server_name: str, addr: Tuple[Any, ...], now: float, *, verify: Any = True,
                  cert: Any = None, idle_timeout: float = 30.0, ticket: Any = None,
-                 on_ticket: Optional[Callable[[Any], None]] = None) -> None:
-        cfg = _configuration(server_name, verify, cert, idle_timeout, ticket)
+                 on_ticket: Optional[Callable[[Any], None]] = None, early_data: bool = False) -> None:
+        cfg = _configuration(server_name, verify, cert, idle_timeout, ticket, early_data)
         self._on_ticket = on_ticket
         self.quic = QuicConnection(configuration=cfg,
                                    session_ticket_handler=self._ticket if on_ticket else None)
@@ -189,11 +199,11 @@ class H3Conn:
     def datagrams(self, now: float) -> List[bytes]:
         try:
             return [d for d, _ in self.quic.datagrams_to_send(now)]
-        except QuicConnectionError:
-            return []
-        except ValueError as e:
+        except (QuicConnectionError, ValueError) as e:
             # the library's packet builder failed (seen under loss: "reserved stream is
-            # missing"); what it had queued may never leave: the connection is over
+            # missing", "packet protection failed: missing OneRtt packet key"); it fails
+            # the same way at every later call, and what it had built is lost: the
+            # connection is over (callers hear it now, not at their timeout)
             if self.closed is None:
                 self.closed = "QUIC library error while sending: %s" % (e,)
             return []

@@ -191,7 +191,12 @@ class H3Protocol:
     """``conn.proto`` of a QUIC connection in the pool; see the module docstring."""
 
     def __init__(self, conn: Connection, config: H3Config, verify: Any, cert: Any,
-                 ticket: Any = None, on_ticket: Optional[Callable[[Any], None]] = None) -> None:
+                 ticket: Any = None, on_ticket: Optional[Callable[[Any], None]] = None,
+                 early_data: bool = False) -> None:
+        """``ticket``: a session ticket to resume with (0-RTT too when ``early_data``);
+        ``on_ticket``: called with each ticket the server sends, and with None when a
+        handshake offering ``ticket`` failed (the ticket is to be forgotten: the next
+        connection does a full handshake instead of failing the same way)."""
         self.conn = conn
         self.sock = conn.sock
         self.config = config
@@ -203,7 +208,9 @@ class H3Protocol:
         self._loop = get_hub().loop
         now = _monotonic()
         self.q = H3Conn(conn.host, net.udp_peer(self.sock), now, verify=verify, cert=cert,
-                        idle_timeout=config.idle_timeout, ticket=ticket, on_ticket=on_ticket)
+                        idle_timeout=config.idle_timeout, ticket=ticket, on_ticket=on_ticket,
+                        early_data=early_data)
+        self._on_ticket = on_ticket if ticket is not None else None
         self.last_rx = now
         self._unacked_since: Optional[float] = None
         self._ready: Optional[Waiter] = None
@@ -326,14 +333,20 @@ class H3Protocol:
             self._ready = None
             if timer is not None:
                 timer.close()
-        pool = self.conn.pool
         if result is _TIMEDOUT or isinstance(result, BaseException):
-            count(pool, "handshake_failures")
+            self._handshake_failed()
         if result is _TIMEDOUT:
             raise ConnectTimeout("QUIC handshake with %s:%s timed out after %ss" % (host, port, timeout))
         if isinstance(result, BaseException):
             raise result
         self._handshake_done()
+
+    def _handshake_failed(self) -> None:
+        count(self.conn.pool, "handshake_failures")
+        forget = self._on_ticket
+        if forget is not None:
+            self._on_ticket = None
+            forget(None)
 
     def _handshake_done(self) -> None:
         pool = self.conn.pool
@@ -639,7 +652,7 @@ class H3Protocol:
         if t is not None:           # a background (0-RTT) handshake that never finished
             t.close()
             self._handshake_timer = None
-            count(self.conn.pool, "handshake_failures")
+            self._handshake_failed()
         for st in list(self._pings) + list(self._handshaking):
             self._notify(st)
         for st in list(self.streams.values()):
@@ -759,11 +772,16 @@ def _setup_for(pool: Any, cfg: H3Config, verify: Any, cert: Any,
         ticket = tickets.get(tkey) if tickets is not None else None
 
         def keep(t: Any) -> None:
-            if p is not None:
+            if p is None:
+                return
+            if t is not None:
                 session_tickets.setdefault(p, {})[tkey] = t
-        proto = H3Protocol(conn, cfg, verify, cert, ticket, keep)
+            elif tickets is not None and tickets.get(tkey) is ticket:
+                del tickets[tkey]       # its handshake failed: the next one is a full one
+        zero_rtt = bool(p is not None and p.options.zero_rtt)
+        proto = H3Protocol(conn, cfg, verify, cert, ticket, keep, early_data=zero_rtt)
         conn.proto = proto      # the pool closes it (and proto) if the handshake fails
-        proto.start(handshake, zero_rtt=bool(p is not None and p.options.zero_rtt))
+        proto.start(handshake, zero_rtt=zero_rtt)
     if len(_setups) > 256:
         _setups.clear()
     _setups[key] = (pool_ref, setup)
