@@ -499,6 +499,7 @@ class UdpLossProxy:
             s.close()
         self.routes = {}
         self.route_of = {}
+        self.counts = {}
         self.sock = None
 
     def __enter__(self) -> "UdpLossProxy":

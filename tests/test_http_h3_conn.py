@@ -109,6 +109,7 @@ class Pair:
         seconds passed.  ``drop_up``/``drop_down``: indexes of the client's / server's
         datagrams lost.  Returns (outcome, client, tickets received, virtual time)."""
         got: List[Any] = []
+        exchanges = 0
         c = conn.H3Conn("localhost", SERVER_ADDR, 0.0, verify=str(self.tls.ca_path),
                         ticket=ticket, on_ticket=got.append, early_data=early_data)
         server: Optional[QuicConnection] = None
@@ -133,6 +134,9 @@ class Pair:
             if c.ready and got:
                 return "ready", c, got, now
             if moved:
+                exchanges += 1
+                if exchanges > 1000:     # a ping-pong that never ends
+                    return "stuck", c, got, now
                 continue
             due = [t for t in (c.timer(), server.get_timer() if server else None) if t is not None]
             if not due or min(due) > limit:
@@ -183,8 +187,13 @@ def test_with_early_data_a_library_send_failure_closes_at_once(ticket_pair, drop
 
 
 def test_some_early_data_loss_hits_the_library_failure(ticket_pair):
-    """The case above is real: losing the server's first datagram is one that hits it
-    (with qh3 2.1).  Should a later qh3 recover, this says so; the guard can then go."""
+    """The case above is real: losing the server's first datagram is one that hits it in
+    qh3 2.1.  A later qh3 is only reported (skipped): whether it still fails this way
+    decides whether the guard may go, not whether greenpool works."""
+    import qh3
+    if not qh3.__version__.startswith("2.1."):
+        pytest.skip("the send failure is known in qh3 2.1; check whether qh3 %s still has it"
+                    % qh3.__version__)
     pair, ticket = ticket_pair
     outcome, c, _, _ = pair.handshake(ticket, True, (), (0,))
     assert outcome == "closed" and "missing OneRtt packet key" in c.closed

@@ -210,7 +210,7 @@ class H3Protocol:
         self.q = H3Conn(conn.host, net.udp_peer(self.sock), now, verify=verify, cert=cert,
                         idle_timeout=config.idle_timeout, ticket=ticket, on_ticket=on_ticket,
                         early_data=early_data)
-        self._on_ticket = on_ticket if ticket is not None else None
+        self._forget_ticket = on_ticket if ticket is not None else None   # called with None
         self.last_rx = now
         self._unacked_since: Optional[float] = None
         self._ready: Optional[Waiter] = None
@@ -343,9 +343,9 @@ class H3Protocol:
 
     def _handshake_failed(self) -> None:
         count(self.conn.pool, "handshake_failures")
-        forget = self._on_ticket
+        forget = self._forget_ticket
         if forget is not None:
-            self._on_ticket = None
+            self._forget_ticket = None
             forget(None)
 
     def _handshake_done(self) -> None:
